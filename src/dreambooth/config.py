@@ -1,0 +1,271 @@
+"""Typed configs: one dataclass per command, read from YAML and overridden by flags.
+
+Every field is a flag (`learning_rate` -> `--learning-rate`) and a key of the config file (written
+with underscores; `learning-rate` is accepted too). An unknown key or a value of the wrong type is an
+error, never a silent default. This module imports no torch, so `dreambooth --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+# Named groups of LoRA target modules (peft matches a target against the end of a module's name).
+# "attn" is the DreamBooth-LoRA default; the others follow kohya's LoCon-style options.
+LORA_TARGET_GROUPS = {
+    "attn": ("to_q", "to_k", "to_v", "to_out.0"),
+    "ff": ("ff.net.0.proj", "ff.net.2"),
+    "proj": ("proj_in", "proj_out"),
+    "conv": ("conv1", "conv2", "conv_shortcut", "time_emb_proj"),
+}
+TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+DEFAULT_WARMUP = 500
+
+
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    # what to train on
+    model: str | None = _f(None, "base model: hub id (runwayml/stable-diffusion-v1-5) or a local diffusers folder", required=True)
+    instance_dir: str | None = _f(None, "folder with the 3-5 photos of the subject", required=True)
+    instance_prompt: str | None = _f(None, 'prompt with the identifier, e.g. "a photo of sks cat"', required=True)
+    output_dir: str | None = _f(None, "where the run writes its weights, checkpoints, config and log", required=True)
+    # prior preservation (DreamBooth eq. 2)
+    class_prompt: str | None = _f(None, 'class prompt without the identifier, e.g. "a photo of a cat"; turns prior preservation on')
+    class_dir: str | None = _f(None, "folder of class images; missing ones are generated with the base model")
+    num_class_images: int = _f(100, "number of class images prior preservation uses")
+    prior_loss_weight: float = _f(1.0, "lambda: weight of the class (prior) loss")
+    class_inference_steps: int = _f(30, "denoising steps when generating class images")
+    class_guidance: float = _f(7.5, "guidance scale when generating class images")
+    class_batch_size: int = _f(4, "images per batch when generating class images")
+    # method
+    method: str = _f("lora", "what trains", choices=("lora",))
+    rank: int = _f(16, "LoRA rank")
+    lora_alpha: float | None = _f(None, "LoRA alpha (default: the rank, i.e. scale 1)")
+    lora_targets: str = _f(
+        "attn",
+        "comma-separated UNet modules for LoRA: groups " + ", ".join(LORA_TARGET_GROUPS) + " or module-name suffixes",
+    )
+    lora_dropout: float = _f(0.0, "dropout on the LoRA path")
+    train_text_encoder: bool = _f(False, "also train LoRA on the text encoder's attention projections")
+    text_encoder_lr: float = _f(1e-5, "learning rate of the text-encoder LoRA")
+    # optimisation
+    learning_rate: float = _f(1e-4, "learning rate of the UNet parameters")
+    lr_scheduler: str = _f("constant_with_warmup", "learning-rate schedule", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int | None = _f(None, f"warmup steps (default {DEFAULT_WARMUP}; 'constant' takes none)")
+    max_steps: int = _f(2000, "optimizer steps in all")
+    batch_size: int = _f(1, "instance images per step (as many class images are added)")
+    gradient_accumulation: int = _f(1, "micro-batches per optimizer step")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 turns clipping off)")
+    adam_beta1: float = _f(0.9, "AdamW beta1")
+    adam_beta2: float = _f(0.999, "AdamW beta2")
+    adam_weight_decay: float = _f(1e-2, "AdamW weight decay")
+    adam_epsilon: float = _f(1e-8, "AdamW epsilon")
+    adam_8bit: bool = _f(False, "8-bit AdamW from bitsandbytes (CUDA only)")
+    mixed_precision: str = _f("no", "mixed precision through accelerate", choices=MIXED_PRECISION)
+    gradient_checkpointing: bool = _f(False, "trade compute for memory in the UNet (and text encoder)")
+    seed: int = _f(0, "seed of everything random in the run")
+    # images
+    resolution: int = _f(512, "training resolution in pixels (divisible by 8)")
+    random_crop: bool = _f(False, "random instead of centre crops (needs --no-cache)")
+    random_flip: bool = _f(False, "flip images horizontally at random")
+    no_cache: bool = _f(False, "run the VAE and text encoder every step instead of caching (for comparison)")
+    # checkpoints
+    checkpoint_every: int = _f(500, "save a resumable checkpoint every N steps")
+    keep_checkpoints: int | None = _f(None, "keep only the last N checkpoints")
+    resume: str | None = _f(None, "continue a run: 'latest' or a checkpoint folder")
+    overwrite: bool = _f(False, "replace a finished run in --output-dir")
+
+    @property
+    def warmup_steps(self) -> int:
+        if self.lr_warmup_steps is not None:
+            return self.lr_warmup_steps
+        return 0 if self.lr_scheduler == "constant" else DEFAULT_WARMUP
+
+    @property
+    def prior_preservation(self) -> bool:
+        return self.class_prompt is not None
+
+    @property
+    def unet_targets(self) -> list[str]:
+        out: list[str] = []
+        for name in (t.strip() for t in self.lora_targets.split(",")):
+            for target in LORA_TARGET_GROUPS.get(name, (name,)):
+                if target and target not in out:
+                    out.append(target)
+        return out
+
+    def validate(self) -> None:
+        """Checks that need no file and no model; raise UserError naming the flag."""
+        _check_required(self)
+        checks = [
+            (self.rank >= 1, "--rank", f"must be at least 1, got {self.rank}"),
+            (self.learning_rate > 0, "--learning-rate", f"must be > 0, got {self.learning_rate}"),
+            (self.text_encoder_lr > 0, "--text-encoder-lr", f"must be > 0, got {self.text_encoder_lr}"),
+            (self.lora_alpha is None or self.lora_alpha > 0, "--lora-alpha", f"must be > 0, got {self.lora_alpha}"),
+            (0 <= self.lora_dropout < 1, "--lora-dropout", f"must be in [0, 1), got {self.lora_dropout}"),
+            (self.resolution > 0 and self.resolution % 8 == 0, "--resolution", f"must be a positive multiple of 8, got {self.resolution}"),
+            (self.max_steps >= 1, "--max-steps", f"must be at least 1, got {self.max_steps}"),
+            (self.batch_size >= 1, "--batch-size", f"must be at least 1, got {self.batch_size}"),
+            (self.gradient_accumulation >= 1, "--gradient-accumulation", f"must be at least 1, got {self.gradient_accumulation}"),
+            (self.max_grad_norm >= 0, "--max-grad-norm", f"must be >= 0, got {self.max_grad_norm}"),
+            (self.checkpoint_every >= 1, "--checkpoint-every", f"must be at least 1, got {self.checkpoint_every}"),
+            (self.keep_checkpoints is None or self.keep_checkpoints >= 1, "--keep-checkpoints", f"must be at least 1, got {self.keep_checkpoints}"),
+            (self.num_class_images >= 1, "--num-class-images", f"must be at least 1, got {self.num_class_images}"),
+            (self.prior_loss_weight >= 0, "--prior-loss-weight", f"must be >= 0, got {self.prior_loss_weight}"),
+            (self.class_batch_size >= 1, "--class-batch-size", f"must be at least 1, got {self.class_batch_size}"),
+            (self.class_inference_steps >= 1, "--class-inference-steps", f"must be at least 1, got {self.class_inference_steps}"),
+            (bool(self.unet_targets), "--lora-targets", "names no module"),
+            (self.lr_warmup_steps is None or self.lr_warmup_steps >= 0, "--lr-warmup-steps", f"must be >= 0, got {self.lr_warmup_steps}"),
+            (bool(self.instance_prompt.strip()), "--instance-prompt", "is empty"),
+        ]
+        for ok, flag, problem in checks:
+            if not ok:
+                raise UserError(f"{flag}: {problem}")
+        if self.lr_scheduler == "constant" and (self.lr_warmup_steps or 0) > 0:
+            raise UserError(
+                f"--lr-warmup-steps {self.lr_warmup_steps}: the 'constant' scheduler has no warmup; "
+                "use --lr-scheduler constant_with_warmup (or linear, cosine) to apply it"
+            )
+        if self.warmup_steps >= self.max_steps and self.warmup_steps > 0:
+            given = "" if self.lr_warmup_steps is not None else " (the default)"
+            raise UserError(
+                f"--lr-warmup-steps {self.warmup_steps}{given}: must be less than --max-steps {self.max_steps}; "
+                "give a shorter warmup or --lr-scheduler constant"
+            )
+        if self.class_prompt is not None and self.class_dir is None:
+            raise UserError("--class-prompt: prior preservation needs --class-dir (where class images are kept)")
+        if self.class_dir is not None and self.class_prompt is None:
+            raise UserError("--class-dir: given without --class-prompt (the prompt the class images stand for)")
+        if self.random_crop and not self.no_cache:
+            raise UserError("--random-crop: cached latents hold one crop per image; add --no-cache to crop at random")
+
+
+def _check_required(cfg: Any) -> None:
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("required") and getattr(cfg, f.name) in (None, ""):
+            raise UserError(f"--{flag_name(f.name)}: required (as a flag or as '{f.name}' in the config file)")
+
+
+def flag_name(field_name: str) -> str:
+    return field_name.replace("_", "-")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _base_type(tp: Any) -> tuple[type, bool]:
+    """(scalar type, optional?) of an annotation such as `int | None`."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def coerce(cls: type, key: str, value: Any, source: str) -> Any:
+    """Check (and lightly convert) one value against the field's type; raise UserError on mismatch."""
+    tp, optional = _base_type(_field_types(cls)[key])
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"{source}: '{key}' must not be empty")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise UserError(f"{source}: '{key}' must be {'an ' if tp is int else 'a '}{tp.__name__}, got {value!r}")
+
+
+def load_yaml(path: str | Path, cls: type) -> dict[str, Any]:
+    """Read a config file into {field: value}; unknown keys and wrong types are errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: must be a mapping of keys to values")
+    names = {f.name for f in dataclasses.fields(cls)}
+    out = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in names:
+            raise UserError(f"--config {path}: unknown key '{key}'")
+        out[name] = coerce(cls, name, value, f"--config {path}")
+    return out
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field; defaults are suppressed so that only given flags override the file."""
+    types_ = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        tp, _ = _base_type(types_[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_ = f.metadata.get("help", "")
+        if default not in (None, False) and tp is not bool:
+            help_ += f" (default: {default})"
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
+        if tp is bool:
+            action = "store_true" if f.name.startswith("no_") else argparse.BooleanOptionalAction
+            parser.add_argument(f"--{flag_name(f.name)}", action=action, **kw)
+        else:
+            if "choices" in f.metadata:
+                kw["choices"] = f.metadata["choices"]
+            parser.add_argument(f"--{flag_name(f.name)}", type=str, metavar=tp.__name__.upper(), **kw)
+
+
+def build(cls: type, *layers: dict[str, Any]) -> Any:
+    """Merge defaults < layers (in order) into a config object; flag values are type-checked here."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    values = {}
+    for key, value in merged.items():
+        values[key] = coerce(cls, key, value, f"--{flag_name(key)}") if isinstance(value, str) else value
+    return cls(**values)
+
+
+def from_namespace(ns: argparse.Namespace, cls: type) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(ns).items() if k in names}

@@ -1,0 +1,116 @@
+"""Training examples as the loop consumes them: VAE latents and prompt embeddings.
+
+With caching (the default) the VAE posterior of every image (and of its mirror image when flipping
+is on) and the prompt embeddings (while the text encoder is frozen) are computed once; without it
+they are computed every step, as the reference scripts do. Both paths draw the same random numbers
+in the same order from the step's generator, so they train on the same examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .images import load_rgb, resize_and_crop
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from several integers (seed, step, stream...), stable across runs and machines."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def epoch_order(n: int, seed: int, stream: int, k: int) -> int:
+    """Index of the k-th example drawn: a fresh permutation of the n examples every epoch."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, stream, k // n)))
+    return int(perm[k % n])
+
+
+def to_pixels(path: Path, resolution: int, flip: bool, crop_xy: tuple[float, float] = (0.5, 0.5)) -> torch.Tensor:
+    """(3, R, R) in [-1, 1]."""
+    im = resize_and_crop(load_rgb(path), resolution, crop_xy)
+    x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(resolution, resolution, 3)
+    x = x.permute(2, 0, 1).float() / 127.5 - 1.0
+    return x.flip(-1) if flip else x
+
+
+def sample_latents(params: torch.Tensor, generator: torch.Generator, scaling: float, shift: float = 0.0) -> torch.Tensor:
+    """Draw z ~ N(mean, exp(logvar)) from the VAE posterior parameters (B, 2C, h, w), then scale
+    as the diffusion model expects (Rombach et al., 2022, section 3)."""
+    mean, logvar = params.float().chunk(2, dim=1)
+    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+    eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
+    return (mean + std * eps - shift) * scaling
+
+
+@dataclass
+class ExampleSet:
+    """One kind of example (the subject's photos or the class images) with its prompt."""
+
+    paths: list[Path]
+    prompt_ids: torch.Tensor  # (1, L)
+    stream: int
+    _latent_cache: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict)
+    _embedding_cache: torch.Tensor | None = None
+
+
+class TrainingData:
+    def __init__(self, instance: ExampleSet, klass: ExampleSet | None, *, resolution: int, flip: bool, random_crop: bool, seed: int):
+        self.instance, self.klass = instance, klass
+        self.resolution, self.flip, self.random_crop, self.seed = resolution, flip, random_crop, seed
+
+    @property
+    def sets(self) -> list[ExampleSet]:
+        return [s for s in (self.instance, self.klass) if s is not None]
+
+    @torch.no_grad()
+    def cache_latents(self, vae, progress: bool = True) -> None:
+        from tqdm.auto import tqdm
+
+        jobs = [(s, i, f) for s in self.sets for i in range(len(s.paths)) for f in ((False, True) if self.flip else (False,))]
+        for s, i, f in tqdm(jobs, desc="caching latents", unit="img", disable=not progress):
+            s._latent_cache[(i, f)] = self._encode(vae, [s.paths[i]], [f], [(0.5, 0.5)])[0].cpu()
+
+    @torch.no_grad()
+    def cache_embeddings(self, text_encoder) -> None:
+        for s in self.sets:
+            s._embedding_cache = encode_prompt(text_encoder, s.prompt_ids, text_encoder.device).cpu()
+
+    def _encode(self, vae, paths, flips, crops) -> torch.Tensor:
+        pixels = torch.stack([to_pixels(p, self.resolution, f, c) for p, f, c in zip(paths, flips, crops)])
+        pixels = pixels.to(vae.device, vae.dtype)  # (B, 3, R, R)
+        return vae.encode(pixels).latent_dist.parameters  # (B, 8, R/8, R/8)
+
+    def batch(self, s: ExampleSet, first_k: int, n: int, generator: torch.Generator, vae, text_encoder, device):
+        """Latents (n, 4, h, w) and text embeddings (n, L, D) of examples first_k .. first_k + n - 1."""
+        idx = [epoch_order(len(s.paths), self.seed, s.stream, first_k + j) for j in range(n)]
+        flips = [bool(torch.rand((), generator=generator) < 0.5) if self.flip else False for _ in idx]
+        crops = [tuple(torch.rand(2, generator=generator).tolist()) if self.random_crop else (0.5, 0.5) for _ in idx]
+        if s._latent_cache:
+            params = torch.stack([s._latent_cache[(i, f)] for i, f in zip(idx, flips)])
+        else:
+            with torch.no_grad():
+                params = self._encode(vae, [s.paths[i] for i in idx], flips, crops)
+        cfg = vae.config
+        latents = sample_latents(params, generator, cfg.scaling_factor, getattr(cfg, "shift_factor", None) or 0.0)
+        if s._embedding_cache is not None:
+            emb = s._embedding_cache.expand(n, -1, -1)
+        else:
+            emb = encode_prompt(text_encoder, s.prompt_ids.expand(n, -1), device)
+        return latents.to(device), emb.to(device)
+
+
+def encode_prompt(text_encoder, ids: torch.Tensor, device) -> torch.Tensor:
+    """Last hidden state of the CLIP text encoder, as Stable Diffusion conditions on it."""
+    return text_encoder(ids.to(device))[0]
+
+
+def tokenize(tokenizer, prompt: str) -> torch.Tensor:
+    return tokenizer(
+        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids

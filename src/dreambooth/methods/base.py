@@ -1,0 +1,57 @@
+"""What a training method is: which parameters train, and how the result is saved.
+
+The training loop calls only these methods and never branches on a method's name (the shape of
+peft's tuners: one small object per method, registered in one place).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig
+from ..models import Components
+
+COMPONENTS = ("unet", "text_encoder")
+
+
+class Method:
+    name = "base"
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return False
+
+    def prepare(self, comps: Components) -> list[dict]:
+        """Freeze what stays fixed, add what trains; return optimizer parameter groups."""
+        raise NotImplementedError
+
+    def save(self, comps: Components, folder: Path) -> list[Path]:
+        """Write the method's user-facing result into folder; return the files written."""
+        raise NotImplementedError
+
+    def state_dict(self, comps: Components) -> dict[str, torch.Tensor]:
+        """Every trainable tensor, by component and parameter name (for exact resume)."""
+        out = {}
+        for comp in COMPONENTS:
+            for name, p in getattr(comps, comp).named_parameters():
+                if p.requires_grad:
+                    out[f"{comp}.{name}"] = p.detach().float().cpu().contiguous()
+        return out
+
+    def load_state_dict(self, comps: Components, state: dict[str, torch.Tensor]) -> None:
+        own = {}
+        for comp in COMPONENTS:
+            for name, p in getattr(comps, comp).named_parameters():
+                if p.requires_grad:
+                    own[f"{comp}.{name}"] = p
+        missing = set(own) - set(state)
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} trained tensors, e.g. {sorted(missing)[0]}")
+        with torch.no_grad():
+            for key, p in own.items():
+                p.copy_(state[key].to(p.dtype))

@@ -1,0 +1,80 @@
+"""LoRA DreamBooth (Hu et al., 2022; Ryu, 2023): low-rank adapters on the UNet (and text encoder),
+through peft. The result is diffusers' pytorch_lora_weights.safetensors, with peft's config (rank,
+alpha, targets) in its metadata, so stock `load_lora_weights` restores it exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import TEXT_ENCODER_TARGETS
+from ..errors import UserError
+from ..io import atomic_path
+from ..models import Components
+from .base import Method
+
+WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+
+
+class LoRA(Method):
+    name = "lora"
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return self.cfg.train_text_encoder
+
+    def _config(self, targets):
+        from peft import LoraConfig
+
+        cfg = self.cfg
+        return LoraConfig(
+            r=cfg.rank,
+            lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else cfg.rank,
+            lora_dropout=cfg.lora_dropout,
+            init_lora_weights="gaussian",
+            target_modules=list(targets),
+        )
+
+    def prepare(self, comps: Components) -> list[dict]:
+        from diffusers.training_utils import cast_training_params
+
+        for m in (comps.unet, comps.text_encoder, comps.vae):
+            m.requires_grad_(False)
+        try:
+            comps.unet.add_adapter(self._config(self.cfg.unet_targets))
+        except ValueError as e:
+            raise UserError(f"--lora-targets {self.cfg.lora_targets}: {str(e).splitlines()[0]}") from None
+        groups = [{"params": [p for p in comps.unet.parameters() if p.requires_grad], "lr": self.cfg.learning_rate}]
+        if self.trains_text_encoder:
+            comps.text_encoder.add_adapter(self._config(TEXT_ENCODER_TARGETS))
+            groups.append(
+                {"params": [p for p in comps.text_encoder.parameters() if p.requires_grad], "lr": self.cfg.text_encoder_lr}
+            )
+        # Trainable adapters stay in fp32 under mixed precision (frozen weights are fp16/bf16).
+        cast_training_params([comps.unet, comps.text_encoder])
+        return groups
+
+    def save(self, comps: Components, folder: Path) -> list[Path]:
+        from diffusers import StableDiffusionPipeline
+        from peft.utils import get_peft_model_state_dict
+
+        unet_layers = get_peft_model_state_dict(comps.unet)
+        te_layers = te_meta = None
+        if self.trains_text_encoder:
+            te = comps.text_encoder
+            te_layers = get_peft_model_state_dict(te)
+            # transformers 5 flattened CLIPTextModel; keep the text_model. prefix that older
+            # diffusers, kohya converters and AUTOMATIC1111 expect (new diffusers strips it).
+            if not hasattr(te, "text_model"):
+                te_layers = {f"text_model.{k}": v for k, v in te_layers.items()}
+            te_meta = te.peft_config["default"].to_dict()
+        path = Path(folder) / WEIGHTS_NAME
+        with atomic_path(path) as tmp:
+            StableDiffusionPipeline.save_lora_weights(
+                tmp.parent,
+                unet_lora_layers=unet_layers,
+                text_encoder_lora_layers=te_layers,
+                weight_name=tmp.name,
+                unet_lora_adapter_metadata=comps.unet.peft_config["default"].to_dict(),
+                text_encoder_lora_adapter_metadata=te_meta,
+            )
+        return [path]

@@ -1,0 +1,220 @@
+"""The one training loop, for every method: setup, then fit.
+
+Every random draw of step s (which examples, flips, VAE sample, noise, timesteps) comes from a
+generator seeded with (seed, s, micro-batch), so a resumed run sees exactly the batches an
+uninterrupted run sees, and cached and uncached runs train on the same examples.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import io
+from ..config import TrainConfig, to_yaml
+from ..data.examples import ExampleSet, TrainingData, mix_seed, tokenize
+from ..data.prior import class_images, generate_class_images, missing_class_indices
+from ..methods import Method, get_method
+from ..models import Components, load_components
+from .checkpoint import checkpoints_dir, load_checkpoint, prune_checkpoints, save_checkpoint, set_rng_state
+from .losses import diffusion_target, prior_preservation_loss
+from .preflight import RUN_FILE, Plan, preflight
+
+log = logging.getLogger(__name__)
+LOG_COLUMNS = ("step", "loss", "instance_loss", "prior_loss", "lr")
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    accelerator: Any
+    comps: Components
+    method: Method
+    data: TrainingData
+    optimizer: Any
+    lr_scheduler: Any
+    unet: Any  # prepared (autocast / DDP) views of the trained models
+    text_encoder: Any
+    start_step: int
+    weight_dtype: torch.dtype
+
+
+def resolved(cfg: TrainConfig) -> TrainConfig:
+    """The config with every implicit default made explicit, as written beside the run."""
+    return dataclasses.replace(
+        cfg, lr_warmup_steps=cfg.warmup_steps, lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else float(cfg.rank)
+    )
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Train as configured; returns the output folder. Raises UserError on bad input, before loading."""
+    plan = preflight(cfg)
+    out = Path(cfg.output_dir)
+    if plan.clear_previous:
+        for name in ("checkpoints", RUN_FILE, "train_log.csv"):
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = resolved(cfg)
+    io.write_text(out / "config.yaml", to_yaml(cfg))
+    run = setup(cfg, plan, progress)
+    fit(run, progress)
+    files = run.method.save(run.comps, out)
+    io.write_text(
+        out / RUN_FILE,
+        json.dumps({"status": "finished", "step": cfg.max_steps, "method": cfg.method, "files": [f.name for f in files]}, indent=2),
+    )
+    log.info("finished: %s", ", ".join(str(f) for f in files))
+    return out
+
+
+def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    torch.manual_seed(cfg.seed)
+    comps = load_components(cfg.model, weight_dtype)
+    device = accelerator.device
+    for m in (comps.unet, comps.vae, comps.text_encoder):
+        m.to(device)
+    klass = None
+    if cfg.prior_preservation:
+        klass = _class_examples(cfg, comps, progress)
+    method = get_method(cfg)
+    torch.manual_seed(cfg.seed)  # adapter initialisation
+    param_groups = method.prepare(comps)
+    if cfg.gradient_checkpointing:
+        comps.unet.enable_gradient_checkpointing()
+        if method.trains_text_encoder:
+            comps.text_encoder.gradient_checkpointing_enable()
+    optimizer = _optimizer(cfg, param_groups)
+    lr_scheduler = get_scheduler(
+        cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
+    )
+    instance = ExampleSet(plan.instance_paths, tokenize(comps.tokenizer, cfg.instance_prompt), stream=0)
+    data = TrainingData(instance, klass, resolution=cfg.resolution, flip=cfg.random_flip, random_crop=cfg.random_crop, seed=cfg.seed)
+    if not cfg.no_cache:
+        data.cache_latents(comps.vae, progress)
+        comps.vae.to("cpu")  # the VAE is not needed again: it leaves the accelerator
+        if not method.trains_text_encoder:
+            data.cache_embeddings(comps.text_encoder)
+            comps.text_encoder.to("cpu")
+    start = 0
+    if plan.resume_from is not None:
+        state = load_checkpoint(plan.resume_from)
+        method.load_state_dict(comps, state["trainable"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start = state["state"]["step"]
+        log.info("resuming from %s (step %d)", plan.resume_from, start)
+    if method.trains_text_encoder:
+        unet, text_encoder, optimizer = accelerator.prepare(comps.unet, comps.text_encoder, optimizer)
+    else:
+        unet, optimizer = accelerator.prepare(comps.unet, optimizer)
+        text_encoder = comps.text_encoder
+    return Run(cfg, accelerator, comps, method, data, optimizer, lr_scheduler, unet, text_encoder, start, weight_dtype)
+
+
+def _class_examples(cfg: TrainConfig, comps: Components, progress: bool) -> ExampleSet:
+    missing = missing_class_indices(cfg.class_dir, cfg.num_class_images)
+    if missing:
+        log.info("generating %d class images for %r in %s", len(missing), cfg.class_prompt, cfg.class_dir)
+        generate_class_images(
+            comps.pipeline, cfg.class_prompt, cfg.class_dir, missing, seed=cfg.seed, steps=cfg.class_inference_steps,
+            guidance=cfg.class_guidance, batch_size=cfg.class_batch_size, resolution=cfg.resolution, progress=progress,
+        )
+    paths = class_images(cfg.class_dir, cfg.num_class_images)
+    return ExampleSet(paths, tokenize(comps.tokenizer, cfg.class_prompt), stream=1)
+
+
+def _optimizer(cfg: TrainConfig, groups: list[dict]):
+    kw = dict(betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+    if cfg.adam_8bit:
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(groups, **kw)
+    return torch.optim.AdamW(groups, **kw)
+
+
+def training_step(run: Run, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One micro-batch: instance (+ class) examples -> noisy latents -> UNet -> DreamBooth loss."""
+    cfg, comps, data = run.cfg, run.comps, run.data
+    device = run.accelerator.device
+    g = torch.Generator().manual_seed(mix_seed(cfg.seed, step, micro))
+    k = (step * cfg.gradient_accumulation + micro) * cfg.batch_size
+    latents, emb = data.batch(data.instance, k, cfg.batch_size, g, comps.vae, run.text_encoder, device)
+    if data.klass is not None:
+        c_latents, c_emb = data.batch(data.klass, k, cfg.batch_size, g, comps.vae, run.text_encoder, device)
+        latents, emb = torch.cat([latents, c_latents]), torch.cat([emb, c_emb])  # (2B, 4, h, w), (2B, L, D)
+    noise = torch.randn(latents.shape, generator=g).to(device)
+    timesteps = torch.randint(0, comps.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g).to(device)
+    noisy = comps.noise_scheduler.add_noise(latents, noise, timesteps)
+    pred = run.unet(noisy.to(run.weight_dtype), timesteps, emb.to(run.weight_dtype)).sample
+    target = diffusion_target(comps.noise_scheduler, latents, noise, timesteps)
+    return prior_preservation_loss(pred, target, cfg.batch_size, cfg.prior_loss_weight)
+
+
+def fit(run: Run, progress: bool = True) -> None:
+    from tqdm.auto import tqdm
+
+    cfg, acc = run.cfg, run.accelerator
+    out = Path(cfg.output_dir)
+    log_file = _open_log(out / "train_log.csv", run.start_step)
+    trained = [p for g in run.optimizer.param_groups for p in g["params"]]
+    models = [run.unet] + ([run.text_encoder] if run.method.trains_text_encoder else [])
+    for m in models:
+        m.train()
+    bar = tqdm(total=cfg.max_steps, initial=run.start_step, desc="training", unit="step", disable=not progress)
+    step_time = None
+    for step in range(run.start_step, cfg.max_steps):
+        t0 = time.perf_counter()
+        totals = torch.zeros(3)
+        lr = run.lr_scheduler.get_last_lr()[0]
+        for micro in range(cfg.gradient_accumulation):
+            with acc.accumulate(*models):
+                loss, inst, prior = training_step(run, step, micro)
+                acc.backward(loss)
+                if acc.sync_gradients and cfg.max_grad_norm > 0:
+                    acc.clip_grad_norm_(trained, cfg.max_grad_norm)
+                run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
+            totals += torch.stack([loss.detach(), inst.detach(), prior.detach()]).float().cpu() / cfg.gradient_accumulation
+        run.lr_scheduler.step()
+        done = step + 1
+        row = [done, *(f"{v:.6g}" for v in totals.tolist()), f"{lr:.6g}"]
+        log_file.write(",".join(map(str, row)) + "\n")
+        log_file.flush()
+        dt = time.perf_counter() - t0
+        step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
+        bar.set_postfix_str(f"loss={totals[0]:.4f} lr={lr:.2e} s/step={step_time:.2f}")
+        bar.update(1)
+        if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
+            save_checkpoint(out, done, run.method, run.comps, run.optimizer, run.lr_scheduler, {"max_steps": cfg.max_steps})
+            prune_checkpoints(out, cfg.keep_checkpoints)
+    bar.close()
+    log_file.close()
+
+
+def _open_log(path: Path, start_step: int):
+    """The CSV log, cut back to the resumed step (rows past it belong to a run that was not kept)."""
+    rows = []
+    if start_step > 0 and path.exists():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r and r[0].isdigit() and int(r[0]) <= start_step]
+    io.write_text(path, ",".join(LOG_COLUMNS) + "\n" + "".join(",".join(r) + "\n" for r in rows))
+    return open(path, "a", encoding="utf-8")
+
+
+__all__ = ["train", "setup", "fit", "training_step", "checkpoints_dir"]

@@ -1,0 +1,88 @@
+"""Everything about a training run that can be wrong is checked here, before any model is loaded."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import TrainConfig
+from ..data.images import instance_images
+from ..data.prior import check_class_dir
+from ..errors import UserError
+from ..models import check_model
+from .checkpoint import checkpoint_step, is_checkpoint, list_checkpoints
+
+RUN_FILE = "run.json"
+
+
+@dataclass
+class Plan:
+    instance_paths: list[Path]
+    resume_from: Path | None
+    clear_previous: bool  # --overwrite of an earlier run
+
+
+def run_status(output_dir: str | Path) -> str | None:
+    """'finished', 'unfinished' (complete checkpoints but no final weights) or None (no run)."""
+    out = Path(output_dir)
+    try:
+        if json.loads((out / RUN_FILE).read_text()).get("status") == "finished":
+            return "finished"
+    except (OSError, ValueError):
+        pass
+    return "unfinished" if list_checkpoints(out) else None
+
+
+def preflight(cfg: TrainConfig) -> Plan:
+    cfg.validate()
+    check_model(cfg.model)
+    paths = instance_images(cfg.instance_dir)
+    if cfg.class_dir is not None:
+        check_class_dir(cfg.class_dir)
+    _check_hardware(cfg)
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output-dir {out}: is a file, not a folder")
+    status = run_status(out)
+    resume_from = None
+    if cfg.resume is not None:
+        if cfg.overwrite:
+            raise UserError("--overwrite: cannot be combined with --resume (one continues the run, the other replaces it)")
+        resume_from = _resume_path(cfg, out)
+    elif status is not None and not cfg.overwrite:
+        what = "a finished run" if status == "finished" else "an unfinished run (with checkpoints)"
+        raise UserError(
+            f"--output-dir {out}: holds {what}; pass --resume latest to continue it or --overwrite to replace it"
+        )
+    return Plan(paths, resume_from, clear_previous=cfg.overwrite and status is not None)
+
+
+def _resume_path(cfg: TrainConfig, out: Path) -> Path:
+    if cfg.resume == "latest":
+        found = list_checkpoints(out)
+        if not found:
+            raise UserError(f"--resume latest: no complete checkpoint under {out / 'checkpoints'}")
+        path = found[-1][1]
+    else:
+        path = Path(cfg.resume)
+        if not is_checkpoint(path):
+            raise UserError(f"--resume {cfg.resume}: not a complete checkpoint folder (no checkpoint_complete marker)")
+    step = checkpoint_step(path)
+    if step >= cfg.max_steps:
+        raise UserError(
+            f"--max-steps {cfg.max_steps}: the checkpoint {path} is at step {step} already; give a larger --max-steps"
+        )
+    return path
+
+
+def _check_hardware(cfg: TrainConfig) -> None:
+    if cfg.mixed_precision == "fp16" or cfg.adam_8bit:
+        import torch
+
+        if not torch.cuda.is_available():
+            flag = "--adam-8bit" if cfg.adam_8bit else "--mixed-precision fp16"
+            raise UserError(f"{flag}: needs a CUDA GPU, and none is available (use bf16 or no on the CPU)")
+    if cfg.adam_8bit and importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("--adam-8bit: needs the bitsandbytes package (pip install bitsandbytes)")
