@@ -16,13 +16,20 @@ from .config import TrainConfig, add_arguments, build, from_namespace, load_yaml
 from .errors import UserError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (naming the input) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="dreambooth",
         description="Teach a text-to-image diffusion model a new subject from a few photos (DreamBooth).",
     )
     p.add_argument("--version", action="version", version=f"dreambooth {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("train", help="fine-tune a model on photos of one subject",
                        description="Fine-tune a model on photos of one subject. Flags override --config.")

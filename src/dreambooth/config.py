@@ -178,7 +178,15 @@ def _base_type(tp: Any) -> tuple[type, bool]:
 
 
 def coerce(cls: type, key: str, value: Any, source: str) -> Any:
-    """Check (and lightly convert) one value against the field's type; raise UserError on mismatch."""
+    """Check (and lightly convert) one value against the field's type and choices; raise UserError."""
+    value = _convert(cls, key, value, source)
+    choices = next(f for f in dataclasses.fields(cls) if f.name == key).metadata.get("choices")
+    if choices and value not in choices:
+        raise UserError(f"{source}: must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _convert(cls: type, key: str, value: Any, source: str) -> Any:
     tp, optional = _base_type(_field_types(cls)[key])
     if value is None:
         if optional:
@@ -208,7 +216,7 @@ def coerce(cls: type, key: str, value: Any, source: str) -> Any:
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-    raise UserError(f"{source}: '{key}' must be {'an ' if tp is int else 'a '}{tp.__name__}, got {value!r}")
+    raise UserError(f"{source}: must be {'an ' if tp is int else 'a '}{tp.__name__}, got {value!r}")
 
 
 def load_yaml(path: str | Path, cls: type) -> dict[str, Any]:
@@ -228,7 +236,7 @@ def load_yaml(path: str | Path, cls: type) -> dict[str, Any]:
         name = str(key).replace("-", "_")
         if name not in names:
             raise UserError(f"--config {path}: unknown key '{key}'")
-        out[name] = coerce(cls, name, value, f"--config {path}")
+        out[name] = coerce(cls, name, value, f"--config {path}: '{key}'")
     return out
 
 
@@ -251,7 +259,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             parser.add_argument(f"--{flag_name(f.name)}", action=action, **kw)
         else:
             if "choices" in f.metadata:
-                kw["choices"] = f.metadata["choices"]
+                kw["help"] += f" [{' | '.join(f.metadata['choices'])}]"
             parser.add_argument(f"--{flag_name(f.name)}", type=str, metavar=tp.__name__.upper(), **kw)
 
 
@@ -260,9 +268,7 @@ def build(cls: type, *layers: dict[str, Any]) -> Any:
     merged: dict[str, Any] = {}
     for layer in layers:
         merged.update(layer)
-    values = {}
-    for key, value in merged.items():
-        values[key] = coerce(cls, key, value, f"--{flag_name(key)}") if isinstance(value, str) else value
+    values = {key: coerce(cls, key, value, f"--{flag_name(key)}") for key, value in merged.items()}
     return cls(**values)
 
 

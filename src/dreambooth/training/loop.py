@@ -149,21 +149,27 @@ def _optimizer(cfg: TrainConfig, groups: list[dict]):
 
 
 def training_step(run: Run, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One micro-batch: instance (+ class) examples -> noisy latents -> UNet -> DreamBooth loss."""
-    cfg, comps, data = run.cfg, run.comps, run.data
-    device = run.accelerator.device
-    g = torch.Generator().manual_seed(mix_seed(cfg.seed, step, micro))
+    """One micro-batch: instance (+ class) examples -> noisy latents -> UNet -> DreamBooth loss.
+
+    Instance and class examples draw from generators of their own, so the instance half of a step is
+    the same with or without prior preservation.
+    """
+    cfg, data = run.cfg, run.data
     k = (step * cfg.gradient_accumulation + micro) * cfg.batch_size
-    latents, emb = data.batch(data.instance, k, cfg.batch_size, g, comps.vae, run.text_encoder, device)
-    if data.klass is not None:
-        c_latents, c_emb = data.batch(data.klass, k, cfg.batch_size, g, comps.vae, run.text_encoder, device)
-        latents, emb = torch.cat([latents, c_latents]), torch.cat([emb, c_emb])  # (2B, 4, h, w), (2B, L, D)
-    noise = torch.randn(latents.shape, generator=g).to(device)
-    timesteps = torch.randint(0, comps.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g).to(device)
-    noisy = comps.noise_scheduler.add_noise(latents, noise, timesteps)
+    parts = [_noised(run, s, k, torch.Generator().manual_seed(mix_seed(cfg.seed, step, micro, s.stream))) for s in data.sets]
+    noisy, timesteps, emb, target = (torch.cat(t) for t in zip(*parts))  # (B or 2B, ...)
     pred = run.unet(noisy.to(run.weight_dtype), timesteps, emb.to(run.weight_dtype)).sample
-    target = diffusion_target(comps.noise_scheduler, latents, noise, timesteps)
     return prior_preservation_loss(pred, target, cfg.batch_size, cfg.prior_loss_weight)
+
+
+def _noised(run: Run, s: ExampleSet, k: int, g: torch.Generator):
+    """Examples k.. of set s with noise added at random timesteps (Ho et al., 2020, eq. 4)."""
+    comps, device, n = run.comps, run.accelerator.device, run.cfg.batch_size
+    latents, emb = run.data.batch(s, k, n, g, comps.vae, run.text_encoder, device)  # (n, 4, h, w), (n, L, D)
+    noise = torch.randn(latents.shape, generator=g).to(device)
+    timesteps = torch.randint(0, comps.noise_scheduler.config.num_train_timesteps, (n,), generator=g).to(device)
+    noisy = comps.noise_scheduler.add_noise(latents, noise, timesteps)
+    return noisy, timesteps, emb, diffusion_target(comps.noise_scheduler, latents, noise, timesteps)
 
 
 def fit(run: Run, progress: bool = True) -> None:
@@ -176,7 +182,7 @@ def fit(run: Run, progress: bool = True) -> None:
     models = [run.unet] + ([run.text_encoder] if run.method.trains_text_encoder else [])
     for m in models:
         m.train()
-    bar = tqdm(total=cfg.max_steps, initial=run.start_step, desc="training", unit="step", disable=not progress)
+    bar = tqdm(total=cfg.max_steps, initial=run.start_step, desc="training", unit="step", disable=not progress, mininterval=1.0)
     step_time = None
     for step in range(run.start_step, cfg.max_steps):
         t0 = time.perf_counter()
