@@ -17,7 +17,12 @@ from .errors import UserError
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (naming the input) and exit code 2."""
+    """argparse, but a usage error is one line (naming the input) and exit code 2, and a flag is never
+    guessed from a prefix (a typo such as --learning-rat must be an error)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
@@ -63,7 +68,10 @@ def train_config(ns: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = _parser().parse_args(argv)
+    try:
+        ns = _parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error (already printed, one line)
+        return int(e.code or 0)
     # transformers warns at import about image processors we never use.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -1,0 +1,68 @@
+"""Shared fixtures: one tiny model per session, built offline through the same code users run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from dreambooth.config import TrainConfig  # noqa: E402
+from dreambooth.demo import example_subject  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from dreambooth.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def class_dir(tmp_path_factory, tiny_model) -> Path:
+    """Four class images generated once by the tiny model (tests copy it when they add to it)."""
+    from dreambooth.data.prior import generate_class_images
+    from dreambooth.models import load_pipeline
+
+    d = tmp_path_factory.mktemp("class") / "dog"
+    generate_class_images(load_pipeline(str(tiny_model)), "a photo of a dog", d, [0, 1, 2, 3], seed=0, steps=2,
+                          guidance=7.5, batch_size=4, resolution=64, progress=False)
+    return d
+
+
+@pytest.fixture
+def instance_dir(tmp_path) -> Path:
+    d = tmp_path / "instance"
+    shutil.copytree(example_subject(), d)
+    return d
+
+
+@pytest.fixture
+def make_cfg(tiny_model, instance_dir, tmp_path):
+    """A fast training config on the tiny model; keyword arguments override."""
+
+    def make(**kw) -> TrainConfig:
+        base = dict(
+            model=str(tiny_model), instance_dir=str(instance_dir), instance_prompt="a photo of sks dog",
+            output_dir=str(tmp_path / "run"), resolution=64, max_steps=2, learning_rate=1e-3,
+            lr_scheduler="constant", rank=4, checkpoint_every=1000,
+        )
+        base.update(kw)
+        return TrainConfig(**base)
+
+    return make
+
+
+def lora_weights(output_dir) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(output_dir) / "pytorch_lora_weights.safetensors"))
+
+
+def max_abs_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
