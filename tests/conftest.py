@@ -29,8 +29,18 @@ def class_dir(tmp_path_factory, tiny_model) -> Path:
     from dreambooth.models import load_pipeline
 
     d = tmp_path_factory.mktemp("class") / "dog"
-    generate_class_images(load_pipeline(str(tiny_model)), "a photo of a dog", d, [0, 1, 2, 3], seed=0, steps=2,
-                          guidance=7.5, batch_size=4, resolution=64, progress=False)
+    generate_class_images(
+        load_pipeline(str(tiny_model)),
+        "a photo of a dog",
+        d,
+        [0, 1, 2, 3],
+        seed=0,
+        steps=2,
+        guidance=7.5,
+        batch_size=4,
+        resolution=64,
+        progress=False,
+    )
     return d
 
 
@@ -47,22 +57,18 @@ def make_cfg(tiny_model, instance_dir, tmp_path):
 
     def make(**kw) -> TrainConfig:
         base = dict(
-            model=str(tiny_model), instance_dir=str(instance_dir), instance_prompt="a photo of sks dog",
-            output_dir=str(tmp_path / "run"), resolution=64, max_steps=2, learning_rate=1e-3,
-            lr_scheduler="constant", rank=4, checkpoint_every=1000,
+            model=str(tiny_model),
+            instance_dir=str(instance_dir),
+            instance_prompt="a photo of sks dog",
+            output_dir=str(tmp_path / "run"),
+            resolution=64,
+            max_steps=2,
+            learning_rate=1e-3,
+            lr_scheduler="constant",
+            rank=4,
+            checkpoint_every=1000,
         )
         base.update(kw)
         return TrainConfig(**base)
 
     return make
-
-
-def lora_weights(output_dir) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(Path(output_dir) / "pytorch_lora_weights.safetensors"))
-
-
-def max_abs_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max(float((a[k] - b[k]).abs().max()) for k in a)

@@ -66,10 +66,24 @@ def bad_cases(tiny_model, instance_dir, tmp_path):
 
 
 CASES = [
-    "missing instance dir", "empty instance dir", "unreadable image", "unknown model path", "folder that is no model",
-    "class prompt without class dir", "rank 0", "learning rate 0", "negative learning rate",
-    "resolution not divisible by 8", "unknown scheduler", "warmup with constant", "not a number", "unknown flag",
-    "resume without checkpoints", "fp16 without a GPU", "8-bit Adam without a GPU", "config file with a typo",
+    "missing instance dir",
+    "empty instance dir",
+    "unreadable image",
+    "unknown model path",
+    "folder that is no model",
+    "class prompt without class dir",
+    "rank 0",
+    "learning rate 0",
+    "negative learning rate",
+    "resolution not divisible by 8",
+    "unknown scheduler",
+    "warmup with constant",
+    "not a number",
+    "unknown flag",
+    "resume without checkpoints",
+    "fp16 without a GPU",
+    "8-bit Adam without a GPU",
+    "config file with a typo",
 ]
 
 
@@ -77,9 +91,20 @@ CASES = [
 def test_bad_input_is_one_line_exit_2_and_nothing_lost(case, tiny_model, instance_dir, tmp_path, finished_run, capsys):
     args, named = bad_cases(tiny_model, instance_dir, tmp_path)[case]
     before = snapshot(finished_run)
-    base = ["train", "--model", str(tiny_model), "--instance-dir", str(instance_dir),
-            "--instance-prompt", "a photo of sks dog", "--output-dir", str(finished_run), "--overwrite",
-            "--max-steps", "1000"]
+    base = [
+        "train",
+        "--model",
+        str(tiny_model),
+        "--instance-dir",
+        str(instance_dir),
+        "--instance-prompt",
+        "a photo of sks dog",
+        "--output-dir",
+        str(finished_run),
+        "--overwrite",
+        "--max-steps",
+        "1000",
+    ]
     rc = main(base + args)
     err = capsys.readouterr().err.strip()
     assert rc == 2
@@ -89,8 +114,19 @@ def test_bad_input_is_one_line_exit_2_and_nothing_lost(case, tiny_model, instanc
 
 def test_a_finished_run_is_not_overwritten_without_consent(tiny_model, instance_dir, finished_run, capsys):
     before = snapshot(finished_run)
-    rc = main(["train", "--model", str(tiny_model), "--instance-dir", str(instance_dir),
-               "--instance-prompt", "a photo of sks dog", "--output-dir", str(finished_run)])
+    rc = main(
+        [
+            "train",
+            "--model",
+            str(tiny_model),
+            "--instance-dir",
+            str(instance_dir),
+            "--instance-prompt",
+            "a photo of sks dog",
+            "--output-dir",
+            str(finished_run),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "finished run" in err and "--overwrite" in err
     assert snapshot(finished_run) == before
@@ -102,8 +138,24 @@ def test_a_missing_required_flag_is_named(capsys):
 
 
 def test_the_installed_command_exits_2_with_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dreambooth", "train", "--model", "m", "--instance-dir", str(tmp_path),
-                           "--instance-prompt", "p", "--output-dir", str(tmp_path / "o"), "--rank", "0"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dreambooth",
+            "train",
+            "--model",
+            "m",
+            "--instance-dir",
+            str(tmp_path),
+            "--instance-prompt",
+            "p",
+            "--output-dir",
+            str(tmp_path / "o"),
+            "--rank",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stderr.strip() == "error: --rank: must be at least 1, got 0"
-

@@ -17,8 +17,10 @@ def parse(*argv) -> argparse.Namespace:
 
 def test_flags_override_the_file_and_the_file_overrides_defaults(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("model: base\ninstance-dir: photos\ninstance_prompt: a photo of sks cat\noutput_dir: out\n"
-                 "rank: 4\nlearning_rate: 3.0e-4\ntrain_text_encoder: true\n")
+    f.write_text(
+        "model: base\ninstance-dir: photos\ninstance_prompt: a photo of sks cat\noutput_dir: out\n"
+        "rank: 4\nlearning_rate: 3.0e-4\ntrain_text_encoder: true\n"
+    )
     cfg = train_config(parse("--config", str(f), "--learning-rate", "1e-6", "--no-train-text-encoder"))
     assert cfg.rank == 4  # from the file
     assert cfg.learning_rate == 1e-6  # the flag wins
@@ -33,13 +35,16 @@ def test_every_flag_has_a_config_key_of_the_same_name():
     assert flags == set(TrainConfig.__dataclass_fields__)
 
 
-@pytest.mark.parametrize("text,problem", [
-    ("learning_rat: 1.0e-4\n", "unknown key 'learning_rat'"),
-    ("rank: four\n", "'rank': must be an int"),
-    ("lr_scheduler: sometimes\n", "must be one of"),
-    ("- a\n- b\n", "mapping"),
-    ("rank: [\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text,problem",
+    [
+        ("learning_rat: 1.0e-4\n", "unknown key 'learning_rat'"),
+        ("rank: four\n", "'rank': must be an int"),
+        ("lr_scheduler: sometimes\n", "must be one of"),
+        ("- a\n- b\n", "mapping"),
+        ("rank: [\n", "not valid YAML"),
+    ],
+)
 def test_bad_config_files_are_refused_by_name(tmp_path, text, problem):
     f = tmp_path / "c.yaml"
     f.write_text(text)
@@ -68,7 +73,9 @@ def test_lr_schedule_really_warms_up():
         lrs.append(sched.get_last_lr()[0])
         opt.step()
         sched.step()
-    assert lrs[0] == 0 and lrs[5] == pytest.approx(0.5 * cfg.learning_rate) and lrs[10] == pytest.approx(cfg.learning_rate)
+    assert (
+        lrs[0] == 0 and lrs[5] == pytest.approx(0.5 * cfg.learning_rate) and lrs[10] == pytest.approx(cfg.learning_rate)
+    )
     assert lrs[-1] < 0.01 * cfg.learning_rate
 
 
@@ -82,7 +89,9 @@ def test_every_example_config_loads_and_validates(path):
 def test_resume_takes_the_runs_saved_config_as_its_base(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "config.yaml").write_text("model: base\ninstance_dir: photos\ninstance_prompt: a photo of sks cat\n"
-                                     f"output_dir: {out}\nrank: 8\nmax_steps: 100\nresume: null\n")
+    (out / "config.yaml").write_text(
+        "model: base\ninstance_dir: photos\ninstance_prompt: a photo of sks cat\n"
+        f"output_dir: {out}\nrank: 8\nmax_steps: 100\nresume: null\n"
+    )
     cfg = train_config(parse("--output-dir", str(out), "--resume", "latest", "--max-steps", "300"))
     assert (cfg.model, cfg.rank, cfg.max_steps, cfg.resume) == ("base", 8, 300, "latest")

@@ -13,7 +13,9 @@ def test_tiny_model_loads_in_stock_diffusers_and_generates(tmp_path):
     assert main(["tiny-model", str(out), "--seed", "3"]) == 0
     pipe = StableDiffusionPipeline.from_pretrained(out)
     assert pipe.safety_checker is None
-    images = pipe("a photo of sks cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    images = pipe(
+        "a photo of sks cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all() and images.std() > 0
 
 

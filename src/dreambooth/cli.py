@@ -36,8 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"dreambooth {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    t = sub.add_parser("train", help="fine-tune a model on photos of one subject",
-                       description="Fine-tune a model on photos of one subject. Flags override --config.")
+    t = sub.add_parser(
+        "train",
+        help="fine-tune a model on photos of one subject",
+        description="Fine-tune a model on photos of one subject. Flags override --config.",
+    )
     t.add_argument("--config", help="YAML file whose keys are the flags' names (learning_rate: 1e-4)")
     add_arguments(t, TrainConfig)
 

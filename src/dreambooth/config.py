@@ -39,12 +39,16 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
 @dataclasses.dataclass
 class TrainConfig:
     # what to train on
-    model: str | None = _f(None, "base model: hub id (runwayml/stable-diffusion-v1-5) or a local diffusers folder", required=True)
+    model: str | None = _f(
+        None, "base model: hub id (runwayml/stable-diffusion-v1-5) or a local diffusers folder", required=True
+    )
     instance_dir: str | None = _f(None, "folder with the 3-5 photos of the subject", required=True)
     instance_prompt: str | None = _f(None, 'prompt with the identifier, e.g. "a photo of sks cat"', required=True)
     output_dir: str | None = _f(None, "where the run writes its weights, checkpoints, config and log", required=True)
     # prior preservation (DreamBooth eq. 2)
-    class_prompt: str | None = _f(None, 'class prompt without the identifier, e.g. "a photo of a cat"; turns prior preservation on')
+    class_prompt: str | None = _f(
+        None, 'class prompt without the identifier, e.g. "a photo of a cat"; turns prior preservation on'
+    )
     class_dir: str | None = _f(None, "folder of class images; missing ones are generated with the base model")
     num_class_images: int = _f(100, "number of class images prior preservation uses")
     prior_loss_weight: float = _f(1.0, "lambda: weight of the class (prior) loss")
@@ -117,19 +121,39 @@ class TrainConfig:
             (self.text_encoder_lr > 0, "--text-encoder-lr", f"must be > 0, got {self.text_encoder_lr}"),
             (self.lora_alpha is None or self.lora_alpha > 0, "--lora-alpha", f"must be > 0, got {self.lora_alpha}"),
             (0 <= self.lora_dropout < 1, "--lora-dropout", f"must be in [0, 1), got {self.lora_dropout}"),
-            (self.resolution > 0 and self.resolution % 8 == 0, "--resolution", f"must be a positive multiple of 8, got {self.resolution}"),
+            (
+                self.resolution > 0 and self.resolution % 8 == 0,
+                "--resolution",
+                f"must be a positive multiple of 8, got {self.resolution}",
+            ),
             (self.max_steps >= 1, "--max-steps", f"must be at least 1, got {self.max_steps}"),
             (self.batch_size >= 1, "--batch-size", f"must be at least 1, got {self.batch_size}"),
-            (self.gradient_accumulation >= 1, "--gradient-accumulation", f"must be at least 1, got {self.gradient_accumulation}"),
+            (
+                self.gradient_accumulation >= 1,
+                "--gradient-accumulation",
+                f"must be at least 1, got {self.gradient_accumulation}",
+            ),
             (self.max_grad_norm >= 0, "--max-grad-norm", f"must be >= 0, got {self.max_grad_norm}"),
             (self.checkpoint_every >= 1, "--checkpoint-every", f"must be at least 1, got {self.checkpoint_every}"),
-            (self.keep_checkpoints is None or self.keep_checkpoints >= 1, "--keep-checkpoints", f"must be at least 1, got {self.keep_checkpoints}"),
+            (
+                self.keep_checkpoints is None or self.keep_checkpoints >= 1,
+                "--keep-checkpoints",
+                f"must be at least 1, got {self.keep_checkpoints}",
+            ),
             (self.num_class_images >= 1, "--num-class-images", f"must be at least 1, got {self.num_class_images}"),
             (self.prior_loss_weight >= 0, "--prior-loss-weight", f"must be >= 0, got {self.prior_loss_weight}"),
             (self.class_batch_size >= 1, "--class-batch-size", f"must be at least 1, got {self.class_batch_size}"),
-            (self.class_inference_steps >= 1, "--class-inference-steps", f"must be at least 1, got {self.class_inference_steps}"),
+            (
+                self.class_inference_steps >= 1,
+                "--class-inference-steps",
+                f"must be at least 1, got {self.class_inference_steps}",
+            ),
             (bool(self.unet_targets), "--lora-targets", "names no module"),
-            (self.lr_warmup_steps is None or self.lr_warmup_steps >= 0, "--lr-warmup-steps", f"must be >= 0, got {self.lr_warmup_steps}"),
+            (
+                self.lr_warmup_steps is None or self.lr_warmup_steps >= 0,
+                "--lr-warmup-steps",
+                f"must be >= 0, got {self.lr_warmup_steps}",
+            ),
             (bool(self.instance_prompt.strip()), "--instance-prompt", "is empty"),
         ]
         for ok, flag, problem in checks:

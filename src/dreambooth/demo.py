@@ -97,4 +97,3 @@ def run_demo(out: Path, max_steps: int = 300, overwrite: bool = False) -> dict:
         f"  training log:      {summary['train_log']}\n  summary:           {out / 'demo_summary.json'}"
     )
     return summary
-

@@ -39,7 +39,9 @@ def to_pixels(path: Path, resolution: int, flip: bool, crop_xy: tuple[float, flo
     return x.flip(-1) if flip else x
 
 
-def sample_latents(params: torch.Tensor, generator: torch.Generator, scaling: float, shift: float = 0.0) -> torch.Tensor:
+def sample_latents(
+    params: torch.Tensor, generator: torch.Generator, scaling: float, shift: float = 0.0
+) -> torch.Tensor:
     """Draw z ~ N(mean, exp(logvar)) from the VAE posterior parameters (B, 2C, h, w), then scale
     as the diffusion model expects (Rombach et al., 2022, section 3)."""
     mean, logvar = params.float().chunk(2, dim=1)
@@ -60,7 +62,16 @@ class ExampleSet:
 
 
 class TrainingData:
-    def __init__(self, instance: ExampleSet, klass: ExampleSet | None, *, resolution: int, flip: bool, random_crop: bool, seed: int):
+    def __init__(
+        self,
+        instance: ExampleSet,
+        klass: ExampleSet | None,
+        *,
+        resolution: int,
+        flip: bool,
+        random_crop: bool,
+        seed: int,
+    ):
         self.instance, self.klass = instance, klass
         self.resolution, self.flip, self.random_crop, self.seed = resolution, flip, random_crop, seed
 
@@ -72,7 +83,12 @@ class TrainingData:
     def cache_latents(self, vae, progress: bool = True) -> None:
         from tqdm.auto import tqdm
 
-        jobs = [(s, i, f) for s in self.sets for i in range(len(s.paths)) for f in ((False, True) if self.flip else (False,))]
+        jobs = [
+            (s, i, f)
+            for s in self.sets
+            for i in range(len(s.paths))
+            for f in ((False, True) if self.flip else (False,))
+        ]
         for s, i, f in tqdm(jobs, desc="caching latents", unit="img", disable=not progress):
             s._latent_cache[(i, f)] = self._encode(vae, [s.paths[i]], [f], [(0.5, 0.5)])[0].cpu()
 

@@ -15,7 +15,9 @@ from ..training.losses import diffusion_target
 
 
 @torch.no_grad()
-def fixed_noise_loss(pipe, image_paths: list[Path], prompt: str, resolution: int, seed: int = 0, draws: int = 8) -> float:
+def fixed_noise_loss(
+    pipe, image_paths: list[Path], prompt: str, resolution: int, seed: int = 0, draws: int = 8
+) -> float:
     """Mean MSE of the UNet's prediction over `draws` fixed (noise, timestep) draws per image."""
     from diffusers import DDPMScheduler
 

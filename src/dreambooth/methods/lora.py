@@ -47,7 +47,10 @@ class LoRA(Method):
         if self.trains_text_encoder:
             comps.text_encoder.add_adapter(self._config(TEXT_ENCODER_TARGETS))
             groups.append(
-                {"params": [p for p in comps.text_encoder.parameters() if p.requires_grad], "lr": self.cfg.text_encoder_lr}
+                {
+                    "params": [p for p in comps.text_encoder.parameters() if p.requires_grad],
+                    "lr": self.cfg.text_encoder_lr,
+                }
             )
         # Trainable adapters stay in fp32 under mixed precision (frozen weights are fp16/bf16).
         cast_training_params([comps.unet, comps.text_encoder])

@@ -44,8 +44,12 @@ def rng_state() -> dict:
     state = {
         "python": list(random.getstate()[1]) + [random.getstate()[2]],
         "python_version": random.getstate()[0],
-        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": np_state[2],
-                  "has_gauss": np_state[3], "cached_gaussian": np_state[4]},
+        "numpy": {
+            "key": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": np_state[2],
+            "has_gauss": np_state[3],
+            "cached_gaussian": np_state[4],
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():

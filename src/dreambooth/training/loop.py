@@ -30,7 +30,7 @@ from .losses import diffusion_target, prior_preservation_loss
 from .preflight import RUN_FILE, Plan, preflight
 
 log = logging.getLogger(__name__)
-LOG_COLUMNS = ("step", "loss", "instance_loss", "prior_loss", "lr")
+LOG_COLUMNS = ("step", "loss", "instance_loss", "prior_loss", "lr", "seconds")
 
 
 @dataclass
@@ -51,7 +51,9 @@ class Run:
 def resolved(cfg: TrainConfig) -> TrainConfig:
     """The config with every implicit default made explicit, as written beside the run."""
     return dataclasses.replace(
-        cfg, lr_warmup_steps=cfg.warmup_steps, lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else float(cfg.rank)
+        cfg,
+        lr_warmup_steps=cfg.warmup_steps,
+        lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else float(cfg.rank),
     )
 
 
@@ -71,7 +73,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     files = run.method.save(run.comps, out)
     io.write_text(
         out / RUN_FILE,
-        json.dumps({"status": "finished", "step": cfg.max_steps, "method": cfg.method, "files": [f.name for f in files]}, indent=2),
+        json.dumps(
+            {"status": "finished", "step": cfg.max_steps, "method": cfg.method, "files": [f.name for f in files]},
+            indent=2,
+        ),
     )
     log.info("finished: %s", ", ".join(str(f) for f in files))
     return out
@@ -79,9 +84,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
 def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from diffusers.optimization import get_scheduler
 
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation)
+    # Accelerate keeps its settings in process-wide singletons; a second run in the same process
+    # (tests, sweeps, the UI) must start from its own. The process group (PartialState) is kept.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation
+    )
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     torch.manual_seed(cfg.seed)
     comps = load_components(cfg.model, weight_dtype)
@@ -103,7 +115,9 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
         cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
     )
     instance = ExampleSet(plan.instance_paths, tokenize(comps.tokenizer, cfg.instance_prompt), stream=0)
-    data = TrainingData(instance, klass, resolution=cfg.resolution, flip=cfg.random_flip, random_crop=cfg.random_crop, seed=cfg.seed)
+    data = TrainingData(
+        instance, klass, resolution=cfg.resolution, flip=cfg.random_flip, random_crop=cfg.random_crop, seed=cfg.seed
+    )
     if not cfg.no_cache:
         data.cache_latents(comps.vae, progress)
         comps.vae.to("cpu")  # the VAE is not needed again: it leaves the accelerator
@@ -132,8 +146,16 @@ def _class_examples(cfg: TrainConfig, comps: Components, progress: bool) -> Exam
     if missing:
         log.info("generating %d class images for %r in %s", len(missing), cfg.class_prompt, cfg.class_dir)
         generate_class_images(
-            comps.pipeline, cfg.class_prompt, cfg.class_dir, missing, seed=cfg.seed, steps=cfg.class_inference_steps,
-            guidance=cfg.class_guidance, batch_size=cfg.class_batch_size, resolution=cfg.resolution, progress=progress,
+            comps.pipeline,
+            cfg.class_prompt,
+            cfg.class_dir,
+            missing,
+            seed=cfg.seed,
+            steps=cfg.class_inference_steps,
+            guidance=cfg.class_guidance,
+            batch_size=cfg.class_batch_size,
+            resolution=cfg.resolution,
+            progress=progress,
         )
     paths = class_images(cfg.class_dir, cfg.num_class_images)
     return ExampleSet(paths, tokenize(comps.tokenizer, cfg.class_prompt), stream=1)
@@ -156,7 +178,9 @@ def training_step(run: Run, step: int, micro: int) -> tuple[torch.Tensor, torch.
     """
     cfg, data = run.cfg, run.data
     k = (step * cfg.gradient_accumulation + micro) * cfg.batch_size
-    parts = [_noised(run, s, k, torch.Generator().manual_seed(mix_seed(cfg.seed, step, micro, s.stream))) for s in data.sets]
+    parts = [
+        _noised(run, s, k, torch.Generator().manual_seed(mix_seed(cfg.seed, step, micro, s.stream))) for s in data.sets
+    ]
     noisy, timesteps, emb, target = (torch.cat(t) for t in zip(*parts))  # (B or 2B, ...)
     pred = run.unet(noisy.to(run.weight_dtype), timesteps, emb.to(run.weight_dtype)).sample
     return prior_preservation_loss(pred, target, cfg.batch_size, cfg.prior_loss_weight)
@@ -182,7 +206,9 @@ def fit(run: Run, progress: bool = True) -> None:
     models = [run.unet] + ([run.text_encoder] if run.method.trains_text_encoder else [])
     for m in models:
         m.train()
-    bar = tqdm(total=cfg.max_steps, initial=run.start_step, desc="training", unit="step", disable=not progress, mininterval=1.0)
+    bar = tqdm(
+        total=cfg.max_steps, initial=run.start_step, desc="training", unit="step", disable=not progress, mininterval=1.0
+    )
     step_time = None
     for step in range(run.start_step, cfg.max_steps):
         t0 = time.perf_counter()
@@ -196,18 +222,22 @@ def fit(run: Run, progress: bool = True) -> None:
                     acc.clip_grad_norm_(trained, cfg.max_grad_norm)
                 run.optimizer.step()
                 run.optimizer.zero_grad(set_to_none=True)
-            totals += torch.stack([loss.detach(), inst.detach(), prior.detach()]).float().cpu() / cfg.gradient_accumulation
+            totals += (
+                torch.stack([loss.detach(), inst.detach(), prior.detach()]).float().cpu() / cfg.gradient_accumulation
+            )
         run.lr_scheduler.step()
         done = step + 1
-        row = [done, *(f"{v:.6g}" for v in totals.tolist()), f"{lr:.6g}"]
+        dt = time.perf_counter() - t0
+        row = [done, *(f"{v:.6g}" for v in totals.tolist()), f"{lr:.6g}", f"{dt:.4f}"]
         log_file.write(",".join(map(str, row)) + "\n")
         log_file.flush()
-        dt = time.perf_counter() - t0
         step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
         bar.set_postfix_str(f"loss={totals[0]:.4f} lr={lr:.2e} s/step={step_time:.2f}")
         bar.update(1)
         if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
-            save_checkpoint(out, done, run.method, run.comps, run.optimizer, run.lr_scheduler, {"max_steps": cfg.max_steps})
+            save_checkpoint(
+                out, done, run.method, run.comps, run.optimizer, run.lr_scheduler, {"max_steps": cfg.max_steps}
+            )
             prune_checkpoints(out, cfg.keep_checkpoints)
     bar.close()
     log_file.close()

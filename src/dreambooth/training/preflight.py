@@ -49,7 +49,9 @@ def preflight(cfg: TrainConfig) -> Plan:
     resume_from = None
     if cfg.resume is not None:
         if cfg.overwrite:
-            raise UserError("--overwrite: cannot be combined with --resume (one continues the run, the other replaces it)")
+            raise UserError(
+                "--overwrite: cannot be combined with --resume (one continues the run, the other replaces it)"
+            )
         resume_from = _resume_path(cfg, out)
     elif status is not None and not cfg.overwrite:
         what = "a finished run" if status == "finished" else "an unfinished run (with checkpoints)"

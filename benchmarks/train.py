@@ -1,0 +1,237 @@
+"""Training speed against the floor (issue 9): `make bench` or `python -m benchmarks.train`.
+
+Times LoRA DreamBooth training with prior preservation (one instance + one class example per step):
+  (a) the trainer with its defaults (latents and prompt embeddings cached),
+  (b) the trainer with --no-cache (VAE and text encoder every step, as the reference scripts do),
+  (c) the floor: UNet forward + backward + optimizer step alone, on pre-made tensors of the same
+      shapes, with the same LoRA.
+Each variant runs in its own process so that its peak memory (RSS on CPU, max allocated on GPU) is
+its own. Prints a Markdown table for BENCHMARKS.md and writes the figures as JSON.
+
+  --arch tiny   the tiny offline model (fast; default)
+  --arch sd15   the Stable Diffusion 1.5 architecture (UNet, VAE, CLIP ViT-L/14 text encoder) with
+                random weights built from its config in code, no download
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VARIANTS = ("a", "b", "c")
+
+
+def build_model(arch: str, out: Path) -> Path:
+    if arch == "tiny":
+        from dreambooth.tiny import build_tiny_pipeline
+
+        return build_tiny_pipeline(out)
+    return build_sd15(out)
+
+
+def build_sd15(out: Path) -> Path:
+    """SD 1.5's architecture with random weights (configs as published with runwayml/stable-diffusion-v1-5)."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from dreambooth.tiny import BOS, EOS, write_clip_tokenizer
+
+    vocab = write_clip_tokenizer(out / "tokenizer")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+    te = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+            bos_token_id=vocab[BOS],
+            eos_token_id=vocab[EOS],
+            pad_token_id=vocab[EOS],
+        )
+    )
+    sched = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, clip_sample=False
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=te,
+        tokenizer=CLIPTokenizer.from_pretrained(out / "tokenizer"),
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out)
+    return out
+
+
+def peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_variant(args) -> dict:
+    """One variant in this process; returns its figures."""
+    import torch
+
+    from dreambooth.config import TrainConfig
+    from dreambooth.demo import example_subject
+    from dreambooth.training.loop import setup, train
+    from dreambooth.training.preflight import preflight
+
+    work = Path(args.work)
+    cfg = TrainConfig(
+        model=str(work / "model"),
+        instance_dir=str(example_subject()),
+        instance_prompt="a photo of sks dog",
+        class_prompt="a photo of a dog",
+        class_dir=str(work / "class"),
+        num_class_images=4,
+        class_inference_steps=1,
+        output_dir=str(work / f"run-{args.variant}"),
+        resolution=args.resolution,
+        rank=16,
+        lr_scheduler="constant",
+        max_steps=args.warmup + args.steps,
+        checkpoint_every=10**9,
+        mixed_precision=args.precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        no_cache=args.variant == "b",
+        overwrite=True,
+    )
+    if args.variant in ("a", "b"):
+        out = train(cfg, progress=False)
+        rows = (out / "train_log.csv").read_text().splitlines()[1:]
+        times = [float(r.split(",")[-1]) for r in rows][args.warmup :]
+    else:
+        run = setup(cfg, preflight(cfg), progress=False)
+        unet, opt, dev = run.unet, run.optimizer, run.accelerator.device
+        h = args.resolution // 8
+        noisy = torch.randn(2, 4, h, h, device=dev, dtype=run.weight_dtype)
+        target = torch.randn(2, 4, h, h, device=dev)
+        emb = torch.randn(
+            2,
+            run.comps.tokenizer.model_max_length,
+            run.comps.unet.config.cross_attention_dim,
+            device=dev,
+            dtype=run.weight_dtype,
+        )
+        t = torch.randint(0, 1000, (2,), device=dev)
+        times = []
+        for i in range(args.warmup + args.steps):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            loss = torch.nn.functional.mse_loss(unet(noisy, t, emb).sample.float(), target)
+            run.accelerator.backward(loss)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+    return {
+        "variant": args.variant,
+        "median_s_per_step": statistics.median(times),
+        "steps": len(times),
+        "peak_mb": peak_memory_mb(),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", choices=("tiny", "sd15"), default="tiny")
+    p.add_argument("--resolution", type=int, default=None, help="default: 64 (tiny), 256 (sd15)")
+    p.add_argument("--precision", choices=("no", "fp16", "bf16"), default="no")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--json", default=None, help="write the figures here")
+    p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--work", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    args.resolution = args.resolution or (64 if args.arch == "tiny" else 256)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if args.variant:  # child process
+        print(json.dumps(run_variant(args)))
+        return
+    with tempfile.TemporaryDirectory(prefix="dreambooth-bench-") as work:
+        build_model(args.arch, Path(work) / "model")
+        results = {}
+        for v in VARIANTS:
+            cmd = [
+                sys.executable,
+                "-m",
+                "benchmarks.train",
+                "--variant",
+                v,
+                "--work",
+                work,
+                "--arch",
+                args.arch,
+                "--resolution",
+                str(args.resolution),
+                "--precision",
+                args.precision,
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+            ] + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            results[v] = json.loads(out.strip().splitlines()[-1])
+    a, b, c = (results[v] for v in VARIANTS)
+    summary = {
+        "arch": args.arch,
+        "resolution": args.resolution,
+        "precision": args.precision,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "results": results,
+        "a_over_c": a["median_s_per_step"] / c["median_s_per_step"],
+        "b_over_a": b["median_s_per_step"] / a["median_s_per_step"],
+        "peak_a_le_b": a["peak_mb"] <= b["peak_mb"],
+    }
+    print(
+        f"| {args.arch} {args.resolution}px {args.precision} gc={args.gradient_checkpointing} "
+        f"| (a) {a['median_s_per_step']:.3f} s, {a['peak_mb']:.0f} MB | (b) {b['median_s_per_step']:.3f} s, "
+        f"{b['peak_mb']:.0f} MB | (c) {c['median_s_per_step']:.3f} s, {c['peak_mb']:.0f} MB "
+        f"| a/c {summary['a_over_c']:.2f} | b/a {summary['b_over_a']:.2f} |"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

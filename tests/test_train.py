@@ -1,0 +1,96 @@
+"""Training runs on the tiny model, through the same entry point as the CLI."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from diffusers import StableDiffusionPipeline
+
+from dreambooth.training.loop import train
+from helpers import lora_weights, max_abs_diff
+
+
+@pytest.mark.parametrize("text_encoder", [False, True], ids=["unet", "unet+te"])
+@pytest.mark.parametrize("prior", [False, True], ids=["no-prior", "prior"])
+def test_two_steps_with_and_without_cache_train_the_same(make_cfg, class_dir, tmp_path, text_encoder, prior):
+    kw = dict(train_text_encoder=text_encoder, text_encoder_lr=1e-3, random_flip=True)
+    if prior:
+        kw.update(class_prompt="a photo of a dog", class_dir=str(class_dir), num_class_images=4)
+    cached = train(make_cfg(output_dir=str(tmp_path / "cached"), **kw), progress=False)
+    uncached = train(make_cfg(output_dir=str(tmp_path / "uncached"), no_cache=True, **kw), progress=False)
+    a, b = lora_weights(cached), lora_weights(uncached)
+    assert any(k.startswith("text_encoder.") for k in a) == text_encoder
+    # Same examples, same noise: caching changes where the VAE runs, not what is trained.
+    assert max_abs_diff(a, b) < 1e-5
+    rows = list(csv.DictReader(open(cached / "train_log.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    assert (float(rows[0]["prior_loss"]) > 0) == prior
+
+
+@pytest.mark.parametrize("text_encoder", [False, True], ids=["unet", "unet+te"])
+def test_output_loads_in_stock_diffusers_and_changes_its_images(make_cfg, tiny_model, text_encoder):
+    out = train(
+        make_cfg(
+            max_steps=3, train_text_encoder=text_encoder, text_encoder_lr=1e-2, learning_rate=1e-2, lora_alpha=8.0
+        ),
+        progress=False,
+    )
+
+    def images(pipe):
+        g = torch.Generator().manual_seed(0)
+        return pipe("a photo of sks dog", num_inference_steps=3, generator=g, output_type="np").images
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model)
+    before = images(pipe)
+    pipe.load_lora_weights(out)  # the output folder, unchanged, as diffusers users do
+    after = images(pipe)
+    assert np.abs(after - before).max() > 1e-3
+    te_lora = [n for n, _ in pipe.text_encoder.named_parameters() if "lora" in n]
+    assert bool(te_lora) == text_encoder
+    if text_encoder:  # the text-encoder part alone changes the image too
+        pipe.set_adapters(pipe.get_active_adapters())
+        pipe.unet.disable_adapters()
+        te_only = images(pipe)
+        assert np.abs(te_only - before).max() > 1e-4
+
+
+def test_run_writes_resolved_config_log_and_checkpoints(make_cfg, tmp_path):
+    out = train(
+        make_cfg(max_steps=6, checkpoint_every=2, keep_checkpoints=2, lr_scheduler="linear", lr_warmup_steps=3),
+        progress=False,
+    )
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["lr_warmup_steps"] == 3 and cfg["lora_alpha"] == 4.0 and cfg["rank"] == 4
+    rows = list(csv.DictReader(open(out / "train_log.csv")))
+    assert list(rows[0]) == ["step", "loss", "instance_loss", "prior_loss", "lr", "seconds"]
+    lrs = [float(r["lr"]) for r in rows]
+    # warmup really applied (0, 1/3, 2/3 of the peak), then linear decay over the remaining steps
+    assert lrs[:4] == pytest.approx([0.0, 1e-3 / 3, 2e-3 / 3, 1e-3])
+    assert lrs[4] < lrs[3] and lrs[5] < lrs[4]
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["step-4", "step-6"]  # --keep-checkpoints 2
+    for name in ckpts:
+        files = {p.name for p in (out / "checkpoints" / name).iterdir()}
+        assert {
+            "checkpoint_complete",
+            "optimizer.pt",
+            "scheduler.pt",
+            "rng.pt",
+            "state.json",
+            "pytorch_lora_weights.safetensors",
+            "trainable.safetensors",
+        } <= files
+
+
+def test_gradient_accumulation_batch_and_bf16_run(make_cfg, tmp_path):
+    out = train(
+        make_cfg(
+            max_steps=2, batch_size=2, gradient_accumulation=2, mixed_precision="bf16", gradient_checkpointing=True
+        ),
+        progress=False,
+    )
+    w = lora_weights(out)
+    assert all(torch.isfinite(t).all() for t in w.values())
+    assert any(t.abs().max() > 0 for k, t in w.items() if "lora_B" in k)  # B starts at zero: it trained
