@@ -94,3 +94,25 @@ def test_gradient_accumulation_batch_and_bf16_run(make_cfg, tmp_path):
     w = lora_weights(out)
     assert all(torch.isfinite(t).all() for t in w.values())
     assert any(t.abs().max() > 0 for k, t in w.items() if "lora_B" in k)  # B starts at zero: it trained
+
+
+def test_v_prediction_models_train_on_the_velocity(make_cfg, tiny_model, tmp_path, monkeypatch):
+    import shutil
+
+    import dreambooth.training.loop as loop
+
+    vmodel = tmp_path / "vmodel"
+    shutil.copytree(tiny_model, vmodel)
+    sched = vmodel / "scheduler" / "scheduler_config.json"
+    sched.write_text(sched.read_text().replace('"epsilon"', '"v_prediction"'))
+    seen = []
+    real = loop.diffusion_target
+
+    def spy(scheduler, latents, noise, timesteps):
+        seen.append(scheduler.config.prediction_type)
+        return real(scheduler, latents, noise, timesteps)
+
+    monkeypatch.setattr(loop, "diffusion_target", spy)
+    out = train(make_cfg(model=str(vmodel), max_steps=2), progress=False)
+    assert seen == ["v_prediction", "v_prediction"]
+    assert all(torch.isfinite(t).all() for t in lora_weights(out).values())
