@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import TrainConfig, add_arguments, build, from_namespace, load_yaml
+from .config import GenerateConfig, GridConfig, TrainConfig, add_arguments, build, from_namespace, load_yaml
 from .errors import UserError
 
 
@@ -44,6 +44,23 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML file whose keys are the flags' names (learning_rate: 1e-4)")
     add_arguments(t, TrainConfig)
 
+    g = sub.add_parser(
+        "generate",
+        help="generate images with a base model and a trained LoRA",
+        description="Generate images; every PNG carries its settings (AUTOMATIC1111 'parameters').",
+    )
+    g.add_argument("--config", help="YAML file whose keys are the flags' names")
+    add_arguments(g, GenerateConfig)
+
+    x = sub.add_parser(
+        "grid",
+        help="X/Y/Z comparison grids over any generation setting, checkpoints and runs",
+        description="X/Y/Z grids: --x guidance=3,5,7.5 --y lora-scale-unet=0.4,0.7,1.0 --z seed=0-3. "
+        "Axes: any generate setting, lora=RUN,... or checkpoint=STEP,...; ranges a-b or a-b:step.",
+    )
+    x.add_argument("--config", help="YAML file whose keys are the flags' names")
+    add_arguments(x, GridConfig)
+
     m = sub.add_parser("tiny-model", help="write a tiny random Stable Diffusion pipeline folder (offline)")
     m.add_argument("out", help="folder to write")
     m.add_argument("--seed", type=int, default=0)
@@ -70,6 +87,21 @@ def train_config(ns: argparse.Namespace) -> TrainConfig:
     return build(TrainConfig, saved, file_layer, flags)
 
 
+def generate_config(ns: argparse.Namespace) -> GenerateConfig:
+    """defaults < the PNG's settings (--from-image) < --config file < flags; --prompts-file adds prompts."""
+    from .generation import read_prompts_file
+    from .pnginfo import settings_from_image
+
+    flags = from_namespace(ns, GenerateConfig)
+    file_layer = load_yaml(ns.config, GenerateConfig) if ns.config else {}
+    merged = {**file_layer, **flags}
+    png = settings_from_image(merged["from_image"]) if merged.get("from_image") else {}
+    cfg = build(GenerateConfig, png, file_layer, flags)
+    if cfg.prompts_file:
+        cfg.prompt = cfg.prompt + read_prompts_file(cfg.prompts_file)
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         ns = _parser().parse_args(argv)
@@ -85,6 +117,17 @@ def main(argv: list[str] | None = None) -> int:
             cfg = train_config(ns)
             out = train(cfg)
             print(f"done: weights in {out}")
+        elif ns.command == "generate":
+            from .generation import run_generate
+
+            for path in run_generate(generate_config(ns)):
+                print(path)
+        elif ns.command == "grid":
+            from .grid import run_grid
+
+            flags = from_namespace(ns, GridConfig)
+            file_layer = load_yaml(ns.config, GridConfig) if ns.config else {}
+            print(run_grid(build(GridConfig, file_layer, flags)))
         elif ns.command == "tiny-model":
             from .tiny import build_tiny_pipeline
 

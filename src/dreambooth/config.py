@@ -33,6 +33,8 @@ DEFAULT_WARMUP = 500
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **meta})
     return dataclasses.field(default=default, metadata={"help": help, **meta})
 
 
@@ -92,6 +94,12 @@ class TrainConfig:
     keep_checkpoints: int | None = _f(None, "keep only the last N checkpoints")
     resume: str | None = _f(None, "continue a run: 'latest' or a checkpoint folder")
     overwrite: bool = _f(False, "replace a finished run in --output-dir")
+    # validation images while training
+    validation_prompt: list[str] = _f([], "prompt to render while training (repeatable)")
+    validation_every: int | None = _f(None, "render validation images every N steps (default: --checkpoint-every)")
+    validation_seeds: list[int] = _f([0, 1], "seeds of the validation images")
+    validation_inference_steps: int = _f(25, "denoising steps of the validation images")
+    validation_guidance: float = _f(7.5, "guidance scale of the validation images")
 
     @property
     def warmup_steps(self) -> int:
@@ -155,6 +163,17 @@ class TrainConfig:
                 f"must be >= 0, got {self.lr_warmup_steps}",
             ),
             (bool(self.instance_prompt.strip()), "--instance-prompt", "is empty"),
+            (
+                self.validation_every is None or self.validation_every >= 1,
+                "--validation-every",
+                f"must be at least 1, got {self.validation_every}",
+            ),
+            (bool(self.validation_seeds), "--validation-seeds", "names no seed"),
+            (
+                self.validation_inference_steps >= 1,
+                "--validation-inference-steps",
+                f"must be at least 1, got {self.validation_inference_steps}",
+            ),
         ]
         for ok, flag, problem in checks:
             if not ok:
@@ -212,10 +231,23 @@ def coerce(cls: type, key: str, value: Any, source: str) -> Any:
 
 def _convert(cls: type, key: str, value: Any, source: str) -> Any:
     tp, optional = _base_type(_field_types(cls)[key])
+    if typing.get_origin(tp) is list:
+        (elem,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()] if elem is not str else [value]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{source}: must be a list of {elem.__name__}, got {value!r}")
+        return [_scalar(elem, v, source) for v in value]
     if value is None:
         if optional:
             return None
-        raise UserError(f"{source}: '{key}' must not be empty")
+        raise UserError(f"{source}: must not be empty")
+    return _scalar(tp, value, source)
+
+
+def _scalar(tp: type, value: Any, source: str) -> Any:
+    if value is None:
+        raise UserError(f"{source}: must not be empty")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -275,10 +307,18 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         tp, _ = _base_type(types_[f.name])
         default = f.default if f.default is not dataclasses.MISSING else None
         help_ = f.metadata.get("help", "")
-        if default not in (None, False) and tp is not bool:
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        if default not in (None, False, []) and tp is not bool:
             help_ += f" (default: {default})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
-        if tp is bool:
+        if typing.get_origin(tp) is list:
+            (elem,) = typing.get_args(tp)
+            if elem is str:  # repeatable: --prompt A --prompt B
+                parser.add_argument(f"--{flag_name(f.name)}", action="append", metavar="TEXT", **kw)
+            else:  # comma-separated: --validation-seeds 0,1
+                parser.add_argument(f"--{flag_name(f.name)}", type=str, metavar=f"{elem.__name__.upper()},...", **kw)
+        elif tp is bool:
             action = "store_true" if f.name.startswith("no_") else argparse.BooleanOptionalAction
             parser.add_argument(f"--{flag_name(f.name)}", action=action, **kw)
         else:
@@ -299,3 +339,76 @@ def build(cls: type, *layers: dict[str, Any]) -> Any:
 def from_namespace(ns: argparse.Namespace, cls: type) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in vars(ns).items() if k in names}
+
+
+SCHEDULER_NAMES = ("ddim", "ddpm", "pndm", "euler", "euler-a", "dpm++2m", "dpm++2m-karras", "unipc")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+@dataclasses.dataclass
+class SamplingConfig:
+    """What makes one image: shared by generate, grid and evaluation."""
+
+    model: str | None = _f(None, "base model: hub id or local diffusers folder", required=True)
+    lora: str | None = _f(None, "trained LoRA: a run folder, a checkpoint folder or a .safetensors file")
+    prompt: list[str] = _f([], 'prompt (repeatable), e.g. "a photo of sks cat in a bucket"')
+    negative_prompt: str = _f("", "negative prompt")
+    lora_scale_unet: float = _f(1.0, "strength of the LoRA in the UNet")
+    lora_scale_text_encoder: float = _f(1.0, "strength of the LoRA in the text encoder")
+    guidance: float = _f(7.5, "classifier-free guidance scale (CFG)")
+    steps: int = _f(30, "denoising steps")
+    scheduler: str = _f("dpm++2m-karras", "sampler", choices=SCHEDULER_NAMES)
+    seed: int = _f(0, "seed of the first image; image i uses seed + i")
+    width: int | None = _f(None, "image width (default: the model's native size)")
+    height: int | None = _f(None, "image height (default: the model's native size)")
+    dtype: str = _f("auto", "weights' precision (auto: fp16 on a GPU, fp32 on the CPU)", choices=DTYPES)
+
+    def validate(self) -> None:
+        _check_required(self)
+        checks = [
+            (self.steps >= 1, "--steps", f"must be at least 1, got {self.steps}"),
+            (self.guidance >= 0, "--guidance", f"must be >= 0, got {self.guidance}"),
+            (
+                self.width is None or (self.width > 0 and self.width % 8 == 0),
+                "--width",
+                f"must be a positive multiple of 8, got {self.width}",
+            ),
+            (
+                self.height is None or (self.height > 0 and self.height % 8 == 0),
+                "--height",
+                f"must be a positive multiple of 8, got {self.height}",
+            ),
+        ]
+        for ok, flag, problem in checks:
+            if not ok:
+                raise UserError(f"{flag}: {problem}")
+
+
+@dataclasses.dataclass
+class GenerateConfig(SamplingConfig):
+    prompts_file: str | None = _f(None, "a text file with one prompt per line")
+    num_images: int = _f(4, "images per prompt")
+    batch_size: int = _f(1, "images per forward pass (1 makes every image exactly reproducible alone)")
+    output_dir: str = _f("outputs", "where images and their JSON sidecars are written")
+    from_image: str | None = _f(None, "repeat the generation that made this PNG (flags given too override it)")
+    no_fuse: bool = _f(False, "keep the LoRA unfused (fusing makes generating with a LoRA as fast as without)")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.prompt:
+            raise UserError("--prompt: required (or --prompts-file, or --from-image)")
+        if self.num_images < 1:
+            raise UserError(f"--num-images: must be at least 1, got {self.num_images}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size: must be at least 1, got {self.batch_size}")
+
+
+@dataclasses.dataclass
+class GridConfig(SamplingConfig):
+    x: str | None = _f(
+        None, "X axis: name=values, e.g. guidance=3,5,7.5 or seed=0-7 or checkpoint=500,1000", required=True
+    )
+    y: str | None = _f(None, "Y axis, as --x")
+    z: str | None = _f(None, "Z axis: one grid per value")
+    output_dir: str = _f("grids", "where the grids, single images and index.html are written")
+    cache_dir: str | None = _f(None, "cell cache (default: OUTPUT/cells); shared by grids that overlap")

@@ -54,8 +54,9 @@ def demo_config(out: Path, max_steps: int, overwrite: bool) -> TrainConfig:
 
 
 def run_demo(out: Path, max_steps: int = 300, overwrite: bool = False) -> dict:
+    from .config import SamplingConfig
     from .evaluation.denoising import fixed_noise_loss
-    from .generation import generate, image_grid
+    from .generation import Engine, image_grid, image_settings
     from .models import load_pipeline
     from .tiny import build_tiny_pipeline
     from .training.loop import train
@@ -71,14 +72,16 @@ def run_demo(out: Path, max_steps: int = 300, overwrite: bool = False) -> dict:
 
     photos = list_images(cfg.instance_dir)
     seeds = [0, 1, 2, 3]
+    engine = Engine()
+    sampling = SamplingConfig(model=cfg.model, steps=20)
+    rows, labels = [[load_rgb(p) for p in photos]], ["training photos"]
+    for prompt in (INSTANCE_PROMPT, CLASS_PROMPT):
+        for name, lora in (("before", None), ("after", cfg.output_dir)):
+            rows.append(engine.render([image_settings(sampling, engine, prompt, s, lora=lora) for s in seeds]))
+            labels.append(f"{name}: {prompt}")
     base = load_pipeline(cfg.model)
     tuned = load_pipeline(cfg.model)
     tuned.load_lora_weights(cfg.output_dir)
-    rows, labels = [[load_rgb(p) for p in photos]], ["training photos"]
-    for prompt in (INSTANCE_PROMPT, CLASS_PROMPT):
-        for name, pipe in (("before", base), ("after", tuned)):
-            rows.append(generate(pipe, prompt, seeds, steps=20, size=RESOLUTION))
-            labels.append(f"{name}: {prompt}")
     grid_path = out / "before_after.png"
     with io.atomic_path(grid_path) as tmp:
         image_grid(rows, labels).save(tmp, format="PNG")

@@ -1,41 +1,299 @@
-"""Generating images with a base model and a trained LoRA, and laying them out in grids."""
+"""Generating images with a base model and a trained LoRA: schedulers, per-component LoRA scales,
+the fused fast path, deterministic seeds, and images that carry their settings."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
 from PIL import Image, ImageDraw, ImageFont
 
+from . import io
+from .config import GenerateConfig
+from .errors import UserError
+from .weights import lora_file, lora_name, model_identity, sha256
 
-def generate(
-    pipe, prompt: str, seeds: list[int], *, steps: int = 30, guidance: float = 7.5, size: int | None = None
-) -> list[Image.Image]:
-    """One image per seed; image i depends only on seeds[i], so any one can be reproduced alone."""
-    import torch
+log = logging.getLogger(__name__)
 
-    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    return pipe(
-        prompt=[prompt] * len(seeds),
-        generator=generators,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        height=size,
-        width=size,
-    ).images
+# Our sampler names -> diffusers scheduler class and the options that make it that sampler.
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpm++2m-karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    ),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+ADAPTER = "subject"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSettings:
+    """Everything that decides one image (with the LoRA identified by its file's hash)."""
+
+    model: str
+    prompt: str
+    seed: int
+    width: int
+    height: int
+    negative_prompt: str = ""
+    lora: str | None = None  # absolute path of the weights file
+    lora_name: str | None = None
+    lora_sha256: str | None = None
+    lora_scale_unet: float = 1.0
+    lora_scale_text_encoder: float = 1.0
+    guidance: float = 7.5
+    steps: int = 30
+    scheduler: str = "dpm++2m-karras"
+
+    def batch_key(self) -> tuple:
+        """Images that agree on this can share one forward pass."""
+        d = dataclasses.asdict(self)
+        return tuple(v for k, v in d.items() if k not in ("prompt", "negative_prompt", "seed"))
+
+
+def make_scheduler(name: str, base_config):
+    import diffusers
+
+    cls_name, options = SCHEDULERS[name]
+    return getattr(diffusers, cls_name).from_config(base_config, **options)
+
+
+class Engine:
+    """Holds one pipeline and changes as little as it can between requests: the same model and LoRA
+    with other scales only re-weights the adapter; fusing (a fixed scale for a whole call) folds the
+    LoRA into the weights so that it costs nothing per step."""
+
+    def __init__(self, dtype: str = "auto", fuse: bool = True):
+        import torch
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(
+            dtype, torch.float16 if self.device == "cuda" else torch.float32
+        )
+        self.fuse = fuse
+        self.pipe = None
+        self.state: tuple | None = None  # (model, lora or None, "fused"/"unfused"/None, scales)
+        self.base_scheduler = None
+
+    def native_size(self, model: str) -> int:
+        self._base(model)
+        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    def _base(self, model: str) -> None:
+        """Make self.pipe the clean base model (reloading only when a fused LoRA changed its weights)."""
+        from .models import load_pipeline
+
+        if self.pipe is not None and self.state[0] == model and self.state[2] != "fused":
+            if self.state[1] is not None:
+                self.pipe.delete_adapters(ADAPTER)
+            self.state = (model, None, None, None)
+            return
+        self.pipe = None
+        self.pipe = load_pipeline(model, self.dtype).to(self.device)
+        self.base_scheduler = self.pipe.scheduler.config
+        self.state = (model, None, None, None)
+
+    def prepare(self, s: ImageSettings):
+        scales = (s.lora_scale_unet, s.lora_scale_text_encoder)
+        active = s.lora is not None and scales != (0.0, 0.0)
+        mode = None if not active else ("fused" if self.fuse else "unfused")
+        want = (s.model, s.lora if active else None, mode, scales if active else None)
+        if self.state == want:
+            return self.pipe
+        if self.state is not None and self.state[:3] == want[:3] and mode == "unfused":
+            self._set_scales(scales)
+            self.state = want
+            return self.pipe
+        self._base(s.model)
+        if active:
+            self._load_lora(s)
+            if mode == "fused":
+                for comp, scale in zip(self._lora_components(), self._component_scales(scales)):
+                    self.pipe.fuse_lora(components=[comp], lora_scale=scale, adapter_names=[ADAPTER])
+                self.pipe.unload_lora_weights()
+            else:
+                self._set_scales(scales)
+        self.state = want
+        return self.pipe
+
+    def _load_lora(self, s: ImageSettings) -> None:
+        path = Path(s.lora)
+        try:
+            self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER)
+        except (ValueError, RuntimeError, KeyError, OSError) as e:
+            self.pipe = None  # a half-loaded adapter may be left behind: start clean next time
+            self.state = None
+            raise UserError(
+                f"--lora {s.lora}: does not fit the model {s.model} ({str(e).splitlines()[0][:200]})"
+            ) from None
+        if not self._lora_components():
+            self.pipe, self.state = None, None
+            raise UserError(f"--lora {s.lora}: holds no LoRA weights this model can use")
+
+    def _lora_components(self) -> list[str]:
+        return [c for c, names in self.pipe.get_list_adapters().items() if ADAPTER in names]
+
+    def _component_scales(self, scales: tuple[float, float]) -> list[float]:
+        by_name = {"unet": scales[0], "text_encoder": scales[1]}
+        return [by_name[c] for c in self._lora_components()]
+
+    def _set_scales(self, scales: tuple[float, float]) -> None:
+        weights = dict(zip(self._lora_components(), self._component_scales(scales)))
+        self.pipe.set_adapters([ADAPTER], adapter_weights=[weights])
+
+    def render(self, batch: list[ImageSettings]) -> list[Image.Image]:
+        """Images for settings that share everything but prompt, negative prompt and seed."""
+        import torch
+
+        assert len({s.batch_key() for s in batch}) == 1, "a batch must share its settings"
+        s0 = batch[0]
+        pipe = self.prepare(s0)
+        pipe.scheduler = make_scheduler(s0.scheduler, self.base_scheduler)
+        generators = [torch.Generator("cpu").manual_seed(s.seed) for s in batch]
+        with torch.no_grad():
+            return pipe(
+                prompt=[s.prompt for s in batch],
+                negative_prompt=[s.negative_prompt for s in batch] if any(s.negative_prompt for s in batch) else None,
+                generator=generators,
+                num_inference_steps=s0.steps,
+                guidance_scale=s0.guidance,
+                width=s0.width,
+                height=s0.height,
+            ).images
+
+
+def image_settings(cfg, engine: Engine, prompt: str, seed: int, **override) -> ImageSettings:
+    """One image's settings from a command's config (SamplingConfig fields), with overrides."""
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    values.update(override)
+    model = model_identity(values["model"])
+    size = None if values["width"] and values["height"] else engine.native_size(model)
+    lora = values["lora"]
+    weights = lora_file(lora) if lora else None
+    return ImageSettings(
+        model=model,
+        prompt=prompt,
+        seed=seed,
+        width=values["width"] or size,
+        height=values["height"] or size,
+        negative_prompt=values["negative_prompt"],
+        lora=str(weights.resolve()) if weights else None,
+        lora_name=lora_name(lora) if lora else None,
+        lora_sha256=sha256(weights) if weights else None,
+        lora_scale_unet=float(values["lora_scale_unet"]),
+        lora_scale_text_encoder=float(values["lora_scale_text_encoder"]),
+        guidance=float(values["guidance"]),
+        steps=int(values["steps"]),
+        scheduler=values["scheduler"],
+    )
+
+
+def read_prompts_file(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--prompts-file {path}: no such file")
+    prompts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise UserError(f"--prompts-file {path}: holds no prompt")
+    return prompts
+
+
+def next_number(folder: Path) -> int:
+    """Images are numbered like AUTOMATIC1111's (00000-SEED.png); never reuse a number."""
+    numbers = [int(m.group(1)) for p in folder.glob("*.png") if (m := re.match(r"^(\d{5,})-", p.name))]
+    return max(numbers, default=-1) + 1
+
+
+def save_image(image: Image.Image, settings: ImageSettings, path: Path) -> None:
+    from .pnginfo import save_png
+
+    d = dataclasses.asdict(settings)
+    with io.atomic_path(path) as tmp:
+        save_png(image, tmp, d)
+    io.write_text(path.with_suffix(".json"), json.dumps(d, indent=2))
+
+
+def run_generate(cfg: GenerateConfig, progress: bool = True) -> list[Path]:
+    """`dreambooth generate`: num_images images per prompt, image i from seed + i."""
+    from tqdm.auto import tqdm
+
+    from .models import check_model
+
+    cfg.validate()
+    check_model(cfg.model)
+    if cfg.lora:
+        lora_file(cfg.lora)
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output-dir {out}: is a file, not a folder")
+    engine = Engine(cfg.dtype, fuse=not cfg.no_fuse)
+    todo = [image_settings(cfg, engine, p, cfg.seed + i) for p in cfg.prompt for i in range(cfg.num_images)]
+    out.mkdir(parents=True, exist_ok=True)
+    number = next_number(out)
+    written = []
+    bar = tqdm(total=len(todo), desc="generating", unit="img", disable=not progress)
+    for start in range(0, len(todo), cfg.batch_size):
+        batch = todo[start : start + cfg.batch_size]
+        for s, image in zip(batch, engine.render(batch)):
+            path = out / f"{number:05d}-{s.seed}.png"
+            save_image(image, s, path)
+            written.append(path)
+            number += 1
+        bar.update(len(batch))
+    bar.close()
+    return written
 
 
 def image_grid(
     rows: list[list[Image.Image]], row_labels: list[str], cell: int = 128, label_width: int = 200
 ) -> Image.Image:
     """Rows of images, each scaled to cell x cell, with a text label at the left of each row."""
-    ncols = max(len(r) for r in rows)
-    grid = Image.new("RGB", (label_width + ncols * cell, len(rows) * cell), "white")
-    draw = ImageDraw.Draw(grid)
+    return labelled_grid(rows, col_labels=None, row_labels=row_labels, cell=cell, label_width=label_width)
+
+
+def labelled_grid(
+    rows: list[list[Image.Image | None]],
+    col_labels: list[str] | None,
+    row_labels: list[str] | None,
+    title: str | None = None,
+    cell: int = 128,
+    label_width: int = 160,
+) -> Image.Image:
+    """A grid with column labels on top, row labels at the left and an optional title."""
     font = ImageFont.load_default(size=13)
-    for y, (row, label) in enumerate(zip(rows, row_labels)):
-        draw.multiline_text((6, y * cell + 6), _wrap(label, 28), fill="black", font=font)
-        for x, im in enumerate(row):
-            grid.paste(
-                im.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (label_width + x * cell, y * cell)
+    ncols = max(len(r) for r in rows)
+    left = label_width if row_labels else 0
+    col_lines = max((_wrap(c, cell // 7).count("\n") + 1 for c in col_labels or []), default=0)
+    head = 16 * col_lines + 6 if col_labels else 0
+    top = (24 if title else 0) + head
+    grid = Image.new("RGB", (left + ncols * cell, top + len(rows) * cell), "white")
+    draw = ImageDraw.Draw(grid)
+    if title:
+        draw.text((6, 4), title, fill="black", font=font)
+    for x, label in enumerate(col_labels or []):
+        draw.multiline_text(
+            (left + x * cell + 4, top - head + 2), _wrap(label, cell // 7), fill="black", font=font, spacing=3
+        )
+    for y, row in enumerate(rows):
+        if row_labels:
+            draw.multiline_text(
+                (6, top + y * cell + 6), _wrap(row_labels[y], label_width // 7), fill="black", font=font
             )
+        for x, im in enumerate(row):
+            if im is not None:
+                grid.paste(
+                    im.convert("RGB").resize((cell, cell), Image.Resampling.LANCZOS), (left + x * cell, top + y * cell)
+                )
     return grid
 
 

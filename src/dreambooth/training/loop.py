@@ -27,6 +27,7 @@ from ..methods import Method, get_method
 from ..models import Components, load_components
 from .checkpoint import checkpoints_dir, load_checkpoint, prune_checkpoints, save_checkpoint, set_rng_state
 from .losses import diffusion_target, prior_preservation_loss
+from . import validation
 from .preflight import RUN_FILE, Plan, preflight
 
 log = logging.getLogger(__name__)
@@ -206,6 +207,8 @@ def fit(run: Run, progress: bool = True) -> None:
     models = [run.unet] + ([run.text_encoder] if run.method.trains_text_encoder else [])
     for m in models:
         m.train()
+    if run.start_step == 0 and validation.due(cfg, 0):
+        validation.render(run, 0)  # the base model's images, to compare against
     bar = tqdm(
         total=cfg.max_steps, initial=run.start_step, desc="training", unit="step", disable=not progress, mininterval=1.0
     )
@@ -239,8 +242,11 @@ def fit(run: Run, progress: bool = True) -> None:
                 out, done, run.method, run.comps, run.optimizer, run.lr_scheduler, {"max_steps": cfg.max_steps}
             )
             prune_checkpoints(out, cfg.keep_checkpoints)
+        if validation.due(cfg, done):
+            validation.render(run, done)
     bar.close()
     log_file.close()
+    validation.write_grid(cfg)
 
 
 def _open_log(path: Path, start_step: int):

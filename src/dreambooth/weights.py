@@ -1,0 +1,58 @@
+"""Finding and identifying trained weights: run folders, checkpoint folders, single files."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import UserError
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+
+def lora_file(path: str | Path, flag: str = "--lora") -> Path:
+    """The weights file of a LoRA given as a run folder, a checkpoint folder or a file."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if (p / LORA_WEIGHTS).is_file():
+            return p / LORA_WEIGHTS
+        raise UserError(f"{flag} {path}: folder holds no {LORA_WEIGHTS}")
+    if p.is_file():
+        if p.suffix != ".safetensors":
+            raise UserError(f"{flag} {path}: not a .safetensors file")
+        return p
+    raise UserError(f"{flag} {path}: no such file or folder")
+
+
+def lora_name(path: str | Path) -> str:
+    """A short readable name: the run folder's name (with the checkpoint step) or the file's stem."""
+    p = Path(path).expanduser().resolve()
+    if p.is_file() and p.name == LORA_WEIGHTS:
+        p = p.parent
+    if p.is_dir():
+        if p.parent.name == "checkpoints":
+            return f"{p.parent.parent.name}-{p.name}"
+        return p.name
+    return p.stem
+
+
+def sha256(path: str | Path) -> str:
+    p = Path(path).resolve()
+    st = p.stat()
+    return _sha256(str(p), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_identity(model: str) -> str:
+    """What names a base model in settings and cache keys: a local folder's absolute path, or the hub id."""
+    p = Path(model).expanduser()
+    return str(p.resolve()) if p.exists() else model
