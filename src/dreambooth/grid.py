@@ -172,7 +172,7 @@ def run_grid(cfg: GridConfig, progress: bool = True) -> Path:
         bar.update(1)
     bar.close()
     grids = []
-    for zi, zl in enumerate(az.labels):
+    for zi in range(len(az.values)):
         rows = [[Image.open(paths[(zi, yi, xi)]) for xi in range(len(ax.values))] for yi in range(len(ay.values))]
         title = _labels(az)[zi] if az.name else None
         grid = labelled_grid(rows, _labels(ax), _labels(ay) if ay.name else None, title)

@@ -25,9 +25,9 @@ from ..data.examples import ExampleSet, TrainingData, mix_seed, tokenize
 from ..data.prior import class_images, generate_class_images, missing_class_indices
 from ..methods import Method, get_method
 from ..models import Components, load_components
+from . import validation
 from .checkpoint import checkpoints_dir, load_checkpoint, prune_checkpoints, save_checkpoint, set_rng_state
 from .losses import diffusion_target, prior_preservation_loss
-from . import validation
 from .preflight import RUN_FILE, Plan, preflight
 
 log = logging.getLogger(__name__)
