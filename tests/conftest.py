@@ -72,3 +72,34 @@ def make_cfg(tiny_model, instance_dir, tmp_path):
         return TrainConfig(**base)
 
     return make
+
+
+def _train_lora(tmp_path_factory, tiny_model, name, **kw):
+    from dreambooth.training.loop import train
+
+    out = tmp_path_factory.mktemp(name) / "run"
+    cfg = TrainConfig(
+        model=str(tiny_model),
+        instance_dir=str(example_subject()),
+        instance_prompt="a photo of sks dog",
+        output_dir=str(out),
+        resolution=64,
+        max_steps=4,
+        learning_rate=1e-2,
+        lr_scheduler="constant",
+        rank=4,
+        checkpoint_every=2,
+        **kw,
+    )
+    return train(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def lora_with_te(tmp_path_factory, tiny_model) -> Path:
+    """A run whose LoRA has UNet and text-encoder weights (checkpoints at steps 2 and 4)."""
+    return _train_lora(tmp_path_factory, tiny_model, "lora_te", train_text_encoder=True, text_encoder_lr=1e-2)
+
+
+@pytest.fixture(scope="session")
+def lora_unet_only(tmp_path_factory, tiny_model) -> Path:
+    return _train_lora(tmp_path_factory, tiny_model, "lora_unet")

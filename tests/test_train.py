@@ -116,3 +116,25 @@ def test_v_prediction_models_train_on_the_velocity(make_cfg, tiny_model, tmp_pat
     out = train(make_cfg(model=str(vmodel), max_steps=2), progress=False)
     assert seen == ["v_prediction", "v_prediction"]
     assert all(torch.isfinite(t).all() for t in lora_weights(out).values())
+
+
+def test_validation_images_at_the_right_steps_without_changing_training(make_cfg, tmp_path):
+    kw = dict(max_steps=5, checkpoint_every=100, train_text_encoder=True, lora_dropout=0.1)
+    plain = train(make_cfg(output_dir=str(tmp_path / "plain"), **kw), progress=False)
+    out = train(
+        make_cfg(
+            output_dir=str(tmp_path / "val"),
+            validation_prompt=["a photo of sks dog", "a sks dog"],
+            validation_every=2,
+            validation_seeds=[0, 7],
+            validation_inference_steps=2,
+            **kw,
+        ),
+        progress=False,
+    )
+    val = out / "validation"
+    assert sorted(p.name for p in val.iterdir() if p.is_dir()) == ["step-0", "step-2", "step-4", "step-5"]
+    assert sorted(p.name for p in (val / "step-4").iterdir()) == ["00-0.png", "00-7.png", "01-0.png", "01-7.png"]
+    assert (val / "grid.png").exists()
+    # rendering touches no random state of the training: the weights are the same as without it
+    assert max_abs_diff(lora_weights(plain), lora_weights(out)) == 0

@@ -151,6 +151,15 @@ class Engine:
         weights = dict(zip(self._lora_components(), self._component_scales(scales)))
         self.pipe.set_adapters([ADAPTER], adapter_weights=[weights])
 
+    def check(self, settings: list[ImageSettings]) -> None:
+        """Load every distinct LoRA once before anything is generated, so a LoRA that does not fit
+        the model is refused before a single file is written."""
+        seen = set()
+        for s in settings:
+            if s.lora and (s.model, s.lora) not in seen:
+                seen.add((s.model, s.lora))
+                self.prepare(s)
+
     def render(self, batch: list[ImageSettings]) -> list[Image.Image]:
         """Images for settings that share everything but prompt, negative prompt and seed."""
         import torch
@@ -238,6 +247,7 @@ def run_generate(cfg: GenerateConfig, progress: bool = True) -> list[Path]:
         raise UserError(f"--output-dir {out}: is a file, not a folder")
     engine = Engine(cfg.dtype, fuse=not cfg.no_fuse)
     todo = [image_settings(cfg, engine, p, cfg.seed + i) for p in cfg.prompt for i in range(cfg.num_images)]
+    engine.check(todo)
     out.mkdir(parents=True, exist_ok=True)
     number = next_number(out)
     written = []

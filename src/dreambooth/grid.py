@@ -166,6 +166,7 @@ def run_grid(cfg: GridConfig, progress: bool = True) -> Path:
     todo = sorted(
         {p: s for k, s in cells.items() if not (p := paths[k]).exists()}.items(), key=lambda kv: _order(kv[1])
     )
+    engine.check([s for _, s in todo])
     bar = tqdm(total=len(todo), desc="grid cells", unit="cell", disable=not progress)
     for path, s in todo:
         save_image(engine.render([s])[0], s, path)

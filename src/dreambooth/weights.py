@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from functools import lru_cache
 from pathlib import Path
 
@@ -38,15 +39,29 @@ def lora_name(path: str | Path) -> str:
 
 
 def sha256(path: str | Path) -> str:
+    """Hash of what a .safetensors file holds: its tensor data and its metadata, canonically.
+
+    Not of its bytes: safetensors writes its metadata in an unspecified order, so the same weights
+    saved twice can differ byte for byte. (The tensor data part alone is what AUTOMATIC1111 and
+    kohya call the file's "addnet" hash.)
+    """
     p = Path(path).resolve()
     st = p.stat()
-    return _sha256(str(p), st.st_size, st.st_mtime_ns)
+    return _content_sha256(str(p), st.st_size, st.st_mtime_ns)
 
 
 @lru_cache(maxsize=256)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
+def _content_sha256(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise UserError(f"--lora {path}: not a valid .safetensors file") from None
+        meta = header.pop("__metadata__", {}) or {}
+        h.update(json.dumps(meta, sort_keys=True).encode())
+        h.update(json.dumps(header, sort_keys=True).encode())
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

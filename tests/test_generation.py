@@ -1,0 +1,225 @@
+"""`dreambooth generate`: deterministic, per-component scales, fused fast path, settings in the PNG."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dreambooth.cli import main
+from dreambooth.pnginfo import a1111_text, parse_a1111, read_parameters
+
+
+def gen(tiny_model, out, *args) -> list:
+    rc = main(
+        [
+            "generate",
+            "--model",
+            str(tiny_model),
+            "--prompt",
+            "a photo of sks dog",
+            "--steps",
+            "4",
+            "--output-dir",
+            str(out),
+            *args,
+        ]
+    )
+    assert rc == 0
+    return sorted(out.glob("*.png"))
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path), dtype=np.int16)
+
+
+def test_same_settings_give_the_same_file_byte_for_byte(tiny_model, lora_with_te, tmp_path):
+    a = gen(tiny_model, tmp_path / "a", "--lora", str(lora_with_te), "--num-images", "2")
+    b = gen(tiny_model, tmp_path / "b", "--lora", str(lora_with_te), "--num-images", "2")
+    assert [p.name for p in a] == ["00000-0.png", "00001-1.png"]
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    assert not np.array_equal(pixels(a[0]), pixels(a[1]))  # seed + i: different images
+
+
+def test_image_i_of_a_batch_is_reproduced_alone(tiny_model, tmp_path):
+    batch = gen(tiny_model, tmp_path / "batch", "--num-images", "4", "--batch-size", "4", "--seed", "10")
+    alone = gen(tiny_model, tmp_path / "alone", "--num-images", "1", "--seed", "12")
+    # A batch of 4 and a batch of 1 round differently in the last bits of float32: one level at most.
+    assert np.abs(pixels(batch[2]) - pixels(alone[0])).max() <= 1
+    assert json.loads(batch[2].with_suffix(".json").read_text())["seed"] == 12
+
+
+def test_scale_zero_is_exactly_the_base_model(tiny_model, lora_with_te, tmp_path):
+    base = gen(tiny_model, tmp_path / "base")
+    zero = gen(
+        tiny_model,
+        tmp_path / "zero",
+        "--lora",
+        str(lora_with_te),
+        "--lora-scale-unet",
+        "0",
+        "--lora-scale-text-encoder",
+        "0",
+    )
+    assert np.array_equal(pixels(base[0]), pixels(zero[0]))
+    full = gen(tiny_model, tmp_path / "full", "--lora", str(lora_with_te))
+    assert not np.array_equal(pixels(base[0]), pixels(full[0]))
+
+
+def test_unet_and_text_encoder_scales_act_separately(tiny_model, lora_with_te, lora_unet_only, tmp_path):
+    base = pixels(gen(tiny_model, tmp_path / "base")[0])
+
+    def img(lora, su, ste, name):
+        return pixels(
+            gen(
+                tiny_model,
+                tmp_path / name,
+                "--lora",
+                str(lora),
+                "--lora-scale-unet",
+                su,
+                "--lora-scale-text-encoder",
+                ste,
+            )[0]
+        )
+
+    unet_only, te_only = img(lora_with_te, "1", "0", "u"), img(lora_with_te, "0", "1", "t")
+    assert not np.array_equal(unet_only, base) and not np.array_equal(te_only, base)
+    assert not np.array_equal(unet_only, te_only)
+    # A LoRA without text-encoder weights: the text-encoder scale changes nothing.
+    assert np.array_equal(img(lora_unet_only, "1", "0", "n0"), img(lora_unet_only, "1", "1", "n1"))
+
+
+def test_fused_and_unfused_agree(tiny_model, lora_with_te, tmp_path):
+    args = ("--lora", str(lora_with_te), "--lora-scale-unet", "0.7", "--lora-scale-text-encoder", "0.4")
+    fused = pixels(gen(tiny_model, tmp_path / "fused", *args)[0])
+    unfused = pixels(gen(tiny_model, tmp_path / "unfused", *args, "--no-fuse")[0])
+    assert np.abs(fused - unfused).max() <= 1
+
+
+def test_png_carries_a1111_parameters_and_from_image_repeats_it(tiny_model, lora_with_te, tmp_path):
+    (first, second) = gen(
+        tiny_model,
+        tmp_path / "orig",
+        "--lora",
+        str(lora_with_te),
+        "--num-images",
+        "2",
+        "--negative-prompt",
+        "blurry, dark",
+        "--guidance",
+        "5",
+        "--scheduler",
+        "euler-a",
+        "--lora-scale-text-encoder",
+        "0.8",
+        "--seed",
+        "1024",
+    )
+    text = read_parameters(second)
+    lines = text.split("\n")
+    assert lines[0] == "a photo of sks dog" and lines[1] == "Negative prompt: blurry, dark"
+    assert lines[2].startswith("Steps: 4, Sampler: Euler a, CFG scale: 5.0, Seed: 1025, Size: 64x64, Model: ")
+    assert "Lora: run:1.0:0.8" in lines[2]
+    sidecar = json.loads(second.with_suffix(".json").read_text())
+    assert len(sidecar["lora_sha256"]) == 64 and sidecar["seed"] == 1025
+    assert main(["generate", "--from-image", str(second), "--output-dir", str(tmp_path / "again")]) == 0
+    (again,) = sorted((tmp_path / "again").glob("*.png"))
+    assert np.array_equal(pixels(again), pixels(second))
+    assert read_parameters(again) == text
+
+
+def test_a1111_text_round_trips_and_reads_other_tools_images():
+    settings = dict(
+        prompt="a photo of sks cat, in a bucket",
+        negative_prompt="ugly",
+        steps=30,
+        scheduler="dpm++2m-karras",
+        guidance=5.0,
+        seed=1024,
+        width=512,
+        height=768,
+        model="runwayml/stable-diffusion-v1-5",
+        lora="/runs/cat/pytorch_lora_weights.safetensors",
+        lora_name="cat",
+        lora_sha256="ab" * 32,
+        lora_scale_unet=1.0,
+        lora_scale_text_encoder=0.8,
+    )
+    back = parse_a1111(a1111_text(settings))
+    for key in (
+        "negative_prompt",
+        "steps",
+        "scheduler",
+        "guidance",
+        "seed",
+        "width",
+        "height",
+        "model",
+        "lora",
+        "lora_scale_unet",
+        "lora_scale_text_encoder",
+    ):
+        assert back[key] == settings[key], key
+    assert back["prompt"] == [settings["prompt"]]
+    theirs = "masterpiece, cat\nNegative prompt: lowres\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x512, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly"
+    got = parse_a1111(theirs)
+    assert (got["scheduler"], got["seed"], got["steps"], got["model"]) == ("euler-a", 42, 20, "v1-5-pruned-emaonly")
+
+
+@pytest.mark.parametrize(
+    "args,named",
+    [
+        (["--scheduler", "heun"], "--scheduler"),
+        (["--lora", "nope/missing"], "--lora"),
+        (["--steps", "0"], "--steps"),
+        (["--width", "100", "--height", "64"], "--width"),
+        (["--prompts-file", "missing.txt"], "--prompts-file"),
+    ],
+)
+def test_bad_generate_input(tiny_model, tmp_path, capsys, args, named):
+    rc = main(["generate", "--model", str(tiny_model), "--prompt", "p", "--output-dir", str(tmp_path / "o"), *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and named in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_a_lora_that_does_not_fit_is_refused(tiny_model, tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    wrong = tmp_path / "wrong.safetensors"  # right names, wrong shapes (another architecture)
+    save_file(
+        {
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 77),
+            "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.zeros(77, 4),
+        },
+        wrong,
+    )
+    junk = tmp_path / "junk.safetensors"
+    save_file({"something.else": torch.zeros(3)}, junk)
+    for f in (wrong, junk):
+        rc = main(
+            [
+                "generate",
+                "--model",
+                str(tiny_model),
+                "--prompt",
+                "p",
+                "--lora",
+                str(f),
+                "--steps",
+                "2",
+                "--output-dir",
+                str(tmp_path / "o"),
+            ]
+        )
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and "--lora" in err, err
+    assert not list((tmp_path / "o").glob("*.png"))
+
+
+def test_from_image_without_settings_is_refused(tmp_path, capsys):
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    assert main(["generate", "--from-image", str(tmp_path / "plain.png")]) == 2
+    assert "no 'parameters'" in capsys.readouterr().err
