@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import GenerateConfig, GridConfig, TrainConfig, add_arguments, build, from_namespace, load_yaml
+from .config import EvaluateConfig, GenerateConfig, GridConfig, TrainConfig, add_arguments, build, from_namespace, load_yaml
 from .errors import UserError
 
 
@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     x.add_argument("--config", help="YAML file whose keys are the flags' names")
     add_arguments(x, GridConfig)
+
+    e = sub.add_parser("evaluate", help="score generated images with DINO, CLIP-I, CLIP-T, PRES, DIV (the paper's metrics)",
+                       description="Score --generated images against --real photos, or with --model (and --lora) run "
+                       "the whole DreamBench protocol: 4 images per prompt plus class images, then the scores.")
+    e.add_argument("--config", help="YAML file whose keys are the flags' names")
+    add_arguments(e, EvaluateConfig)
 
     m = sub.add_parser("tiny-model", help="write a tiny random Stable Diffusion pipeline folder (offline)")
     m.add_argument("out", help="folder to write")
@@ -128,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
             flags = from_namespace(ns, GridConfig)
             file_layer = load_yaml(ns.config, GridConfig) if ns.config else {}
             print(run_grid(build(GridConfig, file_layer, flags)))
+        elif ns.command == "evaluate":
+            from .evaluation.evaluate import run_evaluate
+
+            flags = from_namespace(ns, EvaluateConfig)
+            file_layer = load_yaml(ns.config, EvaluateConfig) if ns.config else {}
+            run_evaluate(build(EvaluateConfig, file_layer, flags))
         elif ns.command == "tiny-model":
             from .tiny import build_tiny_pipeline
 

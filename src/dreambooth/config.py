@@ -412,3 +412,39 @@ class GridConfig(SamplingConfig):
     z: str | None = _f(None, "Z axis: one grid per value")
     output_dir: str = _f("grids", "where the grids, single images and index.html are written")
     cache_dir: str | None = _f(None, "cell cache (default: OUTPUT/cells); shared by grids that overlap")
+
+
+@dataclasses.dataclass
+class EvaluateConfig(SamplingConfig):
+    model: str | None = _f(None, "base model: with it, generate the protocol's images (DreamBench prompts) first")
+    prompt: list[str] = _f([], "the prompt of every generated image that carries none")
+    real: str | None = _f(None, "folder of the real subject photos", required=True)
+    generated: str | None = _f(None, "folder of generated images to score (their prompts from PNG metadata)")
+    class_generated: str | None = _f(None, "folder of images generated for the class prompt (for PRES)")
+    prompts_file: str | None = _f(None, "one prompt per generated image (sorted by name), or one for all")
+    identifier: str = _f("sks", "the rare identifier, removed from prompts before CLIP-T")
+    keep_identifier: bool = _f(False, "score CLIP-T with the identifier left in the prompt")
+    class_noun: str | None = _f(None, "the subject's class noun (dog, backpack, ...), for the protocol")
+    kind: str = _f("auto", "DreamBench prompt set: live (pets) or object; auto: live for cat and dog", choices=("auto", "live", "object"))
+    prompts: str = _f("dreambench", "the protocol's prompts: dreambench or a file of templates ({identifier}, {class})")
+    images_per_prompt: int = _f(4, "images generated per prompt (the paper uses 4)")
+    num_class_images: int = _f(16, "images generated for the class prompt, for PRES")
+    class_prompt: str | None = _f(None, "the class prompt for PRES (default: 'a {class noun}')")
+    dino_model: str = _f("facebook/dino-vits16", "DINO extractor: hub id or local folder")
+    clip_model: str = _f("openai/clip-vit-base-patch32", "CLIP extractor: hub id or local folder")
+    output_dir: str = _f("evaluation", "where metrics.json, per_prompt.csv, metrics.md (and generated images) go")
+    cache_dir: str | None = _f(None, "embedding cache (default: OUTPUT/embeddings)")
+    embed_batch_size: int = _f(16, "images per batch through the extractors")
+
+    def validate(self) -> None:
+        _check_required(self)
+        if self.model is None and self.generated is None:
+            raise UserError("--generated: required (a folder of images to score), or --model to generate them")
+        if self.model is not None and self.generated is not None:
+            raise UserError("--generated: not with --model (which generates the images itself)")
+        if self.model is not None and not self.class_noun:
+            raise UserError("--class-noun: required with --model (the protocol's prompts name the class)")
+        if self.images_per_prompt < 1 or self.num_class_images < 0 or self.embed_batch_size < 1:
+            raise UserError("--images-per-prompt, --embed-batch-size: must be at least 1; --num-class-images >= 0")
+        if self.model is not None:
+            super().validate()

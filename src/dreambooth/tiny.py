@@ -189,3 +189,42 @@ def build_tiny_pipeline(out: str | Path, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(out)
     return out
+
+
+def build_tiny_dino(out: str | Path, seed: int = 0) -> Path:
+    """A tiny random ViT in DINO's layout (ViTModel, CLS token), for offline tests of the metrics."""
+    import torch
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(seed)
+    model = ViTModel(
+        ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=224, patch_size=16),
+        add_pooling_layer=False,
+    )
+    model.save_pretrained(out)
+    return Path(out)
+
+
+def build_tiny_clip(out: str | Path, seed: int = 0) -> Path:
+    """A tiny random CLIPModel with a CLIPProcessor (our generated tokenizer), for offline tests."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    out = Path(out)
+    vocab = write_clip_tokenizer(out / "_tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(out / "_tokenizer")
+    torch.manual_seed(seed)
+    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=77, bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab[EOS])
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=224, patch_size=32)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=24))
+    model.save_pretrained(out)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}),
+        tokenizer=tokenizer,
+    )
+    processor.save_pretrained(out)
+    import shutil
+
+    shutil.rmtree(out / "_tokenizer")
+    return out
