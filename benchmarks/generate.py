@@ -28,16 +28,25 @@ def make_lora(model: Path, out: Path, rank: int = 16) -> Path:
 
     pipe = load_pipeline(str(model))
     torch.manual_seed(0)
-    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(LORA_TARGET_GROUPS["attn"]), init_lora_weights="gaussian"))
-    pipe.text_encoder.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(TEXT_ENCODER_TARGETS), init_lora_weights="gaussian"))
+    pipe.unet.add_adapter(
+        LoraConfig(
+            r=rank, lora_alpha=rank, target_modules=list(LORA_TARGET_GROUPS["attn"]), init_lora_weights="gaussian"
+        )
+    )
+    pipe.text_encoder.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, target_modules=list(TEXT_ENCODER_TARGETS), init_lora_weights="gaussian")
+    )
     with torch.no_grad():
         for m in (pipe.unet, pipe.text_encoder):
             for n, p in m.named_parameters():
                 if "lora_B" in n:
                     p.normal_(0, 1e-3)
     out.mkdir(parents=True)
-    pipe.save_lora_weights(out, unet_lora_layers=get_peft_model_state_dict(pipe.unet),
-                           text_encoder_lora_layers=get_peft_model_state_dict(pipe.text_encoder))
+    pipe.save_lora_weights(
+        out,
+        unet_lora_layers=get_peft_model_state_dict(pipe.unet),
+        text_encoder_lora_layers=get_peft_model_state_dict(pipe.text_encoder),
+    )
     return out
 
 
@@ -81,12 +90,19 @@ def main() -> None:
             engine = Engine(fuse=fuse)
             s = image_settings(cfg, engine, "a photo of sks dog", 0, lora=str(lora) if with_lora else None)
             results[name] = time_images(engine, s, args.images, args.warmup)
-    summary = {"arch": args.arch, "size": size, "steps": args.steps, "s_per_image": results,
-               "fused_over_base": results["lora_fused"] / results["base"],
-               "unfused_over_base": results["lora_unfused"] / results["base"]}
-    print(f"| {args.arch} {size}px {args.steps} steps | base {results['base']:.3f} s | fused {results['lora_fused']:.3f} s "
-          f"| unfused {results['lora_unfused']:.3f} s | fused/base {summary['fused_over_base']:.3f} "
-          f"| unfused/base {summary['unfused_over_base']:.3f} |")
+    summary = {
+        "arch": args.arch,
+        "size": size,
+        "steps": args.steps,
+        "s_per_image": results,
+        "fused_over_base": results["lora_fused"] / results["base"],
+        "unfused_over_base": results["lora_unfused"] / results["base"],
+    }
+    print(
+        f"| {args.arch} {size}px {args.steps} steps | base {results['base']:.3f} s | fused {results['lora_fused']:.3f} s "
+        f"| unfused {results['lora_unfused']:.3f} s | fused/base {summary['fused_over_base']:.3f} "
+        f"| unfused/base {summary['unfused_over_base']:.3f} |"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
 

@@ -103,3 +103,12 @@ def lora_with_te(tmp_path_factory, tiny_model) -> Path:
 @pytest.fixture(scope="session")
 def lora_unet_only(tmp_path_factory, tiny_model) -> Path:
     return _train_lora(tmp_path_factory, tiny_model, "lora_unet")
+
+
+@pytest.fixture(scope="session")
+def extractors(tmp_path_factory) -> tuple[Path, Path]:
+    """Tiny random DINO-layout ViT and CLIP folders (offline stand-ins for the real extractors)."""
+    from dreambooth.tiny import build_tiny_clip, build_tiny_dino
+
+    root = tmp_path_factory.mktemp("extractors")
+    return build_tiny_dino(root / "dino"), build_tiny_clip(root / "clip")

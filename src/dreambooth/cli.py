@@ -12,7 +12,16 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import EvaluateConfig, GenerateConfig, GridConfig, TrainConfig, add_arguments, build, from_namespace, load_yaml
+from .config import (
+    EvaluateConfig,
+    GenerateConfig,
+    GridConfig,
+    TrainConfig,
+    add_arguments,
+    build,
+    from_namespace,
+    load_yaml,
+)
 from .errors import UserError
 
 
@@ -61,9 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--config", help="YAML file whose keys are the flags' names")
     add_arguments(x, GridConfig)
 
-    e = sub.add_parser("evaluate", help="score generated images with DINO, CLIP-I, CLIP-T, PRES, DIV (the paper's metrics)",
-                       description="Score --generated images against --real photos, or with --model (and --lora) run "
-                       "the whole DreamBench protocol: 4 images per prompt plus class images, then the scores.")
+    e = sub.add_parser(
+        "evaluate",
+        help="score generated images with DINO, CLIP-I, CLIP-T, PRES, DIV (the paper's metrics)",
+        description="Score --generated images against --real photos, or with --model (and --lora) run "
+        "the whole DreamBench protocol: 4 images per prompt plus class images, then the scores.",
+    )
     e.add_argument("--config", help="YAML file whose keys are the flags' names")
     add_arguments(e, EvaluateConfig)
 

@@ -425,7 +425,11 @@ class EvaluateConfig(SamplingConfig):
     identifier: str = _f("sks", "the rare identifier, removed from prompts before CLIP-T")
     keep_identifier: bool = _f(False, "score CLIP-T with the identifier left in the prompt")
     class_noun: str | None = _f(None, "the subject's class noun (dog, backpack, ...), for the protocol")
-    kind: str = _f("auto", "DreamBench prompt set: live (pets) or object; auto: live for cat and dog", choices=("auto", "live", "object"))
+    kind: str = _f(
+        "auto",
+        "DreamBench prompt set: live (pets) or object; auto: live for cat and dog",
+        choices=("auto", "live", "object"),
+    )
     prompts: str = _f("dreambench", "the protocol's prompts: dreambench or a file of templates ({identifier}, {class})")
     images_per_prompt: int = _f(4, "images generated per prompt (the paper uses 4)")
     num_class_images: int = _f(16, "images generated for the class prompt, for PRES")

@@ -84,10 +84,20 @@ class Engine:
         self.pipe = None
         self.state: tuple | None = None  # (model, lora or None, "fused"/"unfused"/None, scales)
         self.base_scheduler = None
+        self._sizes: dict[str, int] = {}
 
     def native_size(self, model: str) -> int:
-        self._base(model)
-        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        """The model's own resolution (UNet sample size x VAE factor), read from its configs."""
+        if model not in self._sizes:
+            if self.pipe is not None and self.state[0] == model:
+                self._sizes[model] = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+            else:
+                from diffusers import AutoencoderKL, UNet2DConditionModel
+
+                unet = UNet2DConditionModel.load_config(model, subfolder="unet")
+                vae = AutoencoderKL.load_config(model, subfolder="vae")
+                self._sizes[model] = unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+        return self._sizes[model]
 
     def _base(self, model: str) -> None:
         """Make self.pipe the clean base model (reloading only when a fused LoRA changed its weights)."""

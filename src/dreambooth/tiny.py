@@ -198,7 +198,14 @@ def build_tiny_dino(out: str | Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     model = ViTModel(
-        ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=224, patch_size=16),
+        ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            image_size=224,
+            patch_size=16,
+        ),
         add_pooling_layer=False,
     )
     model.save_pretrained(out)
@@ -214,9 +221,20 @@ def build_tiny_clip(out: str | Path, seed: int = 0) -> Path:
     vocab = write_clip_tokenizer(out / "_tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(out / "_tokenizer")
     torch.manual_seed(seed)
-    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                max_position_embeddings=77, bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab[EOS])
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=224, patch_size=32)
+    text = dict(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=vocab[BOS],
+        eos_token_id=vocab[EOS],
+        pad_token_id=vocab[EOS],
+    )
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=224, patch_size=32
+    )
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=24))
     model.save_pretrained(out)
     processor = CLIPProcessor(

@@ -27,8 +27,13 @@ PAPER = {
     "pres": {"DreamBooth (Imagen), with prior preservation": 0.493, "without": 0.664},
     "div": {"DreamBooth (Imagen), with prior preservation": 0.391, "without": 0.371},
 }
-NAMES = {"dino": "DINO (higher is better)", "clip_i": "CLIP-I (higher)", "clip_t": "CLIP-T (higher)",
-         "pres": "PRES (lower is better)", "div": "DIV (higher)"}
+NAMES = {
+    "dino": "DINO (higher is better)",
+    "clip_i": "CLIP-I (higher)",
+    "clip_t": "CLIP-T (higher)",
+    "pres": "PRES (lower is better)",
+    "div": "DIV (higher)",
+}
 
 
 def folder_images(folder: str | None, flag: str) -> list[Path]:
@@ -68,7 +73,9 @@ def prompts_for(paths: list[Path], cfg: EvaluateConfig) -> list[str]:
         if len(lines) == 1:
             return lines * len(paths)
         if len(lines) != len(paths):
-            raise UserError(f"--prompts-file {cfg.prompts_file}: {len(lines)} prompts for {len(paths)} images (give one, or one per image)")
+            raise UserError(
+                f"--prompts-file {cfg.prompts_file}: {len(lines)} prompts for {len(paths)} images (give one, or one per image)"
+            )
         return lines
     if cfg.prompt:
         return [cfg.prompt[0]] * len(paths)
@@ -109,11 +116,16 @@ def generate_protocol(cfg: EvaluateConfig, progress: bool) -> tuple[list[tuple[P
     check_model(cfg.model)
     engine = Engine(cfg.dtype)
     out = Path(cfg.output_dir)
-    subject = [(out / "generated", p, cfg.seed + i) for p in protocol_prompts(cfg) for i in range(cfg.images_per_prompt)]
+    subject = [
+        (out / "generated", p, cfg.seed + i) for p in protocol_prompts(cfg) for i in range(cfg.images_per_prompt)
+    ]
     class_prompt = cfg.class_prompt or f"a {cfg.class_noun}"
     klass = [(out / "class", class_prompt, cfg.seed + i) for i in range(cfg.num_class_images)]
-    jobs = [(folder / f"{cell_key(s)}.png", s) for folder, p, seed in subject + klass
-            for s in [image_settings(cfg, engine, p, seed)]]
+    jobs = [
+        (folder / f"{cell_key(s)}.png", s)
+        for folder, p, seed in subject + klass
+        for s in [image_settings(cfg, engine, p, seed)]
+    ]
     todo = [(path, s) for path, s in jobs if not path.exists()]
     engine.check([s for _, s in todo])
     for path, s in tqdm(todo, desc="generating", unit="img", disable=not progress):
@@ -185,13 +197,15 @@ def _per_prompt(generated, gen_dino, gen_clip, real_dino, real_clip, clip_t) -> 
         by_prompt[prompt].append(i)
     rows = []
     for prompt, idx in by_prompt.items():
-        rows.append({
-            "prompt": prompt,
-            "images": len(idx),
-            "dino": round(dino_score(gen_dino[idx], real_dino), 6),
-            "clip_i": round(clip_i_score(gen_clip[idx], real_clip), 6),
-            "clip_t": round(float(clip_t[idx].mean()), 6),
-        })
+        rows.append(
+            {
+                "prompt": prompt,
+                "images": len(idx),
+                "dino": round(dino_score(gen_dino[idx], real_dino), 6),
+                "clip_i": round(clip_i_score(gen_clip[idx], real_clip), 6),
+                "clip_t": round(float(clip_t[idx].mean()), 6),
+            }
+        )
     return rows
 
 

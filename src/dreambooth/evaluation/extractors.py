@@ -147,9 +147,15 @@ class ClipExtractor(Extractor):
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         t = self.processor(text=texts, return_tensors="pt", padding=True, truncation=True)
-        return _features(
-            self.model.get_text_features(input_ids=t["input_ids"].to(self.device), attention_mask=t["attention_mask"].to(self.device))
-        ).float().cpu()
+        return (
+            _features(
+                self.model.get_text_features(
+                    input_ids=t["input_ids"].to(self.device), attention_mask=t["attention_mask"].to(self.device)
+                )
+            )
+            .float()
+            .cpu()
+        )
 
 
 def lpips_distances(groups: list[list[Path]], size: int = 256) -> tuple[list[torch.Tensor] | None, str | None]:
