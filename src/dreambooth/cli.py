@@ -16,6 +16,7 @@ from .config import (
     EvaluateConfig,
     GenerateConfig,
     GridConfig,
+    SelectConfig,
     TrainConfig,
     add_arguments,
     build,
@@ -79,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--config", help="YAML file whose keys are the flags' names")
     add_arguments(e, EvaluateConfig)
 
+    c = sub.add_parser("select", help="score every checkpoint of a run and recommend one (and its scale, guidance)",
+                       description="Evaluate every checkpoint of a run (x --scales x --guidances) on a DreamBench prompt "
+                       "subset, mark the DINO/CLIP-T front, recommend one; writes RUN/selection.json and RUN/selection/.")
+    c.add_argument("--config", help="YAML file whose keys are the flags' names")
+    add_arguments(c, SelectConfig)
+
     m = sub.add_parser("tiny-model", help="write a tiny random Stable Diffusion pipeline folder (offline)")
     m.add_argument("out", help="folder to write")
     m.add_argument("--seed", type=int, default=0)
@@ -117,7 +124,28 @@ def generate_config(ns: argparse.Namespace) -> GenerateConfig:
     cfg = build(GenerateConfig, png, file_layer, flags)
     if cfg.prompts_file:
         cfg.prompt = cfg.prompt + read_prompts_file(cfg.prompts_file)
+    if cfg.lora and not cfg.no_selection:
+        apply_selection(cfg, given={**png, **file_layer, **flags})
     return cfg
+
+
+def apply_selection(cfg: GenerateConfig, given: dict) -> None:
+    """`--lora RUN` with RUN/selection.json: the chosen checkpoint, and its scale and guidance
+    where they were not given."""
+    from .evaluation.select import selected
+
+    sel = selected(cfg.lora)
+    if sel is None:
+        return
+    cfg.lora = sel["checkpoint"]
+    for key in ("lora_scale_unet", "guidance"):
+        if key not in given:
+            setattr(cfg, key, sel[key])
+    print(
+        f"using {Path(sel['checkpoint'])} (step {sel['step']}, LoRA scale {cfg.lora_scale_unet:g}, guidance "
+        f"{cfg.guidance:g}) as recorded by `dreambooth select`; --no-selection uses the final weights",
+        file=sys.stderr,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
             flags = from_namespace(ns, EvaluateConfig)
             file_layer = load_yaml(ns.config, EvaluateConfig) if ns.config else {}
             run_evaluate(build(EvaluateConfig, file_layer, flags))
+        elif ns.command == "select":
+            from .evaluation.select import run_select
+
+            flags = from_namespace(ns, SelectConfig)
+            file_layer = load_yaml(ns.config, SelectConfig) if ns.config else {}
+            run_select(build(SelectConfig, file_layer, flags))
         elif ns.command == "tiny-model":
             from .tiny import build_tiny_pipeline
 

@@ -392,6 +392,7 @@ class GenerateConfig(SamplingConfig):
     output_dir: str = _f("outputs", "where images and their JSON sidecars are written")
     from_image: str | None = _f(None, "repeat the generation that made this PNG (flags given too override it)")
     no_fuse: bool = _f(False, "keep the LoRA unfused (fusing makes generating with a LoRA as fast as without)")
+    no_selection: bool = _f(False, "with --lora RUN: use its final weights, not the checkpoint `dreambooth select` chose")
 
     def validate(self) -> None:
         super().validate()
@@ -452,3 +453,32 @@ class EvaluateConfig(SamplingConfig):
             raise UserError("--images-per-prompt, --embed-batch-size: must be at least 1; --num-class-images >= 0")
         if self.model is not None:
             super().validate()
+
+
+@dataclasses.dataclass
+class SelectConfig:
+    run: str | None = _f(None, "a training run's output folder", required=True)
+    real: str | None = _f(None, "folder of the real subject photos (default: the run's --instance-dir)")
+    prompts: int = _f(5, "how many DreamBench prompts (spread over the 25) each candidate is scored on")
+    identifier: str | None = _f(None, "the identifier (default: read from the run's instance prompt)")
+    class_noun: str | None = _f(None, "the class noun (default: read from the run's class or instance prompt)")
+    kind: str = _f("auto", "DreamBench prompt set", choices=("auto", "live", "object"))
+    images_per_prompt: int = _f(4, "images per prompt and candidate")
+    num_class_images: int = _f(8, "class-prompt images per candidate, for PRES (0: no PRES)")
+    scales: list[float] = _f([], "LoRA UNet scales to try with every checkpoint, e.g. 0.6,0.8,1.0 (default: 1.0)")
+    guidances: list[float] = _f([], "guidance scales to try, e.g. 5,7.5 (default: 7.5)")
+    objective: str = _f("dino=1,clip_t=1", "weights of the min-max-normalised metrics whose sum picks the recommendation")
+    steps: int = _f(30, "denoising steps")
+    scheduler: str = _f("dpm++2m-karras", "sampler", choices=SCHEDULER_NAMES)
+    seed: int = _f(0, "seed of the first image of each prompt")
+    dtype: str = _f("auto", "weights' precision", choices=DTYPES)
+    dino_model: str = _f("facebook/dino-vits16", "DINO extractor: hub id or local folder")
+    clip_model: str = _f("openai/clip-vit-base-patch32", "CLIP extractor: hub id or local folder")
+    embed_batch_size: int = _f(16, "images per batch through the extractors")
+
+    def validate(self) -> None:
+        _check_required(self)
+        if not 1 <= self.prompts <= 25:
+            raise UserError(f"--prompts: must be between 1 and 25, got {self.prompts}")
+        if self.images_per_prompt < 1 or self.num_class_images < 0:
+            raise UserError("--images-per-prompt: must be at least 1; --num-class-images: must be >= 0")

@@ -104,7 +104,7 @@ def protocol_prompts(cfg: EvaluateConfig) -> list[str]:
     return [ln.replace("{identifier}", cfg.identifier).replace("{class}", cfg.class_noun) for ln in lines]
 
 
-def generate_protocol(cfg: EvaluateConfig, progress: bool) -> tuple[list[tuple[Path, str]], list[Path]]:
+def generate_protocol(cfg: EvaluateConfig, prompts: list[str], progress: bool) -> tuple[list[tuple[Path, str]], list[Path]]:
     """Images for every protocol prompt (and the class prompt), named by the hash of their settings,
     so a rerun reuses what it made and never reuses an image made with other settings."""
     from tqdm.auto import tqdm
@@ -134,24 +134,34 @@ def generate_protocol(cfg: EvaluateConfig, progress: bool) -> tuple[list[tuple[P
     return [(p, s.prompt) for p, (_, s) in zip(paths[: len(subject)], jobs)], paths[len(subject) :]
 
 
-def run_evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
-    import torch
-
-    from .extractors import ClipExtractor, DinoExtractor, lpips_distances
-
-    cfg.validate()
+def collect(cfg: EvaluateConfig, prompts: list[str] | None = None, progress: bool = True):
+    """The real photos, the generated images with their prompts, and the class images."""
     real = folder_images(cfg.real, "--real")
     if cfg.model:
-        generated, class_paths = generate_protocol(cfg, progress)
+        generated, class_paths = generate_protocol(cfg, prompts or protocol_prompts(cfg), progress)
     else:
         gen_paths = folder_images(cfg.generated, "--generated")
         generated = list(zip(gen_paths, prompts_for(gen_paths, cfg)))
         class_paths = folder_images(cfg.class_generated, "--class-generated") if cfg.class_generated else []
-    out = Path(cfg.output_dir)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "embeddings"
+    return real, generated, class_paths
+
+
+def extractors_for(cfg: EvaluateConfig):
+    import torch
+
+    from .extractors import ClipExtractor, DinoExtractor
+
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.output_dir) / "embeddings"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dino = DinoExtractor(cfg.dino_model, cache, device)
-    clip = ClipExtractor(cfg.clip_model, cache, device)
+    return DinoExtractor(cfg.dino_model, cache, device), ClipExtractor(cfg.clip_model, cache, device)
+
+
+def score(cfg: EvaluateConfig, real, generated, class_paths, dino, clip) -> tuple[dict, list[dict]]:
+    """The metrics of generated images against the real ones (and of class images, for PRES)."""
+    import torch
+
+    from .extractors import lpips_distances
+
     paths = [p for p, _ in generated]
     scored = [p if cfg.keep_identifier else strip_identifier(p, cfg.identifier) for _, p in generated]
     bs = cfg.embed_batch_size
@@ -168,12 +178,11 @@ def run_evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     if class_paths:
         metrics["pres"] = pres_score(dino.embed_files(class_paths, bs), real_dino)
     groups = defaultdict(list)
-    for (path, prompt), _ in zip(generated, scored):
+    for path, prompt in generated:
         groups[prompt].append(path)
     distances, why = lpips_distances([g for g in groups.values() if len(g) > 1])
     if distances:
         metrics["div"] = div_score(distances)
-    rows = _per_prompt(generated, gen_dino, gen_clip, real_dino, real_clip, clip_t)
     result = {
         **metrics,
         "div_unavailable": why if "div" not in metrics else None,
@@ -186,7 +195,15 @@ def run_evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         "identifier": cfg.identifier,
         "clip_t_prompt_has_identifier": cfg.keep_identifier,
     }
-    _write(out, result, rows)
+    return result, _per_prompt(generated, gen_dino, gen_clip, real_dino, real_clip, clip_t)
+
+
+def run_evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
+    cfg.validate()
+    real, generated, class_paths = collect(cfg, progress=progress)
+    dino, clip = extractors_for(cfg)
+    result, rows = score(cfg, real, generated, class_paths, dino, clip)
+    _write(Path(cfg.output_dir), result, rows)
     print(markdown_table(result))
     return result
 

@@ -1,0 +1,187 @@
+"""`dreambooth select`: score every checkpoint of a run (and a small grid of generation settings) with
+the paper's metrics, find the candidates no other beats on both subject fidelity (DINO) and prompt
+fidelity (CLIP-T), and recommend one by an objective the user can change.
+
+Default objective: DINO and CLIP-T, each min-max normalised over the candidates, summed with equal
+weights, among the candidates on that front. It favours the checkpoint that keeps the subject
+without losing the prompt, which is what people pick by eye from a grid.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import logging
+import re
+from pathlib import Path
+
+from .. import io
+from ..config import EvaluateConfig, SelectConfig, TrainConfig, load_yaml
+from ..errors import UserError
+from ..training.checkpoint import list_checkpoints
+from ..weights import LORA_WEIGHTS, sha256
+from . import dreambench
+from .evaluate import collect, extractors_for, score
+from .plot import line_plot
+
+log = logging.getLogger(__name__)
+SELECTION = "selection.json"
+METRICS = ("dino", "clip_i", "clip_t", "pres")
+
+
+def parse_objective(text: str) -> dict[str, float]:
+    weights = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name not in METRICS:
+            raise UserError(f"--objective {text}: unknown metric '{name}' (one of {', '.join(METRICS)})")
+        try:
+            weights[name] = float(value or 1)
+        except ValueError:
+            raise UserError(f"--objective {text}: '{value}' is not a number") from None
+    if not weights:
+        raise UserError(f"--objective {text}: names no metric")
+    return weights
+
+
+def pareto_front(rows: list[dict], a: str = "dino", b: str = "clip_t") -> list[bool]:
+    """True for each row that no other row beats on both a and b (>= on both, > on one)."""
+    def beats(o, r):
+        return o[a] >= r[a] and o[b] >= r[b] and (o[a] > r[a] or o[b] > r[b])
+
+    return [not any(beats(o, r) for o in rows if o is not r) for r in rows]
+
+
+def objective_values(rows: list[dict], weights: dict[str, float]) -> list[float]:
+    """Sum of weight x metric, each metric min-max normalised over the rows (PRES counts negatively:
+    lower is better)."""
+    values = [0.0] * len(rows)
+    for name, w in weights.items():
+        col = [r.get(name) for r in rows]
+        if any(v is None for v in col):
+            raise UserError(f"--objective: '{name}' was not measured (PRES needs --num-class-images > 0)")
+        lo, hi = min(col), max(col)
+        for i, v in enumerate(col):
+            norm = 0.5 if hi == lo else (v - lo) / (hi - lo)
+            values[i] += w * ((1 - norm) if name == "pres" else norm)
+    return values
+
+
+def _candidates(run: Path) -> list[tuple[int, Path]]:
+    """Checkpoints, and the final weights where they differ from the last checkpoint's."""
+    found = [(step, path) for step, path in list_checkpoints(run) if (path / LORA_WEIGHTS).is_file()]
+    final = run / LORA_WEIGHTS
+    if final.is_file() and not any(sha256(p / LORA_WEIGHTS) == sha256(final) for _, p in found[-1:]):
+        saved = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+        found.append((int(saved.get("step", found[-1][0] + 1 if found else 0)), run))
+    return found
+
+
+def _subject_words(saved: TrainConfig, cfg: SelectConfig) -> tuple[str, str]:
+    class_noun = cfg.class_noun
+    if class_noun is None:
+        source = saved.class_prompt or saved.instance_prompt
+        class_noun = re.findall(r"[\w-]+", source)[-1]
+    identifier = cfg.identifier
+    if identifier is None:
+        words = re.findall(r"[\w-]+", saved.instance_prompt)
+        before = [words[i - 1] for i, w in enumerate(words) if w == class_noun and i > 0]
+        if not before:
+            raise UserError(f"--identifier: cannot read it from the instance prompt {saved.instance_prompt!r}; give it")
+        identifier = before[0]
+    return identifier, class_noun
+
+
+def run_select(cfg: SelectConfig, progress: bool = True) -> dict:
+    cfg.validate()
+    run = Path(cfg.run)
+    if not (run / "config.yaml").is_file():
+        raise UserError(f"--run {run}: not a training run (no config.yaml)")
+    saved = TrainConfig(**load_yaml(run / "config.yaml", TrainConfig))
+    weights = parse_objective(cfg.objective)
+    candidates = _candidates(run)
+    if not candidates:
+        raise UserError(f"--run {run}: holds no checkpoint and no final weights")
+    identifier, class_noun = _subject_words(saved, cfg)
+    kind = dreambench.kind_of(class_noun) if cfg.kind == "auto" else cfg.kind
+    every = dreambench.prompts(kind, identifier, class_noun)
+    prompts = [every[round(i * (len(every) - 1) / max(1, cfg.prompts - 1))] for i in range(cfg.prompts)]
+    out = run / "selection"
+    base = EvaluateConfig(
+        model=saved.model, real=cfg.real or saved.instance_dir, class_noun=class_noun, identifier=identifier,
+        kind=kind, images_per_prompt=cfg.images_per_prompt, num_class_images=cfg.num_class_images,
+        class_prompt=saved.class_prompt, dino_model=cfg.dino_model, clip_model=cfg.clip_model,
+        cache_dir=str(out / "embeddings"), embed_batch_size=cfg.embed_batch_size, steps=cfg.steps,
+        scheduler=cfg.scheduler, seed=cfg.seed, dtype=cfg.dtype,
+    )
+    dino, clip = extractors_for(base)
+    rows = []
+    for step, path in candidates:
+        for scale in cfg.scales or [1.0]:
+            for guidance in cfg.guidances or [7.5]:
+                name = f"step-{step}-s{scale:g}-g{guidance:g}"
+                ecfg = EvaluateConfig(**{**base.__dict__, "lora": str(path), "lora_scale_unet": scale,
+                                         "guidance": guidance, "output_dir": str(out / name)})
+                ecfg.validate()
+                real, generated, class_paths = collect(ecfg, prompts, progress)
+                result, _ = score(ecfg, real, generated, class_paths, dino, clip)
+                rows.append({"step": step, "checkpoint": str(path), "lora_scale_unet": scale, "guidance": guidance,
+                             **{k: result.get(k) for k in METRICS}})
+                log.info("%s: DINO %.3f CLIP-T %.3f", name, result["dino"], result["clip_t"])
+    front = pareto_front(rows)
+    values = objective_values(rows, weights)
+    for r, f, v in zip(rows, front, values):
+        r["pareto"], r["objective"] = f, round(v, 6)
+    best = max((r for r in rows if r["pareto"]), key=lambda r: r["objective"])
+    selection = {
+        "checkpoint": best["checkpoint"], "step": best["step"], "lora_scale_unet": best["lora_scale_unet"],
+        "guidance": best["guidance"], "metrics": {k: best[k] for k in METRICS}, "objective": cfg.objective,
+        "prompts": prompts, "candidates": rows,
+    }
+    _write(out, run, rows, selection, best)
+    print(_markdown(rows, best))
+    return selection
+
+
+def _write(out: Path, run: Path, rows: list[dict], selection: dict, best: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    io.write_text(out / "selection.csv", buf.getvalue())
+    io.write_text(out / "selection.md", _markdown(rows, best) + "\n")
+    for metric in METRICS:
+        if rows[0][metric] is None:
+            continue
+        series: dict[str, list] = {}
+        for r in rows:
+            series.setdefault(f"scale {r['lora_scale_unet']:g}, cfg {r['guidance']:g}", []).append((r["step"], r[metric]))
+        with io.atomic_path(out / f"{metric}.png") as tmp:
+            line_plot(series, f"{metric.upper()} over training steps ({run.name})", "step").save(tmp, format="PNG")
+    io.write_text(run / SELECTION, json.dumps(selection, indent=2))
+
+
+def _markdown(rows: list[dict], best: dict) -> str:
+    head = "| step | LoRA scale | guidance | DINO | CLIP-I | CLIP-T | PRES | front | objective |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mark = " **recommended**" if r is best else ""
+        pres = f"{r['pres']:.3f}" if r["pres"] is not None else "-"
+        lines.append(
+            f"| {r['step']} | {r['lora_scale_unet']:g} | {r['guidance']:g} | {r['dino']:.3f} | {r['clip_i']:.3f} | "
+            f"{r['clip_t']:.3f} | {pres} | {'yes' if r['pareto'] else ''} | {r['objective']:.3f}{mark} |"
+        )
+    return "\n".join(lines)
+
+
+def selected(run: str | Path) -> dict | None:
+    """The run's recorded selection, if any (what `generate --lora RUN` uses)."""
+    f = Path(run) / SELECTION
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except ValueError:
+        return None
