@@ -65,9 +65,10 @@ def make_cfg(tiny_model, instance_dir, tmp_path):
             max_steps=2,
             learning_rate=1e-3,
             lr_scheduler="constant",
-            rank=4,
             checkpoint_every=1000,
         )
+        if kw.get("method", "lora") == "lora":
+            base["rank"] = 4
         base.update(kw)
         return TrainConfig(**base)
 

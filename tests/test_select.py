@@ -8,12 +8,16 @@ import pytest
 
 from dreambooth.cli import main
 from dreambooth.errors import UserError
-from dreambooth.evaluation.select import objective_values, parse_objective, pareto_front
+from dreambooth.evaluation.select import objective_values, pareto_front, parse_objective
 
 
 def test_front_keeps_what_nothing_beats_on_both():
-    rows = [{"dino": 0.7, "clip_t": 0.20}, {"dino": 0.6, "clip_t": 0.30}, {"dino": 0.6, "clip_t": 0.25},
-            {"dino": 0.7, "clip_t": 0.20}]
+    rows = [
+        {"dino": 0.7, "clip_t": 0.20},
+        {"dino": 0.6, "clip_t": 0.30},
+        {"dino": 0.6, "clip_t": 0.25},
+        {"dino": 0.7, "clip_t": 0.20},
+    ]
     assert pareto_front(rows) == [True, True, False, True]  # ties do not beat each other
 
 
@@ -26,17 +30,58 @@ def test_objective_normalises_and_pres_counts_against():
         parse_objective("fid=1")
 
 
-def test_select_scores_every_checkpoint_and_generate_uses_the_choice(tiny_model, lora_with_te, extractors, tmp_path, capsys):
+def test_select_scores_every_checkpoint_and_generate_uses_the_choice(
+    tiny_model, lora_with_te, extractors, tmp_path, capsys
+):
     run = tmp_path / "run"
     shutil.copytree(lora_with_te, run)  # checkpoints at steps 2 and 4 (= the final weights)
     dino, clip = extractors
-    rc = main(["select", "--run", str(run), "--dino-model", str(dino), "--clip-model", str(clip), "--prompts", "2",
-               "--images-per-prompt", "2", "--num-class-images", "0", "--steps", "2", "--scales", "0.5,1",
-               "--real", str(tmp_path.parent)])  # --real is checked
+    rc = main(
+        [
+            "select",
+            "--run",
+            str(run),
+            "--dino-model",
+            str(dino),
+            "--clip-model",
+            str(clip),
+            "--prompts",
+            "2",
+            "--images-per-prompt",
+            "2",
+            "--num-class-images",
+            "0",
+            "--steps",
+            "2",
+            "--scales",
+            "0.5,1",
+            "--real",
+            str(tmp_path.parent),
+        ]
+    )  # --real is checked
     assert rc == 2
     capsys.readouterr()
-    rc = main(["select", "--run", str(run), "--dino-model", str(dino), "--clip-model", str(clip), "--prompts", "2",
-               "--images-per-prompt", "2", "--num-class-images", "0", "--steps", "2", "--scales", "0.5,1"])
+    rc = main(
+        [
+            "select",
+            "--run",
+            str(run),
+            "--dino-model",
+            str(dino),
+            "--clip-model",
+            str(clip),
+            "--prompts",
+            "2",
+            "--images-per-prompt",
+            "2",
+            "--num-class-images",
+            "0",
+            "--steps",
+            "2",
+            "--scales",
+            "0.5,1",
+        ]
+    )
     assert rc == 0
     sel = json.loads((run / "selection.json").read_text())
     steps = sorted({c["step"] for c in sel["candidates"]})
@@ -49,11 +94,50 @@ def test_select_scores_every_checkpoint_and_generate_uses_the_choice(tiny_model,
     assert "**recommended**" in capsys.readouterr().out
 
     out = tmp_path / "gen"
-    assert main(["generate", "--model", str(tiny_model), "--lora", str(run), "--prompt", "a sks dog", "--steps", "2",
-                 "--num-images", "1", "--output-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(tiny_model),
+                "--lora",
+                str(run),
+                "--prompt",
+                "a sks dog",
+                "--steps",
+                "2",
+                "--num-images",
+                "1",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     used = json.loads(next(out.glob("*.json")).read_text())
     assert used["lora_scale_unet"] == sel["lora_scale_unet"] and f"step-{sel['step']}" in used["lora"]
-    assert main(["generate", "--model", str(tiny_model), "--lora", str(run), "--prompt", "a sks dog", "--steps", "2",
-                 "--num-images", "1", "--lora-scale-unet", "0.3", "--no-selection", "--output-dir", str(tmp_path / "g2")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(tiny_model),
+                "--lora",
+                str(run),
+                "--prompt",
+                "a sks dog",
+                "--steps",
+                "2",
+                "--num-images",
+                "1",
+                "--lora-scale-unet",
+                "0.3",
+                "--no-selection",
+                "--output-dir",
+                str(tmp_path / "g2"),
+            ]
+        )
+        == 0
+    )
     used = json.loads(next((tmp_path / "g2").glob("*.json")).read_text())
     assert used["lora_scale_unet"] == 0.3 and "checkpoints" not in used["lora"]

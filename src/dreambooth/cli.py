@@ -80,9 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--config", help="YAML file whose keys are the flags' names")
     add_arguments(e, EvaluateConfig)
 
-    c = sub.add_parser("select", help="score every checkpoint of a run and recommend one (and its scale, guidance)",
-                       description="Evaluate every checkpoint of a run (x --scales x --guidances) on a DreamBench prompt "
-                       "subset, mark the DINO/CLIP-T front, recommend one; writes RUN/selection.json and RUN/selection/.")
+    c = sub.add_parser(
+        "select",
+        help="score every checkpoint of a run and recommend one (and its scale, guidance)",
+        description="Evaluate every checkpoint of a run (x --scales x --guidances) on a DreamBench prompt "
+        "subset, mark the DINO/CLIP-T front, recommend one; writes RUN/selection.json and RUN/selection/.",
+    )
     c.add_argument("--config", help="YAML file whose keys are the flags' names")
     add_arguments(c, SelectConfig)
 

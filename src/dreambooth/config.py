@@ -30,6 +30,14 @@ LORA_TARGET_GROUPS = {
 }
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 DEFAULT_WARMUP = 500
+# Each method's defaults, from its public recipe: LoRA DreamBooth (diffusers' example), the paper's
+# Stable Diffusion fine-tuning (lr 5e-6, ~1000 steps), Textual Inversion (Gal et al.: lr 5e-4 scaled
+# by the batch, 3000 steps, constant).
+METHOD_DEFAULTS = {
+    "lora": {"learning_rate": 1e-4, "max_steps": 2000, "warmup": DEFAULT_WARMUP},
+    "full": {"learning_rate": 5e-6, "max_steps": 1000, "warmup": 0},
+    "textual-inversion": {"learning_rate": 5e-4, "max_steps": 3000, "warmup": 0},
+}
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -58,7 +66,11 @@ class TrainConfig:
     class_guidance: float = _f(7.5, "guidance scale when generating class images")
     class_batch_size: int = _f(4, "images per batch when generating class images")
     # method
-    method: str = _f("lora", "what trains", choices=("lora",))
+    method: str = _f(
+        "lora",
+        "what trains: LoRA adapters, the full UNet (full), or a new token's embedding (textual-inversion)",
+        choices=("lora", "full", "textual-inversion"),
+    )
     rank: int = _f(16, "LoRA rank")
     lora_alpha: float | None = _f(None, "LoRA alpha (default: the rank, i.e. scale 1)")
     lora_targets: str = _f(
@@ -66,13 +78,24 @@ class TrainConfig:
         "comma-separated UNet modules for LoRA: groups " + ", ".join(LORA_TARGET_GROUPS) + " or module-name suffixes",
     )
     lora_dropout: float = _f(0.0, "dropout on the LoRA path")
-    train_text_encoder: bool = _f(False, "also train LoRA on the text encoder's attention projections")
+    train_text_encoder: bool = _f(
+        False, "also train the text encoder (LoRA on its attention projections; all of it with --method full)"
+    )
+    token: str | None = _f(None, 'textual inversion: the new placeholder token, e.g. "<sks-cat>"')
+    initializer_token: str | None = _f(
+        None, "textual inversion: a one-token word the new embedding starts from, e.g. cat"
+    )
+    num_vectors: int = _f(1, "textual inversion: embedding vectors the placeholder stands for")
     text_encoder_lr: float = _f(1e-5, "learning rate of the text-encoder LoRA")
     # optimisation
-    learning_rate: float = _f(1e-4, "learning rate of the UNet parameters")
+    learning_rate: float | None = _f(
+        None, "learning rate (default by method: lora 1e-4, full 5e-6, textual-inversion 5e-4 x batch)"
+    )
     lr_scheduler: str = _f("constant_with_warmup", "learning-rate schedule", choices=LR_SCHEDULERS)
     lr_warmup_steps: int | None = _f(None, f"warmup steps (default {DEFAULT_WARMUP}; 'constant' takes none)")
-    max_steps: int = _f(2000, "optimizer steps in all")
+    max_steps: int | None = _f(
+        None, "optimizer steps in all (default by method: lora 2000, full 1000, textual-inversion 3000)"
+    )
     batch_size: int = _f(1, "instance images per step (as many class images are added)")
     gradient_accumulation: int = _f(1, "micro-batches per optimizer step")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 turns clipping off)")
@@ -101,11 +124,19 @@ class TrainConfig:
     validation_inference_steps: int = _f(25, "denoising steps of the validation images")
     validation_guidance: float = _f(7.5, "guidance scale of the validation images")
 
+    def __post_init__(self) -> None:
+        d = METHOD_DEFAULTS.get(self.method, METHOD_DEFAULTS["lora"])
+        if self.learning_rate is None:
+            scale = self.batch_size * self.gradient_accumulation if self.method == "textual-inversion" else 1
+            self.learning_rate = d["learning_rate"] * scale
+        if self.max_steps is None:
+            self.max_steps = d["max_steps"]
+
     @property
     def warmup_steps(self) -> int:
         if self.lr_warmup_steps is not None:
             return self.lr_warmup_steps
-        return 0 if self.lr_scheduler == "constant" else DEFAULT_WARMUP
+        return 0 if self.lr_scheduler == "constant" else METHOD_DEFAULTS[self.method]["warmup"]
 
     @property
     def prior_preservation(self) -> bool:
@@ -163,6 +194,7 @@ class TrainConfig:
                 f"must be >= 0, got {self.lr_warmup_steps}",
             ),
             (bool(self.instance_prompt.strip()), "--instance-prompt", "is empty"),
+            (self.num_vectors >= 1, "--num-vectors", f"must be at least 1, got {self.num_vectors}"),
             (
                 self.validation_every is None or self.validation_every >= 1,
                 "--validation-every",
@@ -193,8 +225,27 @@ class TrainConfig:
             raise UserError("--class-prompt: prior preservation needs --class-dir (where class images are kept)")
         if self.class_dir is not None and self.class_prompt is None:
             raise UserError("--class-dir: given without --class-prompt (the prompt the class images stand for)")
+        self._validate_method()
         if self.random_crop and not self.no_cache:
             raise UserError("--random-crop: cached latents hold one crop per image; add --no-cache to crop at random")
+
+    def _validate_method(self) -> None:
+        lora_only = {"rank": 16, "lora_alpha": None, "lora_targets": "attn", "lora_dropout": 0.0}
+        if self.method != "lora":
+            for key, default in lora_only.items():
+                if getattr(self, key) != default:
+                    raise UserError(f"--{flag_name(key)}: a LoRA setting, and --method is {self.method}")
+        ti = {"token": self.token, "initializer_token": self.initializer_token}
+        if self.method == "textual-inversion":
+            for key, value in ti.items():
+                if not value:
+                    raise UserError(f"--{flag_name(key)}: required with --method textual-inversion")
+            if self.token.strip() != self.token or " " in self.token:
+                raise UserError(f"--token {self.token!r}: must be one word without spaces")
+        else:
+            for key, value in ti.items():
+                if value:
+                    raise UserError(f"--{flag_name(key)}: a textual-inversion setting, and --method is {self.method}")
 
 
 def _check_required(cfg: Any) -> None:
@@ -351,6 +402,7 @@ class SamplingConfig:
 
     model: str | None = _f(None, "base model: hub id or local diffusers folder", required=True)
     lora: str | None = _f(None, "trained LoRA: a run folder, a checkpoint folder or a .safetensors file")
+    embedding: str | None = _f(None, "a Textual Inversion embedding (learned_embeds.safetensors, or its run folder)")
     prompt: list[str] = _f([], 'prompt (repeatable), e.g. "a photo of sks cat in a bucket"')
     negative_prompt: str = _f("", "negative prompt")
     lora_scale_unet: float = _f(1.0, "strength of the LoRA in the UNet")
@@ -392,7 +444,9 @@ class GenerateConfig(SamplingConfig):
     output_dir: str = _f("outputs", "where images and their JSON sidecars are written")
     from_image: str | None = _f(None, "repeat the generation that made this PNG (flags given too override it)")
     no_fuse: bool = _f(False, "keep the LoRA unfused (fusing makes generating with a LoRA as fast as without)")
-    no_selection: bool = _f(False, "with --lora RUN: use its final weights, not the checkpoint `dreambooth select` chose")
+    no_selection: bool = _f(
+        False, "with --lora RUN: use its final weights, not the checkpoint `dreambooth select` chose"
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -467,7 +521,9 @@ class SelectConfig:
     num_class_images: int = _f(8, "class-prompt images per candidate, for PRES (0: no PRES)")
     scales: list[float] = _f([], "LoRA UNet scales to try with every checkpoint, e.g. 0.6,0.8,1.0 (default: 1.0)")
     guidances: list[float] = _f([], "guidance scales to try, e.g. 5,7.5 (default: 7.5)")
-    objective: str = _f("dino=1,clip_t=1", "weights of the min-max-normalised metrics whose sum picks the recommendation")
+    objective: str = _f(
+        "dino=1,clip_t=1", "weights of the min-max-normalised metrics whose sum picks the recommendation"
+    )
     steps: int = _f(30, "denoising steps")
     scheduler: str = _f("dpm++2m-karras", "sampler", choices=SCHEDULER_NAMES)
     seed: int = _f(0, "seed of the first image of each prompt")

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from . import io
 from .config import GenerateConfig
 from .errors import UserError
-from .weights import lora_file, lora_name, model_identity, sha256
+from .weights import embedding_file, lora_file, lora_name, model_identity, sha256
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class ImageSettings:
     lora_sha256: str | None = None
     lora_scale_unet: float = 1.0
     lora_scale_text_encoder: float = 1.0
+    embedding: str | None = None  # absolute path of a Textual Inversion embedding
+    embedding_sha256: str | None = None
     guidance: float = 7.5
     steps: int = 30
     scheduler: str = "dpm++2m-karras"
@@ -82,14 +84,14 @@ class Engine:
         )
         self.fuse = fuse
         self.pipe = None
-        self.state: tuple | None = None  # (model, lora or None, "fused"/"unfused"/None, scales)
+        self.state: tuple | None = None  # (model, embedding, lora or None, "fused"/"unfused"/None, scales)
         self.base_scheduler = None
         self._sizes: dict[str, int] = {}
 
     def native_size(self, model: str) -> int:
         """The model's own resolution (UNet sample size x VAE factor), read from its configs."""
         if model not in self._sizes:
-            if self.pipe is not None and self.state[0] == model:
+            if self.pipe is not None and self.state and self.state[0] == model:
                 self._sizes[model] = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
             else:
                 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -99,32 +101,47 @@ class Engine:
                 self._sizes[model] = unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
         return self._sizes[model]
 
-    def _base(self, model: str) -> None:
-        """Make self.pipe the clean base model (reloading only when a fused LoRA changed its weights)."""
+    def _base(self, model: str, embedding: str | None) -> None:
+        """Make self.pipe the base model with the embedding, without LoRA (reloading only when a
+        fused LoRA changed the weights, or another embedding is wanted)."""
         from .models import load_pipeline
 
-        if self.pipe is not None and self.state[0] == model and self.state[2] != "fused":
-            if self.state[1] is not None:
+        if self.pipe is not None and self.state[:2] == (model, embedding) and self.state[3] != "fused":
+            if self.state[2] is not None:
                 self.pipe.delete_adapters(ADAPTER)
-            self.state = (model, None, None, None)
+            self.state = (model, embedding, None, None, None)
             return
         self.pipe = None
         self.pipe = load_pipeline(model, self.dtype).to(self.device)
         self.base_scheduler = self.pipe.scheduler.config
-        self.state = (model, None, None, None)
+        if embedding:
+            self._load_embedding(embedding)
+        self.state = (model, embedding, None, None, None)
+
+    def _load_embedding(self, path: str) -> None:
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            keys = list(f.keys())
+        token = keys[0] if len(keys) == 1 and keys[0] not in ("emb_params", "string_to_param") else None
+        try:
+            self.pipe.load_textual_inversion(path, token=token)
+        except (ValueError, RuntimeError, KeyError) as e:
+            self.pipe, self.state = None, None
+            raise UserError(f"--embedding {path}: does not fit the model ({str(e).splitlines()[0][:200]})") from None
 
     def prepare(self, s: ImageSettings):
         scales = (s.lora_scale_unet, s.lora_scale_text_encoder)
         active = s.lora is not None and scales != (0.0, 0.0)
         mode = None if not active else ("fused" if self.fuse else "unfused")
-        want = (s.model, s.lora if active else None, mode, scales if active else None)
+        want = (s.model, s.embedding, s.lora if active else None, mode, scales if active else None)
         if self.state == want:
             return self.pipe
-        if self.state is not None and self.state[:3] == want[:3] and mode == "unfused":
+        if self.state is not None and self.state[:4] == want[:4] and mode == "unfused":
             self._set_scales(scales)
             self.state = want
             return self.pipe
-        self._base(s.model)
+        self._base(s.model, s.embedding)
         if active:
             self._load_lora(s)
             if mode == "fused":
@@ -162,12 +179,12 @@ class Engine:
         self.pipe.set_adapters([ADAPTER], adapter_weights=[weights])
 
     def check(self, settings: list[ImageSettings]) -> None:
-        """Load every distinct LoRA once before anything is generated, so a LoRA that does not fit
-        the model is refused before a single file is written."""
+        """Load every distinct LoRA and embedding once before anything is generated, so one that does
+        not fit the model is refused before a single file is written."""
         seen = set()
         for s in settings:
-            if s.lora and (s.model, s.lora) not in seen:
-                seen.add((s.model, s.lora))
+            if (s.lora or s.embedding) and (s.model, s.lora, s.embedding) not in seen:
+                seen.add((s.model, s.lora, s.embedding))
                 self.prepare(s)
 
     def render(self, batch: list[ImageSettings]) -> list[Image.Image]:
@@ -199,6 +216,7 @@ def image_settings(cfg, engine: Engine, prompt: str, seed: int, **override) -> I
     size = None if values["width"] and values["height"] else engine.native_size(model)
     lora = values["lora"]
     weights = lora_file(lora) if lora else None
+    emb = embedding_file(values["embedding"]) if values.get("embedding") else None
     return ImageSettings(
         model=model,
         prompt=prompt,
@@ -211,6 +229,8 @@ def image_settings(cfg, engine: Engine, prompt: str, seed: int, **override) -> I
         lora_sha256=sha256(weights) if weights else None,
         lora_scale_unet=float(values["lora_scale_unet"]),
         lora_scale_text_encoder=float(values["lora_scale_text_encoder"]),
+        embedding=str(emb.resolve()) if emb else None,
+        embedding_sha256=sha256(emb) if emb else None,
         guidance=float(values["guidance"]),
         steps=int(values["steps"]),
         scheduler=values["scheduler"],

@@ -116,6 +116,7 @@ def cell_key(settings) -> str:
     d = dataclasses.asdict(settings)
     d.pop("lora")
     d.pop("lora_name")
+    d.pop("embedding", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:24]
 
 

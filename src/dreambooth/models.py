@@ -55,6 +55,12 @@ class Components:
     pipeline: Any  # the loaded pipeline, for generating (class images, samples)
 
 
+def resolve(model: str) -> str:
+    """A local folder as an absolute path, anything else (a hub id) as given."""
+    p = Path(model).expanduser()
+    return str(p) if p.exists() else model
+
+
 def load_pipeline(model: str, dtype=None):
     """A text-to-image pipeline without safety checker, from a hub id or a folder."""
     import torch
@@ -63,7 +69,7 @@ def load_pipeline(model: str, dtype=None):
     quiet_libraries()
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            str(Path(model).expanduser()) if Path(model).expanduser().exists() else model,
+            resolve(model),
             dtype=dtype or torch.float32,
             safety_checker=None,
             requires_safety_checker=False,

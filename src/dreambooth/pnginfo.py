@@ -63,6 +63,8 @@ def a1111_text(s: dict) -> str:
             ("Lora path", s["lora"]),
             ("Lora hash", s["lora_sha256"][:12]),
         ]
+    if s.get("embedding"):
+        pairs += [("Embedding path", s["embedding"]), ("Embedding hash", s["embedding_sha256"][:12])]
     pairs += [("Scheduler", s["scheduler"]), ("Version", f"dreambooth {__version__}")]
     lines = [s["prompt"]]
     if s.get("negative_prompt"):
@@ -97,6 +99,8 @@ def parse_a1111(text: str) -> dict:
         out["scheduler"] = scheduler
     if "Model" in params:
         out["model"] = params["Model"]
+    if "Embedding path" in params:
+        out["embedding"] = params["Embedding path"]
     if "Lora path" in params:
         out["lora"] = params["Lora path"]
     if "Lora" in params:

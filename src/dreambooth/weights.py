@@ -71,3 +71,17 @@ def model_identity(model: str) -> str:
     """What names a base model in settings and cache keys: a local folder's absolute path, or the hub id."""
     p = Path(model).expanduser()
     return str(p.resolve()) if p.exists() else model
+
+
+EMBEDDING = "learned_embeds.safetensors"
+
+
+def embedding_file(path: str | Path, flag: str = "--embedding") -> Path:
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if (p / EMBEDDING).is_file():
+            return p / EMBEDDING
+        raise UserError(f"{flag} {path}: folder holds no {EMBEDDING}")
+    if p.is_file() and p.suffix == ".safetensors":
+        return p
+    raise UserError(f"{flag} {path}: no such .safetensors file or folder")

@@ -55,7 +55,7 @@ class ExampleSet:
     """One kind of example (the subject's photos or the class images) with its prompt."""
 
     paths: list[Path]
-    prompt_ids: torch.Tensor  # (1, L)
+    prompt_ids: torch.Tensor  # (P, L): one example is paired with one of P prompts
     stream: int
     _latent_cache: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict)
     _embedding_cache: torch.Tensor | None = None
@@ -95,7 +95,7 @@ class TrainingData:
     @torch.no_grad()
     def cache_embeddings(self, text_encoder) -> None:
         for s in self.sets:
-            s._embedding_cache = encode_prompt(text_encoder, s.prompt_ids, text_encoder.device).cpu()
+            s._embedding_cache = encode_prompt(text_encoder, s.prompt_ids, text_encoder.device).cpu()  # (P, L, D)
 
     def _encode(self, vae, paths, flips, crops) -> torch.Tensor:
         pixels = torch.stack([to_pixels(p, self.resolution, f, c) for p, f, c in zip(paths, flips, crops)])
@@ -107,6 +107,12 @@ class TrainingData:
         idx = [epoch_order(len(s.paths), self.seed, s.stream, first_k + j) for j in range(n)]
         flips = [bool(torch.rand((), generator=generator) < 0.5) if self.flip else False for _ in idx]
         crops = [tuple(torch.rand(2, generator=generator).tolist()) if self.random_crop else (0.5, 0.5) for _ in idx]
+        n_prompts = s.prompt_ids.shape[0]
+        which = (
+            torch.randint(0, n_prompts, (n,), generator=generator)
+            if n_prompts > 1
+            else torch.zeros(n, dtype=torch.long)
+        )
         if s._latent_cache:
             params = torch.stack([s._latent_cache[(i, f)] for i, f in zip(idx, flips)])
         else:
@@ -115,9 +121,9 @@ class TrainingData:
         cfg = vae.config
         latents = sample_latents(params, generator, cfg.scaling_factor, getattr(cfg, "shift_factor", None) or 0.0)
         if s._embedding_cache is not None:
-            emb = s._embedding_cache.expand(n, -1, -1)
+            emb = s._embedding_cache[which]
         else:
-            emb = encode_prompt(text_encoder, s.prompt_ids.expand(n, -1), device)
+            emb = encode_prompt(text_encoder, s.prompt_ids[which], device)
         return latents.to(device), emb.to(device)
 
 

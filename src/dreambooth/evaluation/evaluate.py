@@ -104,7 +104,9 @@ def protocol_prompts(cfg: EvaluateConfig) -> list[str]:
     return [ln.replace("{identifier}", cfg.identifier).replace("{class}", cfg.class_noun) for ln in lines]
 
 
-def generate_protocol(cfg: EvaluateConfig, prompts: list[str], progress: bool) -> tuple[list[tuple[Path, str]], list[Path]]:
+def generate_protocol(
+    cfg: EvaluateConfig, prompts: list[str], progress: bool
+) -> tuple[list[tuple[Path, str]], list[Path]]:
     """Images for every protocol prompt (and the class prompt), named by the hash of their settings,
     so a rerun reuses what it made and never reuses an image made with other settings."""
     from tqdm.auto import tqdm

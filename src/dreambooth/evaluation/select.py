@@ -47,6 +47,7 @@ def parse_objective(text: str) -> dict[str, float]:
 
 def pareto_front(rows: list[dict], a: str = "dino", b: str = "clip_t") -> list[bool]:
     """True for each row that no other row beats on both a and b (>= on both, > on one)."""
+
     def beats(o, r):
         return o[a] >= r[a] and o[b] >= r[b] and (o[a] > r[a] or o[b] > r[b])
 
@@ -109,11 +110,22 @@ def run_select(cfg: SelectConfig, progress: bool = True) -> dict:
     prompts = [every[round(i * (len(every) - 1) / max(1, cfg.prompts - 1))] for i in range(cfg.prompts)]
     out = run / "selection"
     base = EvaluateConfig(
-        model=saved.model, real=cfg.real or saved.instance_dir, class_noun=class_noun, identifier=identifier,
-        kind=kind, images_per_prompt=cfg.images_per_prompt, num_class_images=cfg.num_class_images,
-        class_prompt=saved.class_prompt, dino_model=cfg.dino_model, clip_model=cfg.clip_model,
-        cache_dir=str(out / "embeddings"), embed_batch_size=cfg.embed_batch_size, steps=cfg.steps,
-        scheduler=cfg.scheduler, seed=cfg.seed, dtype=cfg.dtype,
+        model=saved.model,
+        real=cfg.real or saved.instance_dir,
+        class_noun=class_noun,
+        identifier=identifier,
+        kind=kind,
+        images_per_prompt=cfg.images_per_prompt,
+        num_class_images=cfg.num_class_images,
+        class_prompt=saved.class_prompt,
+        dino_model=cfg.dino_model,
+        clip_model=cfg.clip_model,
+        cache_dir=str(out / "embeddings"),
+        embed_batch_size=cfg.embed_batch_size,
+        steps=cfg.steps,
+        scheduler=cfg.scheduler,
+        seed=cfg.seed,
+        dtype=cfg.dtype,
     )
     dino, clip = extractors_for(base)
     rows = []
@@ -121,13 +133,27 @@ def run_select(cfg: SelectConfig, progress: bool = True) -> dict:
         for scale in cfg.scales or [1.0]:
             for guidance in cfg.guidances or [7.5]:
                 name = f"step-{step}-s{scale:g}-g{guidance:g}"
-                ecfg = EvaluateConfig(**{**base.__dict__, "lora": str(path), "lora_scale_unet": scale,
-                                         "guidance": guidance, "output_dir": str(out / name)})
+                ecfg = EvaluateConfig(
+                    **{
+                        **base.__dict__,
+                        "lora": str(path),
+                        "lora_scale_unet": scale,
+                        "guidance": guidance,
+                        "output_dir": str(out / name),
+                    }
+                )
                 ecfg.validate()
                 real, generated, class_paths = collect(ecfg, prompts, progress)
                 result, _ = score(ecfg, real, generated, class_paths, dino, clip)
-                rows.append({"step": step, "checkpoint": str(path), "lora_scale_unet": scale, "guidance": guidance,
-                             **{k: result.get(k) for k in METRICS}})
+                rows.append(
+                    {
+                        "step": step,
+                        "checkpoint": str(path),
+                        "lora_scale_unet": scale,
+                        "guidance": guidance,
+                        **{k: result.get(k) for k in METRICS},
+                    }
+                )
                 log.info("%s: DINO %.3f CLIP-T %.3f", name, result["dino"], result["clip_t"])
     front = pareto_front(rows)
     values = objective_values(rows, weights)
@@ -135,9 +161,14 @@ def run_select(cfg: SelectConfig, progress: bool = True) -> dict:
         r["pareto"], r["objective"] = f, round(v, 6)
     best = max((r for r in rows if r["pareto"]), key=lambda r: r["objective"])
     selection = {
-        "checkpoint": best["checkpoint"], "step": best["step"], "lora_scale_unet": best["lora_scale_unet"],
-        "guidance": best["guidance"], "metrics": {k: best[k] for k in METRICS}, "objective": cfg.objective,
-        "prompts": prompts, "candidates": rows,
+        "checkpoint": best["checkpoint"],
+        "step": best["step"],
+        "lora_scale_unet": best["lora_scale_unet"],
+        "guidance": best["guidance"],
+        "metrics": {k: best[k] for k in METRICS},
+        "objective": cfg.objective,
+        "prompts": prompts,
+        "candidates": rows,
     }
     _write(out, run, rows, selection, best)
     print(_markdown(rows, best))
@@ -157,7 +188,9 @@ def _write(out: Path, run: Path, rows: list[dict], selection: dict, best: dict) 
             continue
         series: dict[str, list] = {}
         for r in rows:
-            series.setdefault(f"scale {r['lora_scale_unet']:g}, cfg {r['guidance']:g}", []).append((r["step"], r[metric]))
+            series.setdefault(f"scale {r['lora_scale_unet']:g}, cfg {r['guidance']:g}", []).append(
+                (r["step"], r[metric])
+            )
         with io.atomic_path(out / f"{metric}.png") as tmp:
             line_plot(series, f"{metric.upper()} over training steps ({run.name})", "step").save(tmp, format="PNG")
     io.write_text(run / SELECTION, json.dumps(selection, indent=2))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from ..config import TrainConfig
 from .base import Method
+from .full import Full
 from .lora import LoRA
+from .textual_inversion import TextualInversion
 
-METHODS: dict[str, type[Method]] = {LoRA.name: LoRA}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (LoRA, Full, TextualInversion)}
 
 
 def get_method(cfg: TrainConfig) -> Method:

@@ -26,9 +26,19 @@ class Method:
     def trains_text_encoder(self) -> bool:
         return False
 
+    def check(self) -> None:
+        """Checks of the method's own inputs before any model is loaded (raise UserError)."""
+
     def prepare(self, comps: Components) -> list[dict]:
         """Freeze what stays fixed, add what trains; return optimizer parameter groups."""
         raise NotImplementedError
+
+    def instance_prompts(self) -> list[str]:
+        """The prompts the subject's photos are paired with (one is drawn per example)."""
+        return [self.cfg.instance_prompt]
+
+    def after_step(self, comps: Components) -> None:
+        """Called after every optimizer step (e.g. to restore what must not change)."""
 
     def save(self, comps: Components, folder: Path) -> list[Path]:
         """Write the method's user-facing result into folder; return the files written."""

@@ -115,7 +115,8 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
     lr_scheduler = get_scheduler(
         cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
     )
-    instance = ExampleSet(plan.instance_paths, tokenize(comps.tokenizer, cfg.instance_prompt), stream=0)
+    prompts = method.instance_prompts()
+    instance = ExampleSet(plan.instance_paths, torch.cat([tokenize(comps.tokenizer, p) for p in prompts]), stream=0)
     data = TrainingData(
         instance, klass, resolution=cfg.resolution, flip=cfg.random_flip, random_crop=cfg.random_crop, seed=cfg.seed
     )
@@ -225,6 +226,8 @@ def fit(run: Run, progress: bool = True) -> None:
                     acc.clip_grad_norm_(trained, cfg.max_grad_norm)
                 run.optimizer.step()
                 run.optimizer.zero_grad(set_to_none=True)
+                if acc.sync_gradients:
+                    run.method.after_step(run.comps)
             totals += (
                 torch.stack([loss.detach(), inst.detach(), prior.detach()]).float().cpu() / cfg.gradient_accumulation
             )

@@ -36,8 +36,11 @@ def run_status(output_dir: str | Path) -> str | None:
 
 
 def preflight(cfg: TrainConfig) -> Plan:
+    from ..methods import get_method
+
     cfg.validate()
     check_model(cfg.model)
+    get_method(cfg).check()
     paths = instance_images(cfg.instance_dir)
     if cfg.class_dir is not None:
         check_class_dir(cfg.class_dir)

@@ -1,0 +1,49 @@
+"""Full DreamBooth fine-tuning, as in the paper (Ruiz et al., 2023, section 3): every UNet weight
+trains (and the text encoder's with --train-text-encoder). The result is a whole diffusers pipeline
+folder, which stock `StableDiffusionPipeline.from_pretrained` loads."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ..io import atomic_dir
+from ..models import Components
+from .base import Method
+
+
+class Full(Method):
+    name = "full"
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return self.cfg.train_text_encoder
+
+    def prepare(self, comps: Components) -> list[dict]:
+        from diffusers.training_utils import cast_training_params
+
+        comps.vae.requires_grad_(False)
+        comps.text_encoder.requires_grad_(self.trains_text_encoder)
+        comps.unet.requires_grad_(True)
+        groups = [{"params": list(comps.unet.parameters()), "lr": self.cfg.learning_rate}]
+        if self.trains_text_encoder:
+            groups.append({"params": list(comps.text_encoder.parameters()), "lr": self.cfg.text_encoder_lr})
+        # Trained weights stay in fp32 under mixed precision (autocast computes in fp16/bf16).
+        cast_training_params([comps.unet, comps.text_encoder])
+        return groups
+
+    def save(self, comps: Components, folder: Path) -> list[Path]:
+        """The pipeline's folders and model_index.json, each replaced atomically."""
+        folder = Path(folder)
+        with atomic_dir(folder / ".pipeline") as tmp:
+            comps.pipeline.save_pretrained(tmp, safe_serialization=True)
+        staged = folder / ".pipeline"
+        written = []
+        for item in sorted(staged.iterdir()):
+            target = folder / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            item.replace(target)
+            written.append(target)
+        shutil.rmtree(staged, ignore_errors=True)
+        return written
