@@ -84,6 +84,8 @@ def test_select_scores_every_checkpoint_and_generate_uses_the_choice(
     )
     assert rc == 0
     sel = json.loads((run / "selection.json").read_text())
+    assert len(sel["prompts"]) == 2
+    assert len(list((run / "selection" / "step-2-s1-g7.5" / "generated").glob("*.png"))) == 2 * 2
     steps = sorted({c["step"] for c in sel["candidates"]})
     assert steps == [2, 4] and len(sel["candidates"]) == 4  # the final weights equal step 4: not scored twice
     assert any(c["pareto"] for c in sel["candidates"])

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import (
+    CompareConfig,
     EvaluateConfig,
     GenerateConfig,
     GridConfig,
@@ -88,6 +89,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--config", help="YAML file whose keys are the flags' names")
     add_arguments(c, SelectConfig)
+
+    k = sub.add_parser(
+        "compare",
+        help="the paper's Table 1: train each method on each subject, generate, evaluate",
+        description="For each subject and method: train with the method's defaults, generate 4 images per "
+        "DreamBench prompt, evaluate; a table beside the paper's rows, per-subject rows, method x prompt grids.",
+    )
+    k.add_argument("--config", help="YAML file whose keys are the flags' names")
+    add_arguments(k, CompareConfig)
 
     m = sub.add_parser("tiny-model", help="write a tiny random Stable Diffusion pipeline folder (offline)")
     m.add_argument("out", help="folder to write")
@@ -189,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
             flags = from_namespace(ns, SelectConfig)
             file_layer = load_yaml(ns.config, SelectConfig) if ns.config else {}
             run_select(build(SelectConfig, file_layer, flags))
+        elif ns.command == "compare":
+            from .compare import run_compare
+
+            flags = from_namespace(ns, CompareConfig)
+            file_layer = load_yaml(ns.config, CompareConfig) if ns.config else {}
+            print(run_compare(build(CompareConfig, file_layer, flags)))
         elif ns.command == "tiny-model":
             from .tiny import build_tiny_pipeline
 

@@ -365,7 +365,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
         if typing.get_origin(tp) is list:
             (elem,) = typing.get_args(tp)
-            if elem is str:  # repeatable: --prompt A --prompt B
+            if f.metadata.get("nargs"):  # --subjects A B C
+                parser.add_argument(f"--{flag_name(f.name)}", nargs=f.metadata["nargs"], metavar="DIR", **kw)
+            elif elem is str:  # repeatable: --prompt A --prompt B
                 parser.add_argument(f"--{flag_name(f.name)}", action="append", metavar="TEXT", **kw)
             else:  # comma-separated: --validation-seeds 0,1
                 parser.add_argument(f"--{flag_name(f.name)}", type=str, metavar=f"{elem.__name__.upper()},...", **kw)
@@ -538,3 +540,41 @@ class SelectConfig:
             raise UserError(f"--prompts: must be between 1 and 25, got {self.prompts}")
         if self.images_per_prompt < 1 or self.num_class_images < 0:
             raise UserError("--images-per-prompt: must be at least 1; --num-class-images: must be >= 0")
+
+
+@dataclasses.dataclass
+class CompareConfig:
+    subjects: list[str] = _f([], "subject photo folders (a DreamBench subject's name gives its class)", nargs="+")
+    methods: str = _f("lora,full,textual-inversion", "methods to compare, comma-separated")
+    model: str | None = _f(None, "base model: hub id or local diffusers folder", required=True)
+    prompts: str = _f("dreambench", "dreambench (all 25 of the subject's kind) or N (N of them, spread)")
+    output: str = _f("comparison", "where runs, images, the table and the grids go")
+    class_noun: str | None = _f(None, "class noun of subjects that are not DreamBench's")
+    identifier: str = _f("sks", "the rare identifier (textual inversion learns <identifier-subject>)")
+    max_steps: int | None = _f(None, "training steps for every method (default: each method's own)")
+    resolution: int = _f(512, "training and generation resolution")
+    num_class_images: int = _f(100, "class images for prior preservation (LoRA and full), and for PRES")
+    images_per_prompt: int = _f(4, "images per prompt (the paper's protocol: 4)")
+    steps: int = _f(30, "denoising steps when generating")
+    guidance: float = _f(7.5, "guidance scale when generating")
+    seed: int = _f(0, "seed of training and of the first image of each prompt")
+    mixed_precision: str = _f("no", "mixed precision for training", choices=MIXED_PRECISION)
+    dino_model: str = _f("facebook/dino-vits16", "DINO extractor: hub id or local folder")
+    clip_model: str = _f("openai/clip-vit-base-patch32", "CLIP extractor: hub id or local folder")
+
+    @property
+    def method_list(self) -> list[str]:
+        return [m.strip() for m in self.methods.split(",") if m.strip()]
+
+    def validate(self) -> None:
+        _check_required(self)
+        if not self.subjects:
+            raise UserError("--subjects: required (one or more folders of subject photos)")
+        known = METHOD_DEFAULTS
+        for m in self.method_list:
+            if m not in known:
+                raise UserError(f"--methods {self.methods}: unknown method '{m}' (one of {', '.join(known)})")
+        if not self.method_list:
+            raise UserError(f"--methods {self.methods}: names no method")
+        if self.prompts != "dreambench" and not (self.prompts.isdigit() and 1 <= int(self.prompts) <= 25):
+            raise UserError(f"--prompts {self.prompts}: 'dreambench' or a number from 1 to 25")

@@ -118,9 +118,7 @@ def generate_protocol(
     check_model(cfg.model)
     engine = Engine(cfg.dtype)
     out = Path(cfg.output_dir)
-    subject = [
-        (out / "generated", p, cfg.seed + i) for p in protocol_prompts(cfg) for i in range(cfg.images_per_prompt)
-    ]
+    subject = [(out / "generated", p, cfg.seed + i) for p in prompts for i in range(cfg.images_per_prompt)]
     class_prompt = cfg.class_prompt or f"a {cfg.class_noun}"
     klass = [(out / "class", class_prompt, cfg.seed + i) for i in range(cfg.num_class_images)]
     jobs = [
