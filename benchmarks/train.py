@@ -40,10 +40,9 @@ def build_model(arch: str, out: Path) -> Path:
 def build_sd15(out: Path) -> Path:
     """SD 1.5's architecture with random weights (configs as published with runwayml/stable-diffusion-v1-5)."""
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from dreambooth.tiny import BOS, EOS, write_clip_tokenizer
+    from dreambooth.tiny import save_sd_pipeline, text_config, write_clip_tokenizer
 
     vocab = write_clip_tokenizer(out / "tokenizer")
     torch.manual_seed(0)
@@ -62,36 +61,17 @@ def build_sd15(out: Path) -> Path:
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
     )
-    te = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            projection_dim=768,
-            bos_token_id=vocab[BOS],
-            eos_token_id=vocab[EOS],
-            pad_token_id=vocab[EOS],
-        )
-    )
-    sched = DDPMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, clip_sample=False
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=te,
-        tokenizer=CLIPTokenizer.from_pretrained(out / "tokenizer"),
-        unet=unet,
-        scheduler=sched,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(out)
-    return out
+    te = text_config(
+        vocab,
+        vocab_size=49408,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        hidden_act="quick_gelu",
+        projection_dim=768,
+    )  # CLIP ViT-L/14's
+    return save_sd_pipeline(out, unet, vae, te)
 
 
 def peak_memory_mb() -> float:

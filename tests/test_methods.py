@@ -33,8 +33,24 @@ def test_full_fine_tuning_writes_a_pipeline_stock_diffusers_loads(make_cfg, tiny
     tuned = StableDiffusionPipeline.from_pretrained(out)
     base = StableDiffusionPipeline.from_pretrained(tiny_model)
     assert np.abs(images(tuned) - images(base)).max() > 1e-3
-    assert main(["generate", "--model", str(out), "--prompt", "a photo of sks dog", "--steps", "2", "--num-images", "1",
-                 "--output-dir", str(out.parent / "gen")]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(out),
+                "--prompt",
+                "a photo of sks dog",
+                "--steps",
+                "2",
+                "--num-images",
+                "1",
+                "--output-dir",
+                str(out.parent / "gen"),
+            ]
+        )
+        == 0
+    )
     # the checkpoint is a pipeline too, and resume continues it
     assert (out / "checkpoints" / "step-2" / "model_index.json").exists()
     out2 = train(

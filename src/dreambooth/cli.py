@@ -6,6 +6,7 @@ Nothing here imports torch, so `dreambooth --help` answers at once.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -39,6 +40,52 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
 
 
+# Commands whose flags come from a config dataclass: name -> (config, help, description, runner).
+# The runner ("module:function") is imported only when its command runs, so parsing imports no torch.
+CONFIG_COMMANDS = {
+    "train": (
+        TrainConfig,
+        "fine-tune a model on photos of one subject (LoRA, full, or textual inversion)",
+        "Fine-tune a model on photos of one subject. Flags override --config.",
+        "training.loop:train",
+    ),
+    "generate": (
+        GenerateConfig,
+        "generate images with a base model and a trained LoRA or embedding",
+        "Generate images; every PNG carries its settings (AUTOMATIC1111 'parameters').",
+        "generation:run_generate",
+    ),
+    "grid": (
+        GridConfig,
+        "X/Y/Z comparison grids over any generation setting, checkpoints and runs",
+        "X/Y/Z grids: --x guidance=3,5,7.5 --y lora-scale-unet=0.4,0.7,1.0 --z seed=0-3. "
+        "Axes: any generate setting, lora=RUN,... or checkpoint=STEP,...; ranges a-b or a-b:step.",
+        "grid:run_grid",
+    ),
+    "evaluate": (
+        EvaluateConfig,
+        "score generated images with DINO, CLIP-I, CLIP-T, PRES, DIV (the paper's metrics)",
+        "Score --generated images against --real photos, or with --model (and --lora) run the whole "
+        "DreamBench protocol: 4 images per prompt plus class images, then the scores.",
+        "evaluation.evaluate:run_evaluate",
+    ),
+    "select": (
+        SelectConfig,
+        "score every checkpoint of a run and recommend one (and its scale, guidance)",
+        "Evaluate every checkpoint of a run (x --scales x --guidances) on a DreamBench prompt subset, mark "
+        "the DINO/CLIP-T front, recommend one; writes RUN/selection.json and RUN/selection/.",
+        "evaluation.select:run_select",
+    ),
+    "compare": (
+        CompareConfig,
+        "the paper's Table 1: train each method on each subject, generate, evaluate",
+        "For each subject and method: train with the method's defaults, generate 4 images per DreamBench "
+        "prompt, evaluate; a table beside the paper's rows, per-subject rows, method x prompt grids.",
+        "compare:run_compare",
+    ),
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="dreambooth",
@@ -46,58 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"dreambooth {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-
-    t = sub.add_parser(
-        "train",
-        help="fine-tune a model on photos of one subject",
-        description="Fine-tune a model on photos of one subject. Flags override --config.",
-    )
-    t.add_argument("--config", help="YAML file whose keys are the flags' names (learning_rate: 1e-4)")
-    add_arguments(t, TrainConfig)
-
-    g = sub.add_parser(
-        "generate",
-        help="generate images with a base model and a trained LoRA",
-        description="Generate images; every PNG carries its settings (AUTOMATIC1111 'parameters').",
-    )
-    g.add_argument("--config", help="YAML file whose keys are the flags' names")
-    add_arguments(g, GenerateConfig)
-
-    x = sub.add_parser(
-        "grid",
-        help="X/Y/Z comparison grids over any generation setting, checkpoints and runs",
-        description="X/Y/Z grids: --x guidance=3,5,7.5 --y lora-scale-unet=0.4,0.7,1.0 --z seed=0-3. "
-        "Axes: any generate setting, lora=RUN,... or checkpoint=STEP,...; ranges a-b or a-b:step.",
-    )
-    x.add_argument("--config", help="YAML file whose keys are the flags' names")
-    add_arguments(x, GridConfig)
-
-    e = sub.add_parser(
-        "evaluate",
-        help="score generated images with DINO, CLIP-I, CLIP-T, PRES, DIV (the paper's metrics)",
-        description="Score --generated images against --real photos, or with --model (and --lora) run "
-        "the whole DreamBench protocol: 4 images per prompt plus class images, then the scores.",
-    )
-    e.add_argument("--config", help="YAML file whose keys are the flags' names")
-    add_arguments(e, EvaluateConfig)
-
-    c = sub.add_parser(
-        "select",
-        help="score every checkpoint of a run and recommend one (and its scale, guidance)",
-        description="Evaluate every checkpoint of a run (x --scales x --guidances) on a DreamBench prompt "
-        "subset, mark the DINO/CLIP-T front, recommend one; writes RUN/selection.json and RUN/selection/.",
-    )
-    c.add_argument("--config", help="YAML file whose keys are the flags' names")
-    add_arguments(c, SelectConfig)
-
-    k = sub.add_parser(
-        "compare",
-        help="the paper's Table 1: train each method on each subject, generate, evaluate",
-        description="For each subject and method: train with the method's defaults, generate 4 images per "
-        "DreamBench prompt, evaluate; a table beside the paper's rows, per-subject rows, method x prompt grids.",
-    )
-    k.add_argument("--config", help="YAML file whose keys are the flags' names")
-    add_arguments(k, CompareConfig)
+    for name, (cls, help_, description, _) in CONFIG_COMMANDS.items():
+        c = sub.add_parser(name, help=help_, description=description)
+        c.add_argument("--config", help="YAML file whose keys are the flags' names (learning_rate: 1e-4)")
+        add_arguments(c, cls)
 
     m = sub.add_parser("tiny-model", help="write a tiny random Stable Diffusion pipeline folder (offline)")
     m.add_argument("out", help="folder to write")
@@ -108,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--max-steps", type=int, default=300, help="training steps (default: 300)")
     d.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output-dir")
     return p
+
+
+def plain_config(ns: argparse.Namespace, cls: type):
+    """defaults < --config file < flags."""
+    return build(cls, load_yaml(ns.config, cls) if ns.config else {}, from_namespace(ns, cls))
 
 
 def train_config(ns: argparse.Namespace) -> TrainConfig:
@@ -170,41 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        if ns.command == "train":
-            from .training.loop import train
-
-            cfg = train_config(ns)
-            out = train(cfg)
-            print(f"done: weights in {out}")
-        elif ns.command == "generate":
-            from .generation import run_generate
-
-            for path in run_generate(generate_config(ns)):
-                print(path)
-        elif ns.command == "grid":
-            from .grid import run_grid
-
-            flags = from_namespace(ns, GridConfig)
-            file_layer = load_yaml(ns.config, GridConfig) if ns.config else {}
-            print(run_grid(build(GridConfig, file_layer, flags)))
-        elif ns.command == "evaluate":
-            from .evaluation.evaluate import run_evaluate
-
-            flags = from_namespace(ns, EvaluateConfig)
-            file_layer = load_yaml(ns.config, EvaluateConfig) if ns.config else {}
-            run_evaluate(build(EvaluateConfig, file_layer, flags))
-        elif ns.command == "select":
-            from .evaluation.select import run_select
-
-            flags = from_namespace(ns, SelectConfig)
-            file_layer = load_yaml(ns.config, SelectConfig) if ns.config else {}
-            run_select(build(SelectConfig, file_layer, flags))
-        elif ns.command == "compare":
-            from .compare import run_compare
-
-            flags = from_namespace(ns, CompareConfig)
-            file_layer = load_yaml(ns.config, CompareConfig) if ns.config else {}
-            print(run_compare(build(CompareConfig, file_layer, flags)))
+        if ns.command in CONFIG_COMMANDS:
+            cls, _, _, runner = CONFIG_COMMANDS[ns.command]
+            make = {"train": train_config, "generate": generate_config}.get(ns.command, lambda n: plain_config(n, cls))
+            module, func = runner.split(":")
+            result = getattr(importlib.import_module(f".{module}", __package__), func)(make(ns))
+            for line in result if isinstance(result, list) else [result] if isinstance(result, Path) else []:
+                print(line)
         elif ns.command == "tiny-model":
             from .tiny import build_tiny_pipeline
 

@@ -141,33 +141,25 @@ def vae_config(sample_size: int = 64) -> dict:
     )
 
 
-def build_tiny_pipeline(out: str | Path, seed: int = 0) -> Path:
-    """Write a tiny StableDiffusionPipeline folder to `out`; stock `from_pretrained(out)` loads it."""
-    import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+def text_config(vocab: dict[str, int], **sizes) -> dict:
+    """A CLIP text model's config whose bos/eos/pad ids are the tokenizer's (tiny unless sizes say)."""
+    base = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    return dict(
+        base | sizes,
+        vocab_size=sizes.get("vocab_size", len(vocab)),
+        max_position_embeddings=77,
+        bos_token_id=vocab[BOS],
+        eos_token_id=vocab[EOS],
+        pad_token_id=vocab[EOS],
+    )
+
+
+def save_sd_pipeline(out: Path, unet, vae, text_config_kwargs: dict) -> Path:
+    """Assemble and save a Stable Diffusion pipeline (SD's DDPM noise schedule, no safety checker)
+    around the tokenizer already written to out/tokenizer."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    out = Path(out)
-    tok_dir = out / "tokenizer"
-    vocab = write_clip_tokenizer(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(vocab),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=32,
-            bos_token_id=vocab[BOS],
-            eos_token_id=vocab[EOS],
-            pad_token_id=vocab[EOS],
-        )
-    )
-    unet = UNet2DConditionModel(**unet_config())
-    vae = AutoencoderKL(**vae_config())
     scheduler = DDPMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -179,8 +171,8 @@ def build_tiny_pipeline(out: str | Path, seed: int = 0) -> Path:
     )
     pipe = StableDiffusionPipeline(
         vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
+        text_encoder=CLIPTextModel(CLIPTextConfig(**text_config_kwargs)),
+        tokenizer=CLIPTokenizer.from_pretrained(out / "tokenizer"),
         unet=unet,
         scheduler=scheduler,
         safety_checker=None,
@@ -189,6 +181,19 @@ def build_tiny_pipeline(out: str | Path, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(out)
     return out
+
+
+def build_tiny_pipeline(out: str | Path, seed: int = 0) -> Path:
+    """Write a tiny StableDiffusionPipeline folder to `out`; stock `from_pretrained(out)` loads it."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    out = Path(out)
+    vocab = write_clip_tokenizer(out / "tokenizer")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**unet_config())
+    vae = AutoencoderKL(**vae_config())
+    return save_sd_pipeline(out, unet, vae, text_config(vocab, projection_dim=32))
 
 
 def build_tiny_dino(out: str | Path, seed: int = 0) -> Path:
@@ -221,17 +226,7 @@ def build_tiny_clip(out: str | Path, seed: int = 0) -> Path:
     vocab = write_clip_tokenizer(out / "_tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(out / "_tokenizer")
     torch.manual_seed(seed)
-    text = dict(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=vocab[BOS],
-        eos_token_id=vocab[EOS],
-        pad_token_id=vocab[EOS],
-    )
+    text = text_config(vocab)
     vision = dict(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=224, patch_size=32
     )
