@@ -1,0 +1,209 @@
+"""Pretrain the toy world's base model from scratch on a CPU: `python -m dreambooth.toyworld.train OUT`.
+
+Stage 1 trains a small AutoencoderKL (64x64x3 -> 16x16x4) on world images; stage 2 encodes a fixed
+data set once and trains a UNet2DConditionModel with a small CLIP text encoder on it (10 % caption
+dropout, for classifier-free guidance). Half of the (shape, colour, background) triples of the
+evaluation captions are held out of training, to measure generalisation. Deterministic by seed;
+each stage checkpoints and resumes. The result is an ordinary Stable Diffusion pipeline folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..io import atomic_dir
+from .world import BACKGROUNDS, OBJECT_COLORS, SHAPES, caption, render, sample_scene
+
+log = logging.getLogger(__name__)
+IDENTIFIERS = ("sks", "zwx", "ohwx")  # rare words the tokenizer knows, for DreamBooth later
+
+
+def held_out_triples(seed: int = 0) -> set[tuple[str, str, str]]:
+    """Half of the (shape, colour, background) triples used for evaluation, never trained on."""
+    triples = [(s, c, b) for s, c, b in itertools.product(SHAPES, OBJECT_COLORS, BACKGROUNDS) if b != c]
+    rng = random.Random(seed)
+    rng.shuffle(triples)
+    return set(triples[:50])
+
+
+def eval_captions(seed: int = 0) -> list[tuple[str, tuple[str, str, str], bool]]:
+    """100 full captions: 50 of held-out triples, 50 of seen ones, as (caption, triple, held_out)."""
+    held = held_out_triples(seed)
+    seen = [t for t in itertools.product(SHAPES, OBJECT_COLORS, BACKGROUNDS) if t[2] != t[1] and t not in held]
+    rng = random.Random(seed + 1)
+    chosen = [(t, True) for t in sorted(held)] + [(t, False) for t in rng.sample(sorted(seen), 50)]
+    return [(f"a photo of {'an' if c[0] in 'aeiou' else 'a'} {c} {s} on a {b} background", (s, c, b), h)
+            for (s, c, b), h in chosen]
+
+
+def training_scenes(n: int, seed: int):
+    held = held_out_triples()
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        scene = sample_scene(rng)
+        if (scene.shape, scene.color, scene.background) not in held:
+            out.append((scene, caption(scene, rng)))
+    return out
+
+
+def to_tensor(images) -> torch.Tensor:
+    x = np.stack([np.asarray(im, dtype=np.float32) for im in images]) / 127.5 - 1
+    return torch.from_numpy(x).permute(0, 3, 1, 2)  # (B, 3, 64, 64)
+
+
+def build_models(vocab: dict[str, int]):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ..tiny import text_config
+
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, sample_size=64, norm_num_groups=16,
+        block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128, 128),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=16,
+    )
+    te = CLIPTextModel(CLIPTextConfig(**text_config(vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3)))
+    return vae, unet, te
+
+
+def train_vae(vae, steps: int, seed: int, batch: int, work: Path) -> None:
+    ckpt = work / "vae.pt"
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0)
+    start = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    rng = random.Random(seed * 7919 + start)
+    t0 = time.time()
+    for step in range(start, steps):
+        x = to_tensor([render(sample_scene(rng)) for _ in range(batch)])
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=torch.Generator().manual_seed(seed + step))).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 100 == 0 or step + 1 == steps:
+            log.info("vae step %d/%d loss %.4f (%.2f s/step)", step + 1, steps, loss.item(), (time.time() - t0) / (step + 1 - start))
+            torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1}, ckpt)
+
+
+def train_unet(vae, unet, te, tokenizer, steps: int, seed: int, batch: int, n_data: int, work: Path) -> None:
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+
+    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+    data_file = work / "latents.pt"
+    if data_file.exists():
+        data = torch.load(data_file, weights_only=True)
+    else:
+        scenes = training_scenes(n_data, seed)
+        lat, ids = [], []
+        with torch.no_grad():
+            for i in range(0, n_data, 256):
+                chunk = scenes[i : i + 256]
+                lat.append(vae.encode(to_tensor([render(s) for s, _ in chunk])).latent_dist.mean)
+                ids.append(tokenizer([c for _, c in chunk], padding="max_length", max_length=32, truncation=True,
+                                     return_tensors="pt").input_ids)
+        data = {"latents": torch.cat(lat), "ids": torch.cat(ids)}
+        torch.save(data, data_file)
+    latents = data["latents"] * vae.config.scaling_factor
+    empty = tokenizer([""], padding="max_length", max_length=32, return_tensors="pt").input_ids
+    params = list(unet.parameters()) + list(te.parameters())
+    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=1e-2)
+    lr = get_scheduler("cosine", opt, num_warmup_steps=200, num_training_steps=steps)
+    ckpt, start = work / "unet.pt", 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        unet.load_state_dict(state["unet"])
+        te.load_state_dict(state["te"])
+        opt.load_state_dict(state["opt"])
+        lr.load_state_dict(state["lr"])
+        start = state["step"]
+    t0 = time.time()
+    for step in range(start, steps):
+        g = torch.Generator().manual_seed(seed * 100003 + step)
+        idx = torch.randint(0, latents.shape[0], (batch,), generator=g)
+        ids = data["ids"][idx].clone()
+        ids[torch.rand(batch, generator=g) < 0.1] = empty  # caption dropout, for classifier-free guidance
+        x0 = latents[idx]
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, 1000, (batch,), generator=g)
+        pred = unet(sched.add_noise(x0, noise, t), t, te(ids)[0]).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        lr.step()
+        if (step + 1) % 100 == 0 or step + 1 == steps:
+            log.info("unet step %d/%d loss %.4f (%.2f s/step)", step + 1, steps, loss.item(), (time.time() - t0) / (step + 1 - start))
+            torch.save({"unet": unet.state_dict(), "te": te.state_dict(), "opt": opt.state_dict(),
+                        "lr": lr.state_dict(), "step": step + 1}, ckpt)
+
+
+def save(out: Path, vae, unet, te, tok_dir: Path) -> None:
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                          clip_sample=False)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=CLIPTokenizer.from_pretrained(tok_dir), unet=unet,
+                                   scheduler=sched, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    with atomic_dir(out) as tmp:
+        pipe.to(torch.float16).save_pretrained(tmp)
+
+
+def main() -> None:
+    from transformers import CLIPTokenizer
+
+    from ..tiny import write_clip_tokenizer
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out", help="the pipeline folder to write")
+    p.add_argument("--work", default="toyworld-work", help="checkpoints and cached latents (resumable)")
+    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--unet-steps", type=int, default=3600)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--data", type=int, default=20000, help="training images encoded once for the UNet")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.manual_seed(args.seed)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    tok_dir = work / "tokenizer"
+    vocab = write_clip_tokenizer(tok_dir, extra_words=IDENTIFIERS)
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+    vae, unet, te = build_models(vocab)
+    log.info("parameters: vae %.2fM, unet %.2fM, text %.2fM", *(sum(q.numel() for q in m.parameters()) / 1e6 for m in (vae, unet, te)))
+    train_vae(vae, args.vae_steps, args.seed, args.batch, work)
+    vae.requires_grad_(False).eval()
+    train_unet(vae, unet, te, tokenizer, args.unet_steps, args.seed, args.batch, args.data, work)
+    save(Path(args.out), vae, unet, te, tok_dir)
+    (work / "done.json").write_text(json.dumps(vars(args)))
+    log.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()
