@@ -61,3 +61,45 @@ def test_oracle_survives_a_little_blur_and_sees_an_empty_image():
     assert acc["background"] == 1.0 and acc["color"] >= 0.95 and acc["shape"] >= 0.9, acc
     empty = render(sample_scene(random.Random(0), size=1, x=30, y=30, background="gray"))
     assert read_scene(empty)["shape"] == "none"
+
+
+def test_held_out_triples_never_reach_training_and_evaluation_is_half_held_out():
+    from dreambooth.toyworld.train import eval_captions, held_out_triples, training_scenes
+
+    held = held_out_triples()
+    caps = eval_captions()
+    assert len(caps) == 100 and sum(h for _, _, h in caps) == 50
+    assert all((t in held) == h for _, t, h in caps)
+    assert not any((s.shape, s.color, s.background) in held for s, _ in training_scenes(2000, seed=0))
+
+
+def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads(tmp_path, monkeypatch):
+    import sys
+
+    from diffusers import StableDiffusionPipeline
+
+    from dreambooth.toyworld import train
+
+    out = tmp_path / "toy"
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "train",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+            "--vae-steps",
+            "1",
+            "--unet-steps",
+            "1",
+            "--data",
+            "8",
+            "--batch",
+            "2",
+        ],
+    )
+    train.main()
+    pipe = StableDiffusionPipeline.from_pretrained(out)
+    assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size == 16  # 64x64x3 -> 16x16x4
+    assert pipe.tokenizer.tokenize("a photo of sks star") == ["a</w>", "photo</w>", "of</w>", "sks</w>", "star</w>"]

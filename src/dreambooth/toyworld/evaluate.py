@@ -28,7 +28,9 @@ def prompt_following(pipe, steps: int = 30, guidance: float = 5.0, seed: int = 0
     rows = []
     for i, (text, (shape, color, background), held) in enumerate(eval_captions()):
         g = torch.Generator().manual_seed(seed + i)
-        image = pipe(text, num_inference_steps=steps, guidance_scale=guidance, generator=g, height=64, width=64).images[0]
+        image = pipe(text, num_inference_steps=steps, guidance_scale=guidance, generator=g, height=64, width=64).images[
+            0
+        ]
         read = read_scene(image)
         want = {"shape": shape, "color": color, "background": background}
         rows.append(({k: read[k] == want[k] for k in KEYS}, held))

@@ -42,8 +42,10 @@ def eval_captions(seed: int = 0) -> list[tuple[str, tuple[str, str, str], bool]]
     seen = [t for t in itertools.product(SHAPES, OBJECT_COLORS, BACKGROUNDS) if t[2] != t[1] and t not in held]
     rng = random.Random(seed + 1)
     chosen = [(t, True) for t in sorted(held)] + [(t, False) for t in rng.sample(sorted(seen), 50)]
-    return [(f"a photo of {'an' if c[0] in 'aeiou' else 'a'} {c} {s} on a {b} background", (s, c, b), h)
-            for (s, c, b), h in chosen]
+    return [
+        (f"a photo of {'an' if c[0] in 'aeiou' else 'a'} {c} {s} on a {b} background", (s, c, b), h)
+        for (s, c, b), h in chosen
+    ]
 
 
 def training_scenes(n: int, seed: int):
@@ -69,15 +71,27 @@ def build_models(vocab: dict[str, int]):
     from ..tiny import text_config
 
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, sample_size=64, norm_num_groups=16,
-        block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        sample_size=64,
+        norm_num_groups=16,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
     )
     unet = UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(64, 128, 128),
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(64, 128, 128),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=16,
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=16,
     )
     te = CLIPTextModel(CLIPTextConfig(**text_config(vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3)))
     return vae, unet, te
@@ -103,7 +117,13 @@ def train_vae(vae, steps: int, seed: int, batch: int, work: Path) -> None:
         loss.backward()
         opt.step()
         if (step + 1) % 100 == 0 or step + 1 == steps:
-            log.info("vae step %d/%d loss %.4f (%.2f s/step)", step + 1, steps, loss.item(), (time.time() - t0) / (step + 1 - start))
+            log.info(
+                "vae step %d/%d loss %.4f (%.2f s/step)",
+                step + 1,
+                steps,
+                loss.item(),
+                (time.time() - t0) / (step + 1 - start),
+            )
             torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1}, ckpt)
 
 
@@ -122,8 +142,11 @@ def train_unet(vae, unet, te, tokenizer, steps: int, seed: int, batch: int, n_da
             for i in range(0, n_data, 256):
                 chunk = scenes[i : i + 256]
                 lat.append(vae.encode(to_tensor([render(s) for s, _ in chunk])).latent_dist.mean)
-                ids.append(tokenizer([c for _, c in chunk], padding="max_length", max_length=32, truncation=True,
-                                     return_tensors="pt").input_ids)
+                ids.append(
+                    tokenizer(
+                        [c for _, c in chunk], padding="max_length", max_length=32, truncation=True, return_tensors="pt"
+                    ).input_ids
+                )
         data = {"latents": torch.cat(lat), "ids": torch.cat(ids)}
         torch.save(data, data_file)
     latents = data["latents"] * vae.config.scaling_factor
@@ -156,20 +179,42 @@ def train_unet(vae, unet, te, tokenizer, steps: int, seed: int, batch: int, n_da
         opt.step()
         lr.step()
         if (step + 1) % 100 == 0 or step + 1 == steps:
-            log.info("unet step %d/%d loss %.4f (%.2f s/step)", step + 1, steps, loss.item(), (time.time() - t0) / (step + 1 - start))
-            torch.save({"unet": unet.state_dict(), "te": te.state_dict(), "opt": opt.state_dict(),
-                        "lr": lr.state_dict(), "step": step + 1}, ckpt)
+            log.info(
+                "unet step %d/%d loss %.4f (%.2f s/step)",
+                step + 1,
+                steps,
+                loss.item(),
+                (time.time() - t0) / (step + 1 - start),
+            )
+            torch.save(
+                {
+                    "unet": unet.state_dict(),
+                    "te": te.state_dict(),
+                    "opt": opt.state_dict(),
+                    "lr": lr.state_dict(),
+                    "step": step + 1,
+                },
+                ckpt,
+            )
 
 
 def save(out: Path, vae, unet, te, tok_dir: Path) -> None:
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
-                          clip_sample=False)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=CLIPTokenizer.from_pretrained(tok_dir), unet=unet,
-                                   scheduler=sched, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    sched = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, clip_sample=False
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=te,
+        tokenizer=CLIPTokenizer.from_pretrained(tok_dir),
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     with atomic_dir(out) as tmp:
         pipe.to(torch.float16).save_pretrained(tmp)
 
@@ -196,7 +241,10 @@ def main() -> None:
     vocab = write_clip_tokenizer(tok_dir, extra_words=IDENTIFIERS)
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
     vae, unet, te = build_models(vocab)
-    log.info("parameters: vae %.2fM, unet %.2fM, text %.2fM", *(sum(q.numel() for q in m.parameters()) / 1e6 for m in (vae, unet, te)))
+    log.info(
+        "parameters: vae %.2fM, unet %.2fM, text %.2fM",
+        *(sum(q.numel() for q in m.parameters()) / 1e6 for m in (vae, unet, te)),
+    )
     train_vae(vae, args.vae_steps, args.seed, args.batch, work)
     vae.requires_grad_(False).eval()
     train_unet(vae, unet, te, tokenizer, args.unet_steps, args.seed, args.batch, args.data, work)
