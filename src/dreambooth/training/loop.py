@@ -69,6 +69,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     cfg = resolved(cfg)
     io.write_text(out / "config.yaml", to_yaml(cfg))
+    # Until the final weights are written, the run is not finished (also when it continues one that was).
+    io.write_text(out / RUN_FILE, json.dumps({"status": "training", "max_steps": cfg.max_steps}, indent=2))
     run = setup(cfg, plan, progress)
     fit(run, progress)
     files = run.method.save(run.comps, out)
