@@ -1,7 +1,7 @@
 # The README's two commands: `make demo` and `make test`. Both create .venv and install what the
-# project needs first: torch's CPU wheel (pip takes it from this machine's disk; on a GPU machine
-# install your CUDA build of torch into .venv before running make), then the project with the
-# versions in constraints.txt.
+# project needs first: torch 2.13.0 unless .venv has a torch already (pip takes the CPU wheel from this
+# machine's disk; on a GPU machine install your CUDA build of torch into .venv before running make),
+# then the project with the versions in constraints.txt.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
