@@ -129,7 +129,7 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> Path:
             ident = ecfg.identifier
             every = dreambench.prompts(kind, ident, noun)
             n = 25 if cfg.prompts == "dreambench" else int(cfg.prompts)
-            prompts = [every[round(i * (len(every) - 1) / max(1, n - 1))] for i in range(n)]
+            prompts = dreambench.spread(every, n)
             if extractors is None:
                 extractors = extractors_for(ecfg)
             real, generated, class_paths = collect(ecfg, prompts, progress)

@@ -37,3 +37,8 @@ def prompts(kind: str, identifier: str, class_noun: str) -> list[str]:
     _, objects, live = _data()
     templates = live if kind == "live" else objects
     return [t.format(identifier, class_noun) for t in templates]
+
+
+def spread(prompts: list[str], n: int) -> list[str]:
+    """n of the prompts, evenly spread over the list (backgrounds, accessories, colours, ...)."""
+    return [prompts[round(i * (len(prompts) - 1) / max(1, n - 1))] for i in range(min(n, len(prompts)))]

@@ -107,7 +107,7 @@ def run_select(cfg: SelectConfig, progress: bool = True) -> dict:
     identifier, class_noun = _subject_words(saved, cfg)
     kind = dreambench.kind_of(class_noun) if cfg.kind == "auto" else cfg.kind
     every = dreambench.prompts(kind, identifier, class_noun)
-    prompts = [every[round(i * (len(every) - 1) / max(1, cfg.prompts - 1))] for i in range(cfg.prompts)]
+    prompts = dreambench.spread(every, cfg.prompts)
     out = run / "selection"
     base = EvaluateConfig(
         model=saved.model,
