@@ -56,11 +56,12 @@ def test_select_scores_every_checkpoint_and_generate_uses_the_choice(
             "--scales",
             "0.5,1",
             "--real",
-            str(tmp_path.parent),
+            str(tmp_path / "no-photos"),
         ]
-    )  # --real is checked
-    assert rc == 2
-    capsys.readouterr()
+    )
+    err = capsys.readouterr().err.strip().splitlines()  # a bad --real: one line, nothing written
+    assert rc == 2 and len(err) == 1 and "--real" in err[0], err
+    assert not (run / "selection.json").exists()
     rc = main(
         [
             "select",

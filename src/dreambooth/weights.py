@@ -58,7 +58,7 @@ def _content_sha256(path: str, size: int, mtime_ns: int) -> str:
         try:
             header = json.loads(f.read(n))
         except ValueError:
-            raise UserError(f"--lora {path}: not a valid .safetensors file") from None
+            raise UserError(f"{path}: not a valid .safetensors file (its header is not JSON)") from None
         meta = header.pop("__metadata__", {}) or {}
         h.update(json.dumps(meta, sort_keys=True).encode())
         h.update(json.dumps(header, sort_keys=True).encode())

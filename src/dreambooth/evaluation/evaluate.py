@@ -180,7 +180,8 @@ def score(cfg: EvaluateConfig, real, generated, class_paths, dino, clip) -> tupl
     groups = defaultdict(list)
     for path, prompt in generated:
         groups[prompt].append(path)
-    distances, why = lpips_distances([g for g in groups.values() if len(g) > 1])
+    pairs = [g for g in groups.values() if len(g) > 1]
+    distances, why = lpips_distances(pairs) if pairs else (None, "no prompt has two or more images")
     if distances:
         metrics["div"] = div_score(distances)
     result = {
