@@ -1,0 +1,109 @@
+"""`dreambooth export --format kohya` (issue 7): the kohya/AUTOMATIC1111/ComfyUI layout, loaded by
+stock diffusers to the same images as our own file, alpha != rank included."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from dreambooth.cli import main
+from dreambooth.export import sgm_module_name
+
+
+def _images(model, lora_path, prompt="a photo of sks dog"):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(lora_path.parent), weight_name=lora_path.name)
+    out = pipe(
+        prompt, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np", height=64, width=64
+    )
+    return out.images[0]
+
+
+@pytest.fixture(scope="module")
+def lora_alpha_ne_rank(tmp_path_factory, tiny_model):
+    from dreambooth.config import TrainConfig
+    from dreambooth.demo import example_subject
+    from dreambooth.training.loop import train
+
+    out = tmp_path_factory.mktemp("alpha") / "run"
+    cfg = TrainConfig(
+        model=str(tiny_model),
+        instance_dir=str(example_subject()),
+        instance_prompt="a photo of sks dog",
+        output_dir=str(out),
+        resolution=64,
+        max_steps=3,
+        learning_rate=5e-2,
+        lr_scheduler="constant",
+        rank=4,
+        lora_alpha=16,
+        lora_targets="attn,ff,conv",
+        train_text_encoder=True,
+        text_encoder_lr=5e-2,
+        checkpoint_every=100,
+    )
+    return train(cfg, progress=False)
+
+
+def test_kohya_export_loads_in_stock_diffusers_to_the_same_images(tiny_model, lora_alpha_ne_rank, tmp_path):
+    out = tmp_path / "my-dog.safetensors"
+    assert main(["export", "--lora", str(lora_alpha_ne_rank), "--format", "kohya", str(out)]) == 0
+    with safe_open(str(out), "pt") as f:
+        keys, meta = list(f.keys()), f.metadata()
+        alphas = {float(f.get_tensor(k)) for k in keys if k.endswith(".alpha")}
+    assert all(k.startswith(("lora_unet_", "lora_te_")) for k in keys)
+    assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for k in keys)
+    assert any("_resnets_0_conv1.lora_down.weight" in k for k in keys)  # LoCon-style conv layers too
+    assert alphas == {16.0}  # alpha != rank kept: scale 16/4
+    assert (
+        meta["ss_network_dim"] == "4"
+        and meta["ss_network_alpha"] == "16.0"
+        and meta["ss_base_model_version"] == "sd_v1"
+    )
+    ours = _images(tiny_model, lora_alpha_ne_rank / "pytorch_lora_weights.safetensors")
+    theirs = _images(tiny_model, out)
+    assert np.abs(ours - theirs).max() <= 1e-5
+
+
+def test_export_refuses_bad_input_and_keeps_existing_files(lora_alpha_ne_rank, tmp_path, capsys):
+    out = tmp_path / "x.safetensors"
+    out.write_bytes(b"keep me")
+    assert main(["export", "--lora", str(lora_alpha_ne_rank), str(out)]) == 2
+    assert "exists" in capsys.readouterr().err and out.read_bytes() == b"keep me"
+    assert main(["export", "--lora", str(tmp_path / "nope"), str(tmp_path / "y.safetensors")]) == 2
+    assert main(["export", "--lora", str(lora_alpha_ne_rank), str(tmp_path / "y.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "no such file or folder" in err[0] and "must end in .safetensors" in err[1]
+
+
+def test_sgm_names_are_what_diffusers_maps_back():
+    from diffusers.loaders.lora_conversion_utils import _convert_unet_lora_key, _maybe_map_sgm_blocks_to_diffusers
+
+    config = {"layers_per_block": 2, "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]}
+    up_attn = [t.startswith("CrossAttn") for t in config["up_block_types"]]
+    names = [
+        "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+        "down_blocks.2.attentions.1.proj_in",
+        "down_blocks.1.resnets.1.conv1",
+        "down_blocks.0.downsamplers.0.conv",
+        "mid_block.attentions.0.transformer_blocks.3.attn2.to_k",
+        "mid_block.resnets.1.conv2",
+        "up_blocks.0.attentions.2.transformer_blocks.0.ff.net.2",
+        "up_blocks.1.resnets.2.conv_shortcut",
+        "up_blocks.0.upsamplers.0.conv",
+        "up_blocks.2.resnets.0.time_emb_proj",
+    ]
+    for name in names:
+        kohya = "lora_unet_" + sgm_module_name(name, 2, up_attn).replace(".", "_") + ".lora_down.weight"
+        mapped = _maybe_map_sgm_blocks_to_diffusers({kohya: 0}, SimpleNamespace(**config))
+        (key,) = mapped
+        back = _convert_unet_lora_key(key).replace(".processor", "").replace("to_out_lora", "to_out.0_lora")
+        back = back.replace("_lora.down.weight", "").replace(".lora.down.weight", "").replace(".lora_down.weight", "")
+        assert back.replace("_", ".") == name.replace("_", "."), (name, kohya, back)
