@@ -107,3 +107,52 @@ def test_sgm_names_are_what_diffusers_maps_back():
         back = _convert_unet_lora_key(key).replace(".processor", "").replace("to_out_lora", "to_out.0_lora")
         back = back.replace("_lora.down.weight", "").replace(".lora.down.weight", "").replace(".lora_down.weight", "")
         assert back.replace("_", ".") == name.replace("_", "."), (name, kohya, back)
+
+
+def test_generate_takes_a_kohya_file_as_well_as_ours(tiny_model, lora_alpha_ne_rank, tmp_path):
+    from PIL import Image
+
+    kohya = tmp_path / "k.safetensors"
+    assert main(["export", "--lora", str(lora_alpha_ne_rank), str(kohya)]) == 0
+    images = []
+    for name, lora in (("ours", lora_alpha_ne_rank), ("kohya", kohya)):
+        out = tmp_path / name
+        args = ["generate", "--model", str(tiny_model), "--lora", str(lora), "--prompt", "a photo of sks dog"]
+        assert main([*args, "--steps", "3", "--lora-scale-unet", "0.7", "--output-dir", str(out)]) == 0
+        images.append(np.stack([np.asarray(Image.open(p), dtype=np.int16) for p in sorted(out.glob("*.png"))]))
+    assert images[0].shape == images[1].shape and len(images[0]) >= 1
+    assert np.abs(images[0] - images[1]).max() <= 1  # 8-bit images: at most one level of rounding apart
+
+
+def test_train_save_format_writes_the_kohya_file_too(tiny_model, lora_alpha_ne_rank, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from dreambooth.demo import example_subject
+
+    base = ["train", "--model", str(tiny_model), "--instance-dir", str(example_subject())]
+    base += ["--instance-prompt", "a photo of sks dog", "--resolution", "64", "--max-steps", "2"]
+    base += ["--lr-scheduler", "constant"]
+    both, kohya_only = tmp_path / "my-dog", tmp_path / "my-dog-k"
+    assert main([*base, "--output-dir", str(both), "--save-format", "both", "--checkpoint-every", "1"]) == 0
+    assert (both / "pytorch_lora_weights.safetensors").is_file()
+    exported = tmp_path / "exported.safetensors"
+    assert main(["export", "--lora", str(both), str(exported)]) == 0
+    written, expected = load_file(str(both / "my-dog.safetensors")), load_file(str(exported))
+    assert written.keys() == expected.keys() and all(k.startswith("lora_unet_") for k in written)
+    assert all(torch_equal(written[k], expected[k]) for k in written)
+    assert (both / "checkpoints" / "step-1" / "my-dog.safetensors").is_file()  # checkpoints too
+
+    assert main([*base, "--output-dir", str(kohya_only), "--save-format", "kohya"]) == 0
+    assert sorted(f.name for f in kohya_only.glob("*.safetensors")) == ["my-dog-k.safetensors"]
+    out = tmp_path / "gen"
+    gen = ["generate", "--model", str(tiny_model), "--lora", str(kohya_only), "--prompt", "a photo of sks dog"]
+    assert main([*gen, "--steps", "2", "--output-dir", str(out)]) == 0  # our commands take the run folder
+    assert list(out.glob("*.png"))
+
+    ti = [*base, "--output-dir", str(tmp_path / "ti"), "--method", "textual-inversion", "--token", "<d>"]
+    assert main([*ti, "--initializer-token", "dog", "--save-format", "kohya"]) == 2
+    assert "--save-format" in capsys.readouterr().err and not (tmp_path / "ti").exists()
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())

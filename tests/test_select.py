@@ -95,6 +95,8 @@ def test_select_scores_every_checkpoint_and_generate_uses_the_choice(
     for name in ("selection.csv", "selection.md", "dino.png", "clip_t.png"):
         assert (run / "selection" / name).exists()
     assert "**recommended**" in capsys.readouterr().out
+    card = (run / "README.md").read_text()  # the model card now shows the recommendation
+    assert "## Measured" in card and f'"step": {sel["step"]}' in card
 
     out = tmp_path / "gen"
     assert (

@@ -73,33 +73,24 @@ def test_held_out_triples_never_reach_training_and_evaluation_is_half_held_out()
     assert not any((s.shape, s.color, s.background) in held for s, _ in training_scenes(2000, seed=0))
 
 
-def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads(tmp_path, monkeypatch):
+def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_deterministic(tmp_path, monkeypatch):
     import sys
 
+    import torch
     from diffusers import StableDiffusionPipeline
 
     from dreambooth.toyworld import train
 
-    out = tmp_path / "toy"
-    monkeypatch.setattr(
-        sys,
-        "argv",
-        [
-            "train",
-            str(out),
-            "--work",
-            str(tmp_path / "work"),
-            "--vae-steps",
-            "1",
-            "--unet-steps",
-            "1",
-            "--data",
-            "8",
-            "--batch",
-            "2",
-        ],
-    )
-    train.main()
-    pipe = StableDiffusionPipeline.from_pretrained(out)
+    def pretrain(out, work):
+        argv = ["train", str(out), "--work", str(work), "--vae-steps", "2", "--vae-batch", "2", "--unet-steps", "2"]
+        monkeypatch.setattr(sys, "argv", [*argv, "--data", "8", "--batch", "2"])
+        train.main()
+        return StableDiffusionPipeline.from_pretrained(out)
+
+    pipe = pretrain(tmp_path / "toy", tmp_path / "work")
     assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size == 16  # 64x64x3 -> 16x16x4
     assert pipe.tokenizer.tokenize("a photo of sks star") == ["a</w>", "photo</w>", "of</w>", "sks</w>", "star</w>"]
+    assert pipe.vae.config.scaling_factor != 0.18215  # measured on the data: latents at unit variance
+    again = pretrain(tmp_path / "toy2", tmp_path / "work2")  # the same seed: the same weights
+    for a, b in ((pipe.unet, again.unet), (pipe.vae, again.vae), (pipe.text_encoder, again.text_encoder)):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

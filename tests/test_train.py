@@ -138,3 +138,36 @@ def test_validation_images_at_the_right_steps_without_changing_training(make_cfg
     assert (val / "grid.png").exists()
     # rendering touches no random state of the training: the weights are the same as without it
     assert max_abs_diff(lora_weights(plain), lora_weights(out)) == 0
+
+
+def test_every_run_gets_a_model_card_with_its_settings_and_how_to_load_it(make_cfg):
+    from dreambooth.training.loop import train
+
+    out = train(make_cfg(train_text_encoder=True, class_prompt=None), progress=False)
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nbase_model: ") and "instance_prompt: a photo of sks dog" in card
+    assert "load_lora_weights" in card and "dreambooth export --lora" in card and "<lora:run:1>" in card
+    assert "learning_rate: 0.001" in card  # the resolved config
+
+
+def test_report_to_tensorboard_logs_losses_lr_and_validation_images(make_cfg):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dreambooth.training.loop import train
+
+    cfg = make_cfg(
+        max_steps=3,
+        report_to="tensorboard",
+        validation_prompt=["a photo of sks dog"],
+        validation_every=3,
+        validation_seeds=[0],
+        validation_inference_steps=2,
+    )
+    out = train(cfg, progress=False)
+    (events,) = list((out / "logs" / "train").glob("events.out.tfevents.*"))  # (hparams go to a subfolder)
+    acc = EventAccumulator(str(events.parent), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"train/loss", "train/instance_loss", "train/lr"} <= set(tags["scalars"])
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3]
+    assert len(tags["images"]) == 1 and {e.step for e in acc.Images(tags["images"][0])} == {0, 3}

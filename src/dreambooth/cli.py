@@ -86,6 +86,16 @@ CONFIG_COMMANDS = {
 }
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="dreambooth",
@@ -102,9 +112,26 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("out", help="folder to write")
     m.add_argument("--seed", type=int, default=0)
 
-    d = sub.add_parser("demo", help="train a short run on the bundled example subject and write a before/after grid")
+    e = sub.add_parser(
+        "export",
+        help="write a trained LoRA in kohya's layout (AUTOMATIC1111, ComfyUI, sd-scripts)",
+        description="Write a run's LoRA (a run folder, a checkpoint folder or a .safetensors file) in the layout "
+        "of kohya's sd-scripts, which AUTOMATIC1111 and ComfyUI load: lora_unet_*/lora_te_* keys with "
+        "lora_down/lora_up/alpha, and kohya's ss_* metadata.",
+    )
+    e.add_argument("out", help="the .safetensors file to write")
+    e.add_argument("--lora", required=True, help="the run folder, checkpoint folder or LoRA file to export")
+    e.add_argument("--format", default="kohya", choices=("kohya", "diffusers"), help="layout to write (kohya)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing file")
+
+    d = sub.add_parser(
+        "demo",
+        help="DreamBooth (with and without prior) and Textual Inversion on the toy-world model, measured",
+    )
     d.add_argument("--output-dir", default="demo-output", help="where the demo writes (default: demo-output)")
-    d.add_argument("--max-steps", type=int, default=300, help="training steps (default: 300)")
+    d.add_argument("--max-steps", type=_positive_int, default=400, help="training steps of each method (400)")
+    d.add_argument("--images", type=_positive_int, default=16, help="images per prompt (16)")
+    d.add_argument("--guidance", type=float, default=5.0, help="guidance scale (5)")
     d.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output-dir")
     return p
 
@@ -188,10 +215,20 @@ def main(argv: list[str] | None = None) -> int:
             if out.exists() and any(out.iterdir()):
                 raise UserError(f"tiny-model {out}: folder exists and is not empty")
             print(build_tiny_pipeline(out, seed=ns.seed))
+        elif ns.command == "export":
+            from .export import run_export
+
+            print(run_export(ns.lora, ns.out, ns.format, ns.overwrite))
         elif ns.command == "demo":
             from .demo import run_demo
 
-            run_demo(Path(ns.output_dir), max_steps=ns.max_steps, overwrite=ns.overwrite)
+            run_demo(
+                Path(ns.output_dir),
+                max_steps=ns.max_steps,
+                overwrite=ns.overwrite,
+                images=ns.images,
+                guidance=ns.guidance,
+            )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

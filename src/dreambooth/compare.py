@@ -9,6 +9,7 @@ continues from its last checkpoint, and images already made are reused.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io as _io
 import json
 import logging
@@ -110,6 +111,10 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> Path:
     from .models import check_model
 
     check_model(cfg.model)
+    if cfg.resolution is None:
+        from .models import native_size
+
+        cfg = dataclasses.replace(cfg, resolution=native_size(cfg.model))
     subjects = []
     for s in cfg.subjects:
         folder = Path(s)

@@ -108,7 +108,9 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(False, "trade compute for memory in the UNet (and text encoder)")
     seed: int = _f(0, "seed of everything random in the run")
     # images
-    resolution: int = _f(512, "training resolution in pixels (divisible by 8)")
+    resolution: int | None = _f(
+        None, "training resolution in pixels, divisible by 8 (default: the model's native size, 512 for SD 1.x)"
+    )
     random_crop: bool = _f(False, "random instead of centre crops (needs --no-cache)")
     random_flip: bool = _f(False, "flip images horizontally at random")
     no_cache: bool = _f(False, "run the VAE and text encoder every step instead of caching (for comparison)")
@@ -123,6 +125,17 @@ class TrainConfig:
     validation_seeds: list[int] = _f([0, 1], "seeds of the validation images")
     validation_inference_steps: int = _f(25, "denoising steps of the validation images")
     validation_guidance: float = _f(7.5, "guidance scale of the validation images")
+    save_format: str = _f(
+        "diffusers",
+        "LoRA file layout: diffusers (pytorch_lora_weights.safetensors), kohya (RUN-NAME.safetensors, for "
+        "AUTOMATIC1111/ComfyUI/sd-scripts) or both",
+        choices=("diffusers", "kohya", "both"),
+    )
+    report_to: str = _f(
+        "none",
+        "also log losses, learning rate and validation images to TensorBoard (OUTPUT/logs)",
+        choices=("none", "tensorboard"),
+    )
 
     def __post_init__(self) -> None:
         d = METHOD_DEFAULTS.get(self.method, METHOD_DEFAULTS["lora"])
@@ -161,7 +174,7 @@ class TrainConfig:
             (self.lora_alpha is None or self.lora_alpha > 0, "--lora-alpha", f"must be > 0, got {self.lora_alpha}"),
             (0 <= self.lora_dropout < 1, "--lora-dropout", f"must be in [0, 1), got {self.lora_dropout}"),
             (
-                self.resolution > 0 and self.resolution % 8 == 0,
+                self.resolution is None or (self.resolution > 0 and self.resolution % 8 == 0),
                 "--resolution",
                 f"must be a positive multiple of 8, got {self.resolution}",
             ),
@@ -230,7 +243,13 @@ class TrainConfig:
             raise UserError("--random-crop: cached latents hold one crop per image; add --no-cache to crop at random")
 
     def _validate_method(self) -> None:
-        lora_only = {"rank": 16, "lora_alpha": None, "lora_targets": "attn", "lora_dropout": 0.0}
+        lora_only = {
+            "rank": 16,
+            "lora_alpha": None,
+            "lora_targets": "attn",
+            "lora_dropout": 0.0,
+            "save_format": "diffusers",
+        }
         if self.method != "lora":
             for key, default in lora_only.items():
                 if getattr(self, key) != default:
@@ -552,7 +571,7 @@ class CompareConfig:
     class_noun: str | None = _f(None, "class noun of subjects that are not DreamBench's")
     identifier: str = _f("sks", "the rare identifier (textual inversion learns <identifier-subject>)")
     max_steps: int | None = _f(None, "training steps for every method (default: each method's own)")
-    resolution: int = _f(512, "training and generation resolution")
+    resolution: int | None = _f(None, "training and generation resolution (default: the model's native size)")
     num_class_images: int = _f(100, "class images for prior preservation (LoRA and full), and for PRES")
     images_per_prompt: int = _f(4, "images per prompt (the paper's protocol: 4)")
     steps: int = _f(30, "denoising steps when generating")

@@ -203,16 +203,33 @@ def run_export(lora: str, out: str, fmt: str = "kohya", overwrite: bool = False)
         if (folder / "config.yaml").is_file():
             run = yaml.safe_load((folder / "config.yaml").read_text()) or {}
             break
+    if fmt == "kohya":
+        tensors, metadata = kohya_state(state, adapter, run, dest.stem, flag=f"--lora {lora}")
+    else:
+        tensors, metadata = state, meta
+    with atomic_path(dest) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", **metadata})
+    return dest
+
+
+def kohya_state(state: dict, adapter: dict, run: dict | None, name: str, flag: str = "--lora") -> tuple[dict, dict]:
+    """(tensors, ss_* metadata) of a diffusers-format LoRA state in kohya's layout; run: its config."""
     sdxl = any(k.startswith("text_encoder_2.") for k in state) or bool(run and _is_sdxl(run.get("model")))
     unet_config = _unet_config(run.get("model")) if sdxl and run else None
     if sdxl and unet_config is None:
-        raise UserError(f"--lora {lora}: an SDXL LoRA needs its run's config.yaml to name the SGM blocks")
+        raise UserError(f"{flag}: an SDXL LoRA needs its run's config.yaml to name the SGM blocks")
     v2 = _cross_attention_dim(state) == 1024
-    if fmt == "kohya":
-        tensors = to_kohya(state, adapter, unet_config)
-        metadata = kohya_metadata(adapter, run, sdxl, v2, dest.stem)
-    else:
-        tensors, metadata = state, meta
+    return to_kohya(state, adapter, unet_config), kohya_metadata(adapter, run, sdxl, v2, name)
+
+
+def write_kohya(src: Path, dest: Path, run: dict | None) -> Path:
+    """Write the diffusers-format LoRA file src in kohya's layout at dest (training's --save-format)."""
+    from safetensors.torch import save_file
+
+    from .io import atomic_path
+
+    state, _, adapter = read_lora(src)
+    tensors, metadata = kohya_state(state, adapter, run, dest.stem)
     with atomic_path(dest) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", **metadata})
     return dest

@@ -94,11 +94,9 @@ class Engine:
             if self.pipe is not None and self.state and self.state[0] == model:
                 self._sizes[model] = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
             else:
-                from diffusers import AutoencoderKL, UNet2DConditionModel
+                from .models import native_size
 
-                unet = UNet2DConditionModel.load_config(model, subfolder="unet")
-                vae = AutoencoderKL.load_config(model, subfolder="vae")
-                self._sizes[model] = unet["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
+                self._sizes[model] = native_size(model)
         return self._sizes[model]
 
     def _base(self, model: str, embedding: str | None) -> None:

@@ -1,4 +1,5 @@
-"""The only place that loads models: a hub id or a local diffusers folder (the tiny model is one)."""
+"""The only place that loads models: a hub id, a local diffusers folder (the tiny model is one), or a
+built-in model's name (`toyworld`: the bundled toy-world model, see dreambooth.toyworld)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,16 @@ from typing import Any
 from .errors import UserError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+BUILTIN_MODELS = {"toyworld": "toyworld-model"}  # name -> folder under dreambooth/assets
+
+
+def builtin_path(model: str) -> Path | None:
+    """The bundled folder of a built-in model's name (a local folder of that name wins), else None."""
+    if model not in BUILTIN_MODELS or Path(model).exists():
+        return None
+    from importlib.resources import files
+
+    return Path(str(files("dreambooth") / "assets" / BUILTIN_MODELS[model]))
 
 
 def check_model(model: str, flag: str = "--model") -> None:
@@ -19,7 +30,10 @@ def check_model(model: str, flag: str = "--model") -> None:
     A path that exists must be a diffusers folder (model_index.json). Anything else must look like a
     hub id (owner/name); offline (HF_HUB_OFFLINE=1) it must also be in the local cache.
     """
-    p = Path(model).expanduser()
+    builtin = builtin_path(model)
+    if builtin is not None and not (builtin / "model_index.json").is_file():
+        raise UserError(f"{flag} {model}: the built-in model is missing from this installation ({builtin})")
+    p = builtin or Path(model).expanduser()
     if p.exists():
         if p.is_dir() and (p / "model_index.json").is_file():
             return
@@ -56,9 +70,26 @@ class Components:
 
 
 def resolve(model: str) -> str:
-    """A local folder as an absolute path, anything else (a hub id) as given."""
+    """A local folder as an absolute path, a built-in name as its folder, anything else (a hub id) as given."""
+    builtin = builtin_path(model)
+    if builtin is not None:
+        return str(builtin)
     p = Path(model).expanduser()
-    return str(p) if p.exists() else model
+    return str(p.resolve()) if p.exists() else model
+
+
+def native_size(model: str) -> int:
+    """The model's own resolution (UNet sample size x VAE factor), read from its configs only:
+    512 for SD 1.x, 768 for SD 2.x-768, 1024 for SDXL, 64 for the toy world."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    path = resolve(model)
+    try:
+        unet = UNet2DConditionModel.load_config(path, subfolder="unet")
+        vae = AutoencoderKL.load_config(path, subfolder="vae")
+    except (OSError, ValueError) as e:
+        raise UserError(f"--model {model}: could not read its configs ({str(e).splitlines()[0]})") from None
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
 def load_pipeline(model: str, dtype=None):

@@ -10,6 +10,7 @@ from pathlib import Path
 from .errors import UserError
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+NOT_LORA = ("trainable.safetensors", "learned_embeds.safetensors")
 
 
 def lora_file(path: str | Path, flag: str = "--lora") -> Path:
@@ -18,6 +19,10 @@ def lora_file(path: str | Path, flag: str = "--lora") -> Path:
     if p.is_dir():
         if (p / LORA_WEIGHTS).is_file():
             return p / LORA_WEIGHTS
+        # a run trained with --save-format kohya holds one RUN-NAME.safetensors instead
+        others = [f for f in sorted(p.glob("*.safetensors")) if f.name not in NOT_LORA]
+        if len(others) == 1:
+            return others[0]
         raise UserError(f"{flag} {path}: folder holds no {LORA_WEIGHTS}")
     if p.is_file():
         if p.suffix != ".safetensors":
@@ -68,7 +73,12 @@ def _content_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 
 def model_identity(model: str) -> str:
-    """What names a base model in settings and cache keys: a local folder's absolute path, or the hub id."""
+    """What names a base model in settings and cache keys: a local folder's absolute path, a built-in
+    model's name, or the hub id."""
+    from .models import builtin_path
+
+    if builtin_path(model) is not None:
+        return model
     p = Path(model).expanduser()
     return str(p.resolve()) if p.exists() else model
 

@@ -194,6 +194,9 @@ def _write(out: Path, run: Path, rows: list[dict], selection: dict, best: dict) 
         with io.atomic_path(out / f"{metric}.png") as tmp:
             line_plot(series, f"{metric.upper()} over training steps ({run.name})", "step").save(tmp, format="PNG")
     io.write_text(run / SELECTION, json.dumps(selection, indent=2))
+    from ..card import write_card
+
+    write_card(run)  # the card now shows what was measured and recommended
 
 
 def _markdown(rows: list[dict], best: dict) -> str:

@@ -80,4 +80,17 @@ class LoRA(Method):
                 unet_lora_adapter_metadata=comps.unet.peft_config["default"].to_dict(),
                 text_encoder_lora_adapter_metadata=te_meta,
             )
-        return [path]
+        if self.cfg.save_format == "diffusers":
+            return [path]
+        import dataclasses
+
+        from ..export import write_kohya
+
+        # kohya's file is named after the run: AUTOMATIC1111 and ComfyUI list LoRAs by file name.
+        kohya = write_kohya(
+            path, Path(folder) / f"{Path(self.cfg.output_dir).name}.safetensors", dataclasses.asdict(self.cfg)
+        )
+        if self.cfg.save_format == "kohya":
+            path.unlink()
+            return [kohya]
+        return [path, kohya]

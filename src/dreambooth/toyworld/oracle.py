@@ -35,7 +35,7 @@ def read_scene(image: Image.Image) -> dict[str, str]:
     border = np.concatenate([im[0], im[-1], im[:, 0], im[:, -1]])
     bg_rgb = np.median(border, axis=0)
     bg = list(BACKGROUNDS)[int(_nearest(bg_rgb[None], _BG)[0][0])]
-    mask = np.linalg.norm(im - bg_rgb, axis=-1) > 60  # (64, 64) object pixels
+    mask = _object_mask(im, bg_rgb)
     if mask.sum() < 12:
         return {"background": bg, "color": "none", "pattern": "none", "shape": "none"}
     labels, dist = _nearest(im[mask], _OBJ)
@@ -48,6 +48,38 @@ def read_scene(image: Image.Image) -> dict[str, str]:
     off = np.zeros_like(mask)
     off[mask] = np.linalg.norm(im[mask] - _OBJ[color_i], axis=-1) > 80
     return {"background": bg, "color": color, "pattern": _pattern(mask, off), "shape": _shape(mask)}
+
+
+def _object_mask(im: np.ndarray, bg_rgb: np.ndarray) -> np.ndarray:
+    """(64, 64) object pixels: far from the background colour, not on the 2-pixel frame (objects never
+    touch it; decoders leave faint artefacts there), without specks: blobs under 15 % of the largest
+    (a stripe that matches the background splits an object into blobs of about the same size)."""
+    mask = np.linalg.norm(im - bg_rgb, axis=-1) > 60
+    mask[:2], mask[-2:], mask[:, :2], mask[:, -2:] = False, False, False, False
+    return _without_specks(mask)
+
+
+def _without_specks(mask: np.ndarray) -> np.ndarray:
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    sizes = [0]
+    h, w = mask.shape
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if labels[y0, x0]:
+            continue
+        n = len(sizes)
+        labels[y0, x0], stack, size = n, [(y0, x0)], 0
+        while stack:
+            y, x = stack.pop()
+            size += 1
+            for yy, xx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= yy < h and 0 <= xx < w and mask[yy, xx] and not labels[yy, xx]:
+                    labels[yy, xx] = n
+                    stack.append((yy, xx))
+        sizes.append(size)
+    if len(sizes) == 1:
+        return mask
+    keep = [i for i, n in enumerate(sizes) if i and n >= 0.15 * max(sizes)]
+    return np.isin(labels, keep)
 
 
 def _erode(mask: np.ndarray, n: int = 1) -> np.ndarray:

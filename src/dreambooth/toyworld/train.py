@@ -97,34 +97,65 @@ def build_models(vocab: dict[str, int]):
     return vae, unet, te
 
 
-def train_vae(vae, steps: int, seed: int, batch: int, work: Path) -> None:
+def _autocast(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train_vae(vae, steps: int, seed: int, batch: int, work: Path, bf16: bool = True, every: int = 250) -> None:
+    """Pixel L1 + MSE (and a tiny KL) on fresh world images each step; cosine learning rate to zero.
+
+    The decoder learns from the posterior's mean, not a sample: in a trial it learned ~1.5x faster, and
+    the latents the UNet trains on (and generates) are means too."""
+    from diffusers.optimization import get_scheduler
+    from tqdm.auto import tqdm
+
+    from .evaluate import vae_ceiling
+
     ckpt = work / "vae.pt"
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0)
+    lr = get_scheduler("cosine", opt, num_warmup_steps=100, num_training_steps=steps)
     start = 0
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=True)
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
+        lr.load_state_dict(state["lr"])
         start = state["step"]
-    rng = random.Random(seed * 7919 + start)
     t0 = time.time()
-    for step in range(start, steps):
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="vae", mininterval=5)
+    for step in bar:
+        rng = random.Random(seed * 7919 + step)  # each step's images depend on (seed, step) only: resumable
         x = to_tensor([render(sample_scene(rng)) for _ in range(batch)])
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample(generator=torch.Generator().manual_seed(seed + step))).sample
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
+        with _autocast(bf16):
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.mean).sample.float()  # the UNet is trained on the mean: decode that
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-6 * post.kl().float().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if (step + 1) % 100 == 0 or step + 1 == steps:
+        lr.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if (step + 1) % every == 0 or step + 1 == steps:
+            vae.eval()
+            ceiling = vae_ceiling(vae, n=100)
+            vae.train()
             log.info(
-                "vae step %d/%d loss %.4f (%.2f s/step)",
+                "vae step %d/%d loss %.4f ceiling %s (%.2f s/step)",
                 step + 1,
                 steps,
                 loss.item(),
+                json.dumps(ceiling),
                 (time.time() - t0) / (step + 1 - start),
             )
-            torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1}, ckpt)
+            _save_state(
+                ckpt, {"model": vae.state_dict(), "opt": opt.state_dict(), "lr": lr.state_dict(), "step": step + 1}
+            )
 
 
 def train_unet(vae, unet, te, tokenizer, steps: int, seed: int, batch: int, n_data: int, work: Path) -> None:
@@ -148,7 +179,10 @@ def train_unet(vae, unet, te, tokenizer, steps: int, seed: int, batch: int, n_da
                     ).input_ids
                 )
         data = {"latents": torch.cat(lat), "ids": torch.cat(ids)}
-        torch.save(data, data_file)
+        _save_state(data_file, data)
+    # As Stable Diffusion did: scale latents to unit variance; the factor is saved in the VAE's config
+    vae.register_to_config(scaling_factor=round(1.0 / data["latents"].std().item(), 5))
+    log.info("latent scaling factor %.5f", vae.config.scaling_factor)
     latents = data["latents"] * vae.config.scaling_factor
     empty = tokenizer([""], padding="max_length", max_length=32, return_tensors="pt").input_ids
     params = list(unet.parameters()) + list(te.parameters())
@@ -162,8 +196,11 @@ def train_unet(vae, unet, te, tokenizer, steps: int, seed: int, batch: int, n_da
         opt.load_state_dict(state["opt"])
         lr.load_state_dict(state["lr"])
         start = state["step"]
+    from tqdm.auto import tqdm
+
     t0 = time.time()
-    for step in range(start, steps):
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="unet", mininterval=5)
+    for step in bar:
         g = torch.Generator().manual_seed(seed * 100003 + step)
         idx = torch.randint(0, latents.shape[0], (batch,), generator=g)
         ids = data["ids"][idx].clone()
@@ -178,7 +215,8 @@ def train_unet(vae, unet, te, tokenizer, steps: int, seed: int, batch: int, n_da
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         lr.step()
-        if (step + 1) % 100 == 0 or step + 1 == steps:
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if (step + 1) % 250 == 0 or step + 1 == steps:
             log.info(
                 "unet step %d/%d loss %.4f (%.2f s/step)",
                 step + 1,
@@ -186,7 +224,8 @@ def train_unet(vae, unet, te, tokenizer, steps: int, seed: int, batch: int, n_da
                 loss.item(),
                 (time.time() - t0) / (step + 1 - start),
             )
-            torch.save(
+            _save_state(
+                ckpt,
                 {
                     "unet": unet.state_dict(),
                     "te": te.state_dict(),
@@ -194,7 +233,6 @@ def train_unet(vae, unet, te, tokenizer, steps: int, seed: int, batch: int, n_da
                     "lr": lr.state_dict(),
                     "step": step + 1,
                 },
-                ckpt,
             )
 
 
@@ -227,9 +265,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="the pipeline folder to write")
     p.add_argument("--work", default="toyworld-work", help="checkpoints and cached latents (resumable)")
-    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--vae-steps", type=int, default=3000)
+    p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--unet-steps", type=int, default=3600)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=32, help="UNet batch size")
+    p.add_argument("--fp32-vae", action="store_true", help="train the VAE in fp32 (default: bf16 autocast)")
     p.add_argument("--data", type=int, default=20000, help="training images encoded once for the UNet")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -245,7 +285,7 @@ def main() -> None:
         "parameters: vae %.2fM, unet %.2fM, text %.2fM",
         *(sum(q.numel() for q in m.parameters()) / 1e6 for m in (vae, unet, te)),
     )
-    train_vae(vae, args.vae_steps, args.seed, args.batch, work)
+    train_vae(vae, args.vae_steps, args.seed, args.vae_batch, work, bf16=not args.fp32_vae)
     vae.requires_grad_(False).eval()
     train_unet(vae, unet, te, tokenizer, args.unet_steps, args.seed, args.batch, args.data, work)
     save(Path(args.out), vae, unet, te, tok_dir)

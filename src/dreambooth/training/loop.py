@@ -51,8 +51,11 @@ class Run:
 
 def resolved(cfg: TrainConfig) -> TrainConfig:
     """The config with every implicit default made explicit, as written beside the run."""
+    from ..models import native_size
+
     return dataclasses.replace(
         cfg,
+        resolution=cfg.resolution or native_size(cfg.model),
         lr_warmup_steps=cfg.warmup_steps,
         lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else float(cfg.rank),
     )
@@ -81,6 +84,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             indent=2,
         ),
     )
+    from ..card import write_card
+
+    write_card(out)
     log.info("finished: %s", ", ".join(str(f) for f in files))
     return out
 
@@ -95,7 +101,10 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
     AcceleratorState._reset_state()
     GradientState._reset_state()
     accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation,
+        log_with="tensorboard" if cfg.report_to == "tensorboard" else None,
+        project_dir=str(Path(cfg.output_dir) / "logs"),
     )
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     torch.manual_seed(cfg.seed)
@@ -210,6 +219,9 @@ def fit(run: Run, progress: bool = True) -> None:
     models = [run.unet] + ([run.text_encoder] if run.method.trains_text_encoder else [])
     for m in models:
         m.train()
+    if cfg.report_to != "none":
+        hparams = {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))}
+        acc.init_trackers("train", config=hparams)
     if run.start_step == 0 and validation.due(cfg, 0):
         validation.render(run, 0)  # the base model's images, to compare against
     bar = tqdm(
@@ -239,6 +251,9 @@ def fit(run: Run, progress: bool = True) -> None:
         row = [done, *(f"{v:.6g}" for v in totals.tolist()), f"{lr:.6g}", f"{dt:.4f}"]
         log_file.write(",".join(map(str, row)) + "\n")
         log_file.flush()
+        if cfg.report_to != "none":
+            names = ("loss", "instance_loss", "prior_loss")
+            acc.log({**{f"train/{k}": v for k, v in zip(names, totals.tolist())}, "train/lr": lr}, step=done)
         step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
         bar.set_postfix_str(f"loss={totals[0]:.4f} lr={lr:.2e} s/step={step_time:.2f}")
         bar.update(1)
@@ -252,6 +267,8 @@ def fit(run: Run, progress: bool = True) -> None:
     bar.close()
     log_file.close()
     validation.write_grid(cfg)
+    if cfg.report_to != "none":
+        acc.end_training()
 
 
 def _open_log(path: Path, start_step: int):

@@ -91,3 +91,5 @@ def _check_hardware(cfg: TrainConfig) -> None:
             raise UserError(f"{flag}: needs a CUDA GPU, and none is available (use bf16 or no on the CPU)")
     if cfg.adam_8bit and importlib.util.find_spec("bitsandbytes") is None:
         raise UserError("--adam-8bit: needs the bitsandbytes package (pip install bitsandbytes)")
+    if cfg.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("--report-to tensorboard: needs the tensorboard package (pip install tensorboard)")

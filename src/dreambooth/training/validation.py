@@ -53,6 +53,14 @@ def render(run, step: int) -> Path:
                     num_inference_steps=cfg.validation_inference_steps,
                     guidance_scale=cfg.validation_guidance,
                 ).images
+            if getattr(cfg, "report_to", "none") == "tensorboard":
+                import numpy as np
+
+                acc.get_tracker("tensorboard").log_images(
+                    {f"validation/{pi:02d} {prompt}": np.stack([np.asarray(im) for im in images])},
+                    step,
+                    dataformats="NHWC",
+                )
             for seed, image in zip(cfg.validation_seeds, images):
                 settings = dict(
                     model=cfg.model,

@@ -1,0 +1,74 @@
+"""The demo's subject: one specific object the base model never saw, made to survive the 4x VAE.
+
+An orange star with large purple dots and a thick black outline (about 3.5 px at 64 px): the world
+has neither outlines nor purple patterns, so "a photo of a star" from the base model never draws
+it, while every feature spans at least two latent pixels. `read_subject` is the oracle's reading of
+those features on any image.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from .oracle import _erode, _object_mask, read_scene
+from .world import BACKGROUNDS, OBJECT_COLORS, SS, shape_polygon
+
+SHAPE, COLOR, BACKGROUND = "heart", "orange", "white"
+DOT_COLOR = (140, 60, 190)  # the world's purple
+OUTLINE_COLOR = (10, 10, 10)
+OUTLINE_PX = 3.0
+# Where the photos show it: all on one background, at different sizes and positions
+DOTS = ((0.3, 0.3), (0.7, 0.3), (0.5, 0.55), (0.3, 0.6), (0.7, 0.6), (0.5, 0.8))  # centres, in the box
+PHOTO_LAYOUTS = ((46, 4, 6), (40, 20, 18), (52, 6, 7), (42, 12, 16), (48, 14, 3))
+
+
+def render_subject(size: int, x: int, y: int, background: str = BACKGROUND, res: int = 64) -> Image.Image:
+    big, s = res * SS, size * SS
+    img = Image.new("RGB", (big, big), BACKGROUNDS[background])
+    poly = shape_polygon(SHAPE, x * SS, y * SS, s)
+    outer = Image.new("L", (big, big), 0)
+    ImageDraw.Draw(outer).polygon(poly, fill=255)
+    width = round(OUTLINE_PX * SS)
+    inner = outer.filter(ImageFilter.MinFilter(2 * width + 1))
+    fill = Image.new("RGB", (big, big), OBJECT_COLORS[COLOR])
+    d = ImageDraw.Draw(fill)
+    r = s * 0.085
+    for fx, fy in DOTS:
+        px, py = x * SS + fx * s, y * SS + fy * s
+        d.ellipse([px - r, py - r, px + r, py + r], fill=DOT_COLOR)
+    img.paste(Image.new("RGB", (big, big), OUTLINE_COLOR), (0, 0), outer)
+    img.paste(fill, (0, 0), inner)
+    return img.resize((res, res), Image.Resampling.LANCZOS)
+
+
+def photos(background: str = BACKGROUND) -> list[Image.Image]:
+    """The subject's five 'photos'."""
+    return [render_subject(size, x, y, background) for size, x, y in PHOTO_LAYOUTS]
+
+
+def random_subject(rng: random.Random, background: str) -> Image.Image:
+    size = rng.randint(30, 50)
+    return render_subject(size, rng.randint(2, 62 - size), rng.randint(2, 62 - size), background)
+
+
+def read_subject(image: Image.Image) -> dict:
+    """The world's oracle reading plus the subject's own features: {'background', 'color', 'pattern',
+    'shape', 'outline', 'purple_dots', 'subject'}; 'subject' is star, orange, outlined and purple-dotted."""
+    read = read_scene(image)
+    im = np.asarray(image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR), dtype=np.float32)
+    border = np.concatenate([im[0], im[-1], im[:, 0], im[:, -1]])
+    mask = _object_mask(im, np.median(border, axis=0))
+    outline = purple = False
+    if mask.sum() >= 12:
+        rim = mask & ~_erode(mask, 2)
+        dark = im.mean(-1) < 70
+        outline = bool(dark[rim].mean() > 0.5)
+        inside = _erode(mask, 4)
+        if inside.sum() >= 8:
+            near = np.linalg.norm(im - np.array(DOT_COLOR, dtype=np.float32), axis=-1) < 70
+            purple = bool(0.04 < near[inside].mean() < 0.7)
+    subject = read["shape"] == SHAPE and read["color"] == COLOR and outline and purple
+    return {**read, "outline": outline, "purple_dots": purple, "subject": subject}
