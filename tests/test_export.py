@@ -156,3 +156,39 @@ def test_train_save_format_writes_the_kohya_file_too(tiny_model, lora_alpha_ne_r
 
 def torch_equal(a, b) -> bool:
     return bool((a == b).all())
+
+
+def test_train_init_lora_starts_from_a_kohya_or_diffusers_file(tiny_model, lora_alpha_ne_rank, tmp_path, capsys):
+    """`train --init-lora` continues from a trained LoRA in either layout: its rank, alpha, targets and
+    text-encoder LoRA are kept; with a vanishing learning rate the result is the file it began from."""
+    import yaml
+    from safetensors.torch import load_file
+    from tests.helpers import max_abs_diff
+
+    from dreambooth.demo import example_subject
+
+    kohya = tmp_path / "k.safetensors"
+    assert main(["export", "--lora", str(lora_alpha_ne_rank), str(kohya)]) == 0
+    original = load_file(str(lora_alpha_ne_rank / "pytorch_lora_weights.safetensors"))
+    base = ["train", "--model", str(tiny_model), "--instance-dir", str(example_subject())]
+    base += ["--instance-prompt", "a photo of sks dog", "--resolution", "64", "--max-steps", "1"]
+    base += ["--lr-scheduler", "constant", "--learning-rate", "1e-12", "--adam-weight-decay", "0"]
+    for name, init in (("from-kohya", kohya), ("from-diffusers", lora_alpha_ne_rank)):
+        out = tmp_path / name
+        assert main([*base, "--init-lora", str(init), "--output-dir", str(out)]) == 0
+        cfg = yaml.safe_load((out / "config.yaml").read_text())
+        assert cfg["rank"] == 4 and cfg["lora_alpha"] == 16.0, cfg
+        continued = load_file(str(out / "pytorch_lora_weights.safetensors"))
+        assert max_abs_diff(continued, original) <= 1e-6  # conv, ff and text-encoder layers all came back
+
+    bad = tmp_path / "not-a-lora.safetensors"
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(2)}, str(bad))
+    assert main([*base, "--init-lora", str(bad), "--output-dir", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: --init-lora") and "no UNet LoRA" in err[-1], err
+    assert not (tmp_path / "bad").exists()
+    ti = [*base, "--method", "textual-inversion", "--token", "<d>", "--initializer-token", "dog"]
+    assert main([*ti, "--init-lora", str(kohya), "--output-dir", str(tmp_path / "ti")]) == 2

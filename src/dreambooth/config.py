@@ -78,6 +78,11 @@ class TrainConfig:
         "comma-separated UNet modules for LoRA: groups " + ", ".join(LORA_TARGET_GROUPS) + " or module-name suffixes",
     )
     lora_dropout: float = _f(0.0, "dropout on the LoRA path")
+    init_lora: str | None = _f(
+        None,
+        "start from a trained LoRA (diffusers or kohya/AUTOMATIC1111 .safetensors, a run or checkpoint folder); "
+        "its rank, alpha and targets replace --rank, --lora-alpha and --lora-targets",
+    )
     train_text_encoder: bool = _f(
         False, "also train the text encoder (LoRA on its attention projections; all of it with --method full)"
     )
@@ -249,6 +254,7 @@ class TrainConfig:
             "lora_targets": "attn",
             "lora_dropout": 0.0,
             "save_format": "diffusers",
+            "init_lora": None,
         }
         if self.method != "lora":
             for key, default in lora_only.items():

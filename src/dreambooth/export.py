@@ -122,7 +122,7 @@ def to_kohya(state: dict, adapter_meta: dict, sdxl_unet: dict | None = None) -> 
     return out
 
 
-def read_lora(path: Path) -> tuple[dict, dict, dict]:
+def read_lora(path: Path, flag: str = "--lora") -> tuple[dict, dict, dict]:
     """(tensors, safetensors metadata, peft adapter metadata by '<component>.<field>')."""
     from safetensors import safe_open
 
@@ -131,9 +131,33 @@ def read_lora(path: Path) -> tuple[dict, dict, dict]:
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types; any means unreadable
-        raise UserError(f"--lora {path}: not a readable .safetensors file ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{flag} {path}: not a readable .safetensors file ({str(e).splitlines()[0]})") from None
     adapter = json.loads(meta.get("lora_adapter_metadata", "{}") or "{}")
     return state, meta, adapter
+
+
+def rank_and_alpha(state: dict, adapter_meta: dict) -> tuple[int, float] | None:
+    """The UNet LoRA's rank and alpha (the most common ones, should modules differ) of a diffusers or
+    kohya state dict; None when it holds no UNet LoRA (pure)."""
+    from collections import Counter
+
+    if is_kohya(state):
+        downs = {
+            k[: -len(".lora_down.weight")]: v
+            for k, v in state.items()
+            if k.startswith("lora_unet_") and k.endswith(".lora_down.weight")
+        }
+        if not downs:
+            return None
+        rank = Counter(int(v.shape[0]) for v in downs.values()).most_common(1)[0][0]
+        alphas = [float(state[f"{k}.alpha"]) if f"{k}.alpha" in state else float(v.shape[0]) for k, v in downs.items()]
+        return rank, Counter(alphas).most_common(1)[0][0]
+    downs = [v for k, v in state.items() if k.startswith("unet.") and re.search(r"\.lora_A(\.default)?\.weight$", k)]
+    if not downs:
+        return None
+    rank = Counter(int(v.shape[0]) for v in downs).most_common(1)[0][0]
+    alpha = adapter_meta.get("unet.lora_alpha")
+    return rank, float(alpha) if alpha is not None else float(rank)
 
 
 def is_kohya(state: dict) -> bool:

@@ -34,27 +34,46 @@ class LoRA(Method):
             target_modules=list(targets),
         )
 
+    def check(self) -> None:
+        if self.cfg.init_lora:
+            init_shape(self.cfg.init_lora)  # raises when it is no LoRA
+
     def prepare(self, comps: Components) -> list[dict]:
         from diffusers.training_utils import cast_training_params
 
         for m in (comps.unet, comps.text_encoder, comps.vae):
             m.requires_grad_(False)
-        try:
-            comps.unet.add_adapter(self._config(self.cfg.unet_targets))
-        except ValueError as e:
-            raise UserError(f"--lora-targets {self.cfg.lora_targets}: {str(e).splitlines()[0]}") from None
-        groups = [{"params": [p for p in comps.unet.parameters() if p.requires_grad], "lr": self.cfg.learning_rate}]
+        if self.cfg.init_lora:
+            self._load_init(comps)
+        else:
+            try:
+                comps.unet.add_adapter(self._config(self.cfg.unet_targets))
+            except ValueError as e:
+                raise UserError(f"--lora-targets {self.cfg.lora_targets}: {str(e).splitlines()[0]}") from None
+        groups = [{"params": _lora_params(comps.unet), "lr": self.cfg.learning_rate}]
         if self.trains_text_encoder:
-            comps.text_encoder.add_adapter(self._config(TEXT_ENCODER_TARGETS))
-            groups.append(
-                {
-                    "params": [p for p in comps.text_encoder.parameters() if p.requires_grad],
-                    "lr": self.cfg.text_encoder_lr,
-                }
-            )
+            if not getattr(comps.text_encoder, "peft_config", None):
+                comps.text_encoder.add_adapter(self._config(TEXT_ENCODER_TARGETS))
+            groups.append({"params": _lora_params(comps.text_encoder), "lr": self.cfg.text_encoder_lr})
         # Trainable adapters stay in fp32 under mixed precision (frozen weights are fp16/bf16).
         cast_training_params([comps.unet, comps.text_encoder])
         return groups
+
+    def _load_init(self, comps: Components) -> None:
+        """The --init-lora file's adapters, as stock diffusers loads them (kohya files converted by
+        diffusers' own converter): they set rank, alpha and targets, and train from their values. A
+        text-encoder LoRA in the file is kept (and saved) even when the text encoder does not train."""
+        from ..weights import lora_file
+
+        path = lora_file(self.cfg.init_lora, "--init-lora")
+        try:
+            comps.pipeline.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="default")
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise UserError(
+                f"--init-lora {self.cfg.init_lora}: does not fit --model {self.cfg.model} ({str(e).splitlines()[0]})"
+            ) from None
+        if not getattr(comps.unet, "peft_config", None):
+            raise UserError(f"--init-lora {self.cfg.init_lora}: holds no UNet LoRA")
 
     def save(self, comps: Components, folder: Path) -> list[Path]:
         from diffusers import StableDiffusionPipeline
@@ -62,7 +81,7 @@ class LoRA(Method):
 
         unet_layers = get_peft_model_state_dict(comps.unet)
         te_layers = te_meta = None
-        if self.trains_text_encoder:
+        if getattr(comps.text_encoder, "peft_config", None):  # trained, or kept from --init-lora
             te = comps.text_encoder
             te_layers = get_peft_model_state_dict(te)
             # transformers 5 flattened CLIPTextModel; keep the text_model. prefix that older
@@ -94,3 +113,23 @@ class LoRA(Method):
             path.unlink()
             return [kohya]
         return [path, kohya]
+
+
+def init_shape(init_lora: str) -> tuple[int, float]:
+    """(rank, alpha) of an --init-lora file's UNet LoRA; UserError when it holds none."""
+    from ..export import rank_and_alpha, read_lora
+    from ..weights import lora_file
+
+    state, _, adapter = read_lora(lora_file(init_lora, "--init-lora"), "--init-lora")
+    shape = rank_and_alpha(state, adapter)
+    if shape is None:
+        raise UserError(f"--init-lora {init_lora}: holds no UNet LoRA weights")
+    return shape
+
+
+def _lora_params(model) -> list:
+    """Make the LoRA matrices of model trainable (stock loading leaves them frozen) and return them."""
+    params = [p for name, p in model.named_parameters() if "lora_" in name]
+    for p in params:
+        p.requires_grad_(True)
+    return params

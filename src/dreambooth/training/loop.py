@@ -51,8 +51,12 @@ class Run:
 
 def resolved(cfg: TrainConfig) -> TrainConfig:
     """The config with every implicit default made explicit, as written beside the run."""
+    from ..methods.lora import init_shape
     from ..models import native_size
 
+    if cfg.init_lora:  # the file's adapters decide their rank and alpha
+        rank, alpha = init_shape(cfg.init_lora)
+        cfg = dataclasses.replace(cfg, rank=rank, lora_alpha=alpha)
     return dataclasses.replace(
         cfg,
         resolution=cfg.resolution or native_size(cfg.model),
