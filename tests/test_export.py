@@ -163,9 +163,9 @@ def test_train_init_lora_starts_from_a_kohya_or_diffusers_file(tiny_model, lora_
     text-encoder LoRA are kept; with a vanishing learning rate the result is the file it began from."""
     import yaml
     from safetensors.torch import load_file
-    from tests.helpers import max_abs_diff
 
     from dreambooth.demo import example_subject
+    from helpers import max_abs_diff
 
     kohya = tmp_path / "k.safetensors"
     assert main(["export", "--lora", str(lora_alpha_ne_rank), str(kohya)]) == 0

@@ -145,6 +145,7 @@ def test_a1111_text_round_trips_and_reads_other_tools_images():
         lora_sha256="ab" * 32,
         lora_scale_unet=1.0,
         lora_scale_text_encoder=0.8,
+        zero_terminal_snr=True,
     )
     back = parse_a1111(a1111_text(settings))
     for key in (
@@ -159,6 +160,7 @@ def test_a1111_text_round_trips_and_reads_other_tools_images():
         "lora",
         "lora_scale_unet",
         "lora_scale_text_encoder",
+        "zero_terminal_snr",
     ):
         assert back[key] == settings[key], key
     assert back["prompt"] == [settings["prompt"]]

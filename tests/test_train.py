@@ -1,6 +1,7 @@
 """Training runs on the tiny model, through the same entry point as the CLI."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 import yaml
 from diffusers import StableDiffusionPipeline
 
+from dreambooth.errors import UserError
 from dreambooth.training.loop import train
 from helpers import lora_weights, max_abs_diff
 
@@ -96,21 +98,23 @@ def test_gradient_accumulation_batch_and_bf16_run(make_cfg, tmp_path):
     assert any(t.abs().max() > 0 for k, t in w.items() if "lora_B" in k)  # B starts at zero: it trained
 
 
-def test_v_prediction_models_train_on_the_velocity(make_cfg, tiny_model, tmp_path, monkeypatch):
-    import shutil
-
+def test_v_prediction_models_train_on_the_velocity(make_cfg, tmp_path, monkeypatch):
+    """The tiny SD 2.x (`tiny-model --arch sd2`) predicts v: the loss target is the scheduler's velocity."""
     import dreambooth.training.loop as loop
+    from dreambooth.cli import main
 
     vmodel = tmp_path / "vmodel"
-    shutil.copytree(tiny_model, vmodel)
-    sched = vmodel / "scheduler" / "scheduler_config.json"
-    sched.write_text(sched.read_text().replace('"epsilon"', '"v_prediction"'))
+    assert main(["tiny-model", str(vmodel), "--arch", "sd2"]) == 0
+    unet = json.loads((vmodel / "unet" / "config.json").read_text())
+    assert unet["use_linear_projection"] and unet["attention_head_dim"] == [4, 8]
     seen = []
     real = loop.diffusion_target
 
     def spy(scheduler, latents, noise, timesteps):
         seen.append(scheduler.config.prediction_type)
-        return real(scheduler, latents, noise, timesteps)
+        target = real(scheduler, latents, noise, timesteps)
+        assert torch.allclose(target, scheduler.get_velocity(latents, noise, timesteps))
+        return target
 
     monkeypatch.setattr(loop, "diffusion_target", spy)
     out = train(make_cfg(model=str(vmodel), max_steps=2), progress=False)
@@ -171,3 +175,48 @@ def test_report_to_tensorboard_logs_losses_lr_and_validation_images(make_cfg):
     assert {"train/loss", "train/instance_loss", "train/lr"} <= set(tags["scalars"])
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3]
     assert len(tags["images"]) == 1 and {e.step for e in acc.Images(tags["images"][0])} == {0, 3}
+
+
+def test_zero_terminal_snr_trains_and_samples_on_the_rescaled_schedule(make_cfg, tmp_path, monkeypatch, capsys):
+    """--zero-terminal-snr (Lin et al., 2024) on the tiny SD 2.x: training noises with a schedule whose
+    last step holds no signal, generation samples it from that step; an epsilon model is refused."""
+    import dreambooth.training.loop as loop
+    from dreambooth.cli import main
+
+    vmodel = tmp_path / "sd2"
+    assert main(["tiny-model", str(vmodel), "--arch", "sd2"]) == 0
+    terminal = []
+    real = loop.diffusion_target
+
+    def spy(scheduler, latents, noise, timesteps):
+        terminal.append(float(scheduler.alphas_cumprod[-1]))
+        return real(scheduler, latents, noise, timesteps)
+
+    monkeypatch.setattr(loop, "diffusion_target", spy)
+    out = train(
+        make_cfg(model=str(vmodel), zero_terminal_snr=True, validation_prompt=["a photo of sks dog"]), progress=False
+    )
+    assert terminal and all(t < 1e-6 for t in terminal)  # SD's own schedule keeps 0.0047 at t=999
+    assert yaml.safe_load((out / "config.yaml").read_text())["zero_terminal_snr"] is True
+
+    gen = ["generate", "--model", str(vmodel), "--lora", str(out), "--prompt", "a photo of sks dog", "--steps", "3"]
+    assert main([*gen, "--num-images", "1", "--output-dir", str(tmp_path / "g"), "--zero-terminal-snr"]) == 2
+    assert "--scheduler dpm++2m-karras" in capsys.readouterr().err and not (tmp_path / "g").exists()
+    args = [
+        *gen,
+        "--num-images",
+        "1",
+        "--zero-terminal-snr",
+        "--scheduler",
+        "ddim",
+        "--output-dir",
+        str(tmp_path / "g"),
+    ]
+    assert main(args) == 0
+    (sidecar,) = (tmp_path / "g").glob("*.json")
+    assert json.loads(sidecar.read_text())["zero_terminal_snr"] is True
+
+    eps = make_cfg(zero_terminal_snr=True, output_dir=str(tmp_path / "eps"))
+    with pytest.raises(UserError, match="--zero-terminal-snr: needs a v-prediction model"):
+        train(eps, progress=False)
+    assert not (tmp_path / "eps").exists()

@@ -111,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("tiny-model", help="write a tiny random Stable Diffusion pipeline folder (offline)")
     m.add_argument("out", help="folder to write")
     m.add_argument("--seed", type=int, default=0)
+    m.add_argument(
+        "--arch",
+        default="sd15",
+        choices=("sd15", "sd2"),
+        help="sd15 (epsilon prediction) or sd2 (v-prediction, linear projections, OpenCLIP-style text encoder)",
+    )
 
     e = sub.add_parser(
         "export",
@@ -214,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(ns.out)
             if out.exists() and any(out.iterdir()):
                 raise UserError(f"tiny-model {out}: folder exists and is not empty")
-            print(build_tiny_pipeline(out, seed=ns.seed))
+            print(build_tiny_pipeline(out, seed=ns.seed, arch=ns.arch))
         elif ns.command == "export":
             from .export import run_export
 

@@ -78,6 +78,11 @@ class TrainConfig:
         "comma-separated UNet modules for LoRA: groups " + ", ".join(LORA_TARGET_GROUPS) + " or module-name suffixes",
     )
     lora_dropout: float = _f(0.0, "dropout on the LoRA path")
+    zero_terminal_snr: bool = _f(
+        False,
+        "rescale the noise schedule to zero terminal SNR (Lin et al., 2024; v-prediction models such as SD 2.x): "
+        "the model learns to draw from pure noise; generate with --zero-terminal-snr too",
+    )
     init_lora: str | None = _f(
         None,
         "start from a trained LoRA (diffusers or kohya/AUTOMATIC1111 .safetensors, a run or checkpoint folder); "
@@ -420,6 +425,8 @@ def from_namespace(ns: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 SCHEDULER_NAMES = ("ddim", "ddpm", "pndm", "euler", "euler-a", "dpm++2m", "dpm++2m-karras", "unipc")
+# Karras sigmas would start from the (near) infinite sigma of a zero-SNR schedule; PNDM has no such option.
+ZERO_SNR_SCHEDULERS = ("ddim", "ddpm", "euler", "euler-a", "dpm++2m", "unipc")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 
@@ -441,9 +448,20 @@ class SamplingConfig:
     width: int | None = _f(None, "image width (default: the model's native size)")
     height: int | None = _f(None, "image height (default: the model's native size)")
     dtype: str = _f("auto", "weights' precision (auto: fp16 on a GPU, fp32 on the CPU)", choices=DTYPES)
+    zero_terminal_snr: bool = _f(
+        False,
+        "sample with the zero-terminal-SNR schedule, trailing timesteps and guidance rescale 0.7 (Lin et al., "
+        "2024), for models trained with --zero-terminal-snr",
+    )
 
     def validate(self) -> None:
         _check_required(self)
+        if self.zero_terminal_snr and self.scheduler not in ZERO_SNR_SCHEDULERS:
+            why = "spends its steps next to pure noise" if "karras" in self.scheduler else "has no such schedule"
+            raise UserError(
+                f"--zero-terminal-snr: --scheduler {self.scheduler} {why} on a zero-SNR schedule; give --scheduler "
+                + " or ".join(ZERO_SNR_SCHEDULERS)
+            )
         checks = [
             (self.steps >= 1, "--steps", f"must be at least 1, got {self.steps}"),
             (self.guidance >= 0, "--guidance", f"must be >= 0, got {self.guidance}"),

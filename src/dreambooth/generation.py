@@ -56,6 +56,7 @@ class ImageSettings:
     guidance: float = 7.5
     steps: int = 30
     scheduler: str = "dpm++2m-karras"
+    zero_terminal_snr: bool = False
 
     def batch_key(self) -> tuple:
         """Images that agree on this can share one forward pass."""
@@ -63,11 +64,17 @@ class ImageSettings:
         return tuple(v for k, v in d.items() if k not in ("prompt", "negative_prompt", "seed"))
 
 
-def make_scheduler(name: str, base_config):
+ZERO_SNR = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+GUIDANCE_RESCALE = 0.7  # Lin et al., 2024, section 3.4
+
+
+def make_scheduler(name: str, base_config, zero_terminal_snr: bool = False):
+    """Our sampler `name` on the model's noise schedule; with zero_terminal_snr, the schedule rescaled to
+    zero SNR at the last step and sampled from that step (trailing spacing), as Lin et al. (2024) do."""
     import diffusers
 
     cls_name, options = SCHEDULERS[name]
-    return getattr(diffusers, cls_name).from_config(base_config, **options)
+    return getattr(diffusers, cls_name).from_config(base_config, **options, **(ZERO_SNR if zero_terminal_snr else {}))
 
 
 class Engine:
@@ -192,7 +199,7 @@ class Engine:
         assert len({s.batch_key() for s in batch}) == 1, "a batch must share its settings"
         s0 = batch[0]
         pipe = self.prepare(s0)
-        pipe.scheduler = make_scheduler(s0.scheduler, self.base_scheduler)
+        pipe.scheduler = make_scheduler(s0.scheduler, self.base_scheduler, s0.zero_terminal_snr)
         generators = [torch.Generator("cpu").manual_seed(s.seed) for s in batch]
         with torch.no_grad():
             return pipe(
@@ -201,6 +208,7 @@ class Engine:
                 generator=generators,
                 num_inference_steps=s0.steps,
                 guidance_scale=s0.guidance,
+                guidance_rescale=GUIDANCE_RESCALE if s0.zero_terminal_snr else 0.0,
                 width=s0.width,
                 height=s0.height,
             ).images
@@ -232,6 +240,7 @@ def image_settings(cfg, engine: Engine, prompt: str, seed: int, **override) -> I
         guidance=float(values["guidance"]),
         steps=int(values["steps"]),
         scheduler=values["scheduler"],
+        zero_terminal_snr=bool(values.get("zero_terminal_snr", False)),
     )
 
 

@@ -63,6 +63,8 @@ def a1111_text(s: dict) -> str:
             ("Lora path", s["lora"]),
             ("Lora hash", s["lora_sha256"][:12]),
         ]
+    if s.get("zero_terminal_snr"):
+        pairs.append(("Noise schedule", "Zero Terminal SNR"))  # AUTOMATIC1111's name for it
     if s.get("embedding"):
         pairs += [("Embedding path", s["embedding"]), ("Embedding hash", s["embedding_sha256"][:12])]
     pairs += [("Scheduler", s["scheduler"]), ("Version", f"dreambooth {__version__}")]
@@ -99,6 +101,8 @@ def parse_a1111(text: str) -> dict:
         out["scheduler"] = scheduler
     if "Model" in params:
         out["model"] = params["Model"]
+    if params.get("Noise schedule", params.get("Noise Schedule", "")).lower() == "zero terminal snr":
+        out["zero_terminal_snr"] = True
     if "Embedding path" in params:
         out["embedding"] = params["Embedding path"]
     if "Lora path" in params:

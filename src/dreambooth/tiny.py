@@ -154,7 +154,7 @@ def text_config(vocab: dict[str, int], **sizes) -> dict:
     )
 
 
-def save_sd_pipeline(out: Path, unet, vae, text_config_kwargs: dict) -> Path:
+def save_sd_pipeline(out: Path, unet, vae, text_config_kwargs: dict, prediction_type: str = "epsilon") -> Path:
     """Assemble and save a Stable Diffusion pipeline (SD's DDPM noise schedule, no safety checker)
     around the tokenizer already written to out/tokenizer."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline
@@ -166,7 +166,7 @@ def save_sd_pipeline(out: Path, unet, vae, text_config_kwargs: dict) -> Path:
         beta_schedule="scaled_linear",
         num_train_timesteps=1000,
         clip_sample=False,
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
         steps_offset=1,
     )
     pipe = StableDiffusionPipeline(
@@ -183,17 +183,30 @@ def save_sd_pipeline(out: Path, unet, vae, text_config_kwargs: dict) -> Path:
     return out
 
 
-def build_tiny_pipeline(out: str | Path, seed: int = 0) -> Path:
-    """Write a tiny StableDiffusionPipeline folder to `out`; stock `from_pretrained(out)` loads it."""
+ARCHS = ("sd15", "sd2")
+
+
+def build_tiny_pipeline(out: str | Path, seed: int = 0, arch: str = "sd15") -> Path:
+    """Write a tiny StableDiffusionPipeline folder to `out`; stock `from_pretrained(out)` loads it.
+
+    arch sd2 has what sets Stable Diffusion 2.x apart: v-prediction, linear projections into the
+    transformer blocks, per-block attention head sizes and an OpenCLIP-style (GELU) text encoder."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; one of {', '.join(ARCHS)}")
     out = Path(out)
     vocab = write_clip_tokenizer(out / "tokenizer")
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**unet_config())
+    unet_kw, text_kw, prediction = unet_config(), dict(projection_dim=32), "epsilon"
+    if arch == "sd2":
+        unet_kw |= dict(use_linear_projection=True, attention_head_dim=(4, 8))
+        text_kw |= dict(hidden_act="gelu")
+        prediction = "v_prediction"
+    unet = UNet2DConditionModel(**unet_kw)
     vae = AutoencoderKL(**vae_config())
-    return save_sd_pipeline(out, unet, vae, text_config(vocab, projection_dim=32))
+    return save_sd_pipeline(out, unet, vae, text_config(vocab, **text_kw), prediction)
 
 
 def build_tiny_dino(out: str | Path, seed: int = 0) -> Path:

@@ -113,6 +113,10 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     torch.manual_seed(cfg.seed)
     comps = load_components(cfg.model, weight_dtype)
+    if cfg.zero_terminal_snr:
+        from diffusers import DDPMScheduler
+
+        comps.noise_scheduler = DDPMScheduler.from_config(comps.noise_scheduler.config, rescale_betas_zero_snr=True)
     device = accelerator.device
     for m in (comps.unet, comps.vae, comps.text_encoder):
         m.to(device)

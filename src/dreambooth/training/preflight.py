@@ -40,6 +40,8 @@ def preflight(cfg: TrainConfig) -> Plan:
 
     cfg.validate()
     check_model(cfg.model)
+    if cfg.zero_terminal_snr:
+        _check_v_prediction(cfg.model)
     get_method(cfg).check()
     paths = instance_images(cfg.instance_dir)
     if cfg.class_dir is not None:
@@ -62,6 +64,23 @@ def preflight(cfg: TrainConfig) -> Plan:
             f"--output-dir {out}: holds {what}; pass --resume latest to continue it or --overwrite to replace it"
         )
     return Plan(paths, resume_from, clear_previous=cfg.overwrite and status is not None)
+
+
+def _check_v_prediction(model: str) -> None:
+    """Zero terminal SNR leaves no signal at the last step: a model predicting the noise learns nothing
+    there (the target is the input), so it needs one that predicts v (Lin et al., 2024, section 3.2)."""
+    from diffusers import DDPMScheduler
+
+    from ..models import resolve
+
+    try:
+        kind = DDPMScheduler.load_config(resolve(model), subfolder="scheduler").get("prediction_type", "epsilon")
+    except (OSError, ValueError):
+        return  # not readable here; loading the model reports it
+    if kind != "v_prediction":
+        raise UserError(
+            f"--zero-terminal-snr: needs a v-prediction model (SD 2.x), and --model {model} predicts {kind}"
+        )
 
 
 def _resume_path(cfg: TrainConfig, out: Path) -> Path:

@@ -26,7 +26,7 @@ def due(cfg, step: int) -> bool:
 
 @torch.no_grad()
 def render(run, step: int) -> Path:
-    from ..generation import make_scheduler
+    from ..generation import GUIDANCE_RESCALE, make_scheduler
 
     cfg, comps, acc = run.cfg, run.comps, run.accelerator
     pipe = comps.pipeline
@@ -39,7 +39,9 @@ def render(run, step: int) -> Path:
     for m, _ in modes:
         m.eval()
     scheduler = pipe.scheduler
-    pipe.scheduler = make_scheduler(SCHEDULER, scheduler.config)
+    zero_snr = getattr(cfg, "zero_terminal_snr", False)
+    sampler = "dpm++2m" if zero_snr else SCHEDULER
+    pipe.scheduler = make_scheduler(sampler, scheduler.config, zero_snr)
     folder = validation_dir(cfg.output_dir) / f"step-{step}"
     try:
         for pi, prompt in enumerate(cfg.validation_prompt):
@@ -52,6 +54,7 @@ def render(run, step: int) -> Path:
                     width=cfg.resolution,
                     num_inference_steps=cfg.validation_inference_steps,
                     guidance_scale=cfg.validation_guidance,
+                    guidance_rescale=GUIDANCE_RESCALE if zero_snr else 0.0,
                 ).images
             if getattr(cfg, "report_to", "none") == "tensorboard":
                 import numpy as np
@@ -71,7 +74,8 @@ def render(run, step: int) -> Path:
                     height=cfg.resolution,
                     steps=cfg.validation_inference_steps,
                     guidance=cfg.validation_guidance,
-                    scheduler=SCHEDULER,
+                    scheduler=sampler,
+                    zero_terminal_snr=zero_snr,
                     training_step=step,
                     run=str(cfg.output_dir),
                 )
