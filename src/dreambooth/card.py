@@ -87,11 +87,15 @@ def _usage(run: Path, cfg: dict, method: str, trigger: str) -> list[str]:
 
     model = cfg.get("model", "?")
     model = str(builtin_path(model) or model)  # stock diffusers knows no built-in names: their folder
+    load = f'StableDiffusionPipeline.from_pretrained("{model}")'
+    if Path(model).suffix.lower() == ".safetensors":  # a single-file checkpoint
+        config = cfg.get("model_config")
+        load = f'StableDiffusionPipeline.from_single_file("{model}"' + (f', config="{config}")' if config else ")")
     if method == "textual-inversion":
         return [
             "```python",
             "from diffusers import StableDiffusionPipeline",
-            f'pipe = StableDiffusionPipeline.from_pretrained("{model}")',
+            f"pipe = {load}",
             f'pipe.load_textual_inversion("{run}", weight_name="learned_embeds.safetensors", token="{trigger}")',
             f'pipe("a photo of a {trigger}").images[0]',
             "```",
@@ -110,12 +114,14 @@ def _usage(run: Path, cfg: dict, method: str, trigger: str) -> list[str]:
     return [
         "```python",
         "from diffusers import StableDiffusionPipeline",
-        f'pipe = StableDiffusionPipeline.from_pretrained("{model}")',
+        f"pipe = {load}",
         f'pipe.load_lora_weights("{run}")  # pytorch_lora_weights.safetensors',
         f'pipe("{trigger}", guidance_scale=5).images[0]',
         "```",
         "",
-        f'or `dreambooth generate --model {model} --lora {run} --prompt "{trigger}"`.',
+        f'or `dreambooth generate --model {model} --lora {run} --prompt "{trigger}"`'
+        + (f" --model-config {cfg['model_config']}" if cfg.get("model_config") else "")
+        + ".",
         "",
         f"AUTOMATIC1111 and ComfyUI: `dreambooth export --lora {run} {run.name}.safetensors` writes kohya's layout;",
         "put it in `models/Lora/` and write `<lora:" + run.name + ":1>` in the prompt (AUTOMATIC1111) or load it",

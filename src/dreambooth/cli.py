@@ -120,14 +120,22 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser(
         "export",
-        help="write a trained LoRA in kohya's layout (AUTOMATIC1111, ComfyUI, sd-scripts)",
+        help="write a trained LoRA in kohya's layout (AUTOMATIC1111, ComfyUI, sd-scripts), or a model as one file",
         description="Write a run's LoRA (a run folder, a checkpoint folder or a .safetensors file) in the layout "
         "of kohya's sd-scripts, which AUTOMATIC1111 and ComfyUI load: lora_unet_*/lora_te_* keys with "
-        "lora_down/lora_up/alpha, and kohya's ss_* metadata.",
+        "lora_down/lora_up/alpha, and kohya's ss_* metadata. With --format single-file, write a whole model "
+        "(--model: a diffusers folder such as a full fine-tune's run) as one checkpoint in the original "
+        "Stable Diffusion layout.",
     )
     e.add_argument("out", help="the .safetensors file to write")
-    e.add_argument("--lora", required=True, help="the run folder, checkpoint folder or LoRA file to export")
-    e.add_argument("--format", default="kohya", choices=("kohya", "diffusers"), help="layout to write (kohya)")
+    e.add_argument("--lora", help="the run folder, checkpoint folder or LoRA file to export")
+    e.add_argument("--model", help="with --format single-file: the diffusers folder (or hub id) to write")
+    e.add_argument(
+        "--format", default="kohya", choices=("kohya", "diffusers", "single-file"), help="layout to write (kohya)"
+    )
+    e.add_argument(
+        "--dtype", default="fp16", choices=("fp16", "bf16", "fp32"), help="single-file weights' precision (fp16)"
+    )
     e.add_argument("--overwrite", action="store_true", help="replace an existing file")
 
     d = sub.add_parser(
@@ -224,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         elif ns.command == "export":
             from .export import run_export
 
-            print(run_export(ns.lora, ns.out, ns.format, ns.overwrite))
+            print(run_export(ns.lora, ns.out, ns.format, ns.overwrite, ns.model, ns.dtype))
         elif ns.command == "demo":
             from .demo import run_demo
 

@@ -38,6 +38,8 @@ def subject_class(folder: Path, cfg: CompareConfig) -> str:
 def train_config(cfg: CompareConfig, folder: Path, noun: str, method: str, out: Path) -> TrainConfig:
     kw: dict = dict(
         model=cfg.model,
+        model_config=cfg.model_config,
+        allow_pickle=cfg.allow_pickle,
         instance_dir=str(folder),
         output_dir=str(out),
         method=method,
@@ -81,6 +83,8 @@ def _train(tcfg: TrainConfig, progress: bool) -> None:
 def eval_config(cfg: CompareConfig, folder: Path, noun: str, method: str, run: Path) -> EvaluateConfig:
     kw: dict = dict(
         model=cfg.model,
+        model_config=cfg.model_config,
+        allow_pickle=cfg.allow_pickle,
         real=str(folder),
         class_noun=noun,
         identifier=cfg.identifier,
@@ -100,7 +104,7 @@ def eval_config(cfg: CompareConfig, folder: Path, noun: str, method: str, run: P
     if method == "lora":
         kw["lora"] = str(run)
     elif method == "full":
-        kw["model"] = str(run)
+        kw.update(model=str(run), model_config=None)
     else:
         kw.update(embedding=str(run), identifier=token(cfg, folder))
     return EvaluateConfig(**kw)
@@ -110,7 +114,7 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> Path:
     cfg.validate()
     from .models import check_model
 
-    check_model(cfg.model)
+    check_model(cfg.model, config=cfg.model_config, allow_pickle=cfg.allow_pickle)
     if cfg.resolution is None:
         from .models import native_size
 

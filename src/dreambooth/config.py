@@ -50,7 +50,18 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
 class TrainConfig:
     # what to train on
     model: str | None = _f(
-        None, "base model: hub id (runwayml/stable-diffusion-v1-5) or a local diffusers folder", required=True
+        None,
+        "base model: hub id (runwayml/stable-diffusion-v1-5), a local diffusers folder or a single-file "
+        ".safetensors checkpoint",
+        required=True,
+    )
+    model_config: str | None = _f(
+        None,
+        "with a single-file --model: a diffusers folder or hub id of the same architecture, for its configs, "
+        "tokenizer and scheduler (default: the one diffusers infers from the file's keys)",
+    )
+    allow_pickle: bool = _f(
+        False, "accept a pickled --model checkpoint (.ckpt, .pt, .bin), which can run code when loaded"
     )
     instance_dir: str | None = _f(None, "folder with the 3-5 photos of the subject", required=True)
     instance_prompt: str | None = _f(None, 'prompt with the identifier, e.g. "a photo of sks cat"', required=True)
@@ -434,7 +445,17 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 class SamplingConfig:
     """What makes one image: shared by generate, grid and evaluation."""
 
-    model: str | None = _f(None, "base model: hub id or local diffusers folder", required=True)
+    model: str | None = _f(
+        None, "base model: hub id, local diffusers folder or single-file .safetensors checkpoint", required=True
+    )
+    model_config: str | None = _f(
+        None,
+        "with a single-file --model: a diffusers folder or hub id of the same architecture, for its configs, "
+        "tokenizer and scheduler (default: the one diffusers infers from the file's keys)",
+    )
+    allow_pickle: bool = _f(
+        False, "accept a pickled --model checkpoint (.ckpt, .pt, .bin), which can run code when loaded"
+    )
     lora: str | None = _f(None, "trained LoRA: a run folder, a checkpoint folder or a .safetensors file")
     embedding: str | None = _f(None, "a Textual Inversion embedding (learned_embeds.safetensors, or its run folder)")
     prompt: list[str] = _f([], 'prompt (repeatable), e.g. "a photo of sks cat in a bucket"')
@@ -589,7 +610,17 @@ class SelectConfig:
 class CompareConfig:
     subjects: list[str] = _f([], "subject photo folders (a DreamBench subject's name gives its class)", nargs="+")
     methods: str = _f("lora,full,textual-inversion", "methods to compare, comma-separated")
-    model: str | None = _f(None, "base model: hub id or local diffusers folder", required=True)
+    model: str | None = _f(
+        None, "base model: hub id, local diffusers folder or single-file .safetensors checkpoint", required=True
+    )
+    model_config: str | None = _f(
+        None,
+        "with a single-file --model: a diffusers folder or hub id of the same architecture, for its configs, "
+        "tokenizer and scheduler (default: the one diffusers infers from the file's keys)",
+    )
+    allow_pickle: bool = _f(
+        False, "accept a pickled --model checkpoint (.ckpt, .pt, .bin), which can run code when loaded"
+    )
     prompts: str = _f("dreambench", "dreambench (all 25 of the subject's kind) or N (N of them, spread)")
     output: str = _f("comparison", "where runs, images, the table and the grids go")
     class_noun: str | None = _f(None, "class noun of subjects that are not DreamBench's")

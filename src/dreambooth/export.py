@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-FORMATS = ("kohya", "diffusers")
+FORMATS = ("kohya", "diffusers", "single-file")
 _RESNET = {
     "conv1": "in_layers.2",
     "conv2": "out_layers.3",
@@ -199,8 +199,17 @@ def kohya_metadata(adapter: dict, run: dict | None, sdxl: bool, v2: bool, name: 
     return meta
 
 
-def run_export(lora: str, out: str, fmt: str = "kohya", overwrite: bool = False) -> Path:
-    """Write the LoRA of a run, checkpoint or file to `out` in `fmt`; returns the written path."""
+def run_export(
+    lora: str | None,
+    out: str,
+    fmt: str = "kohya",
+    overwrite: bool = False,
+    model: str | None = None,
+    dtype: str = "fp16",
+) -> Path:
+    """Write the LoRA of a run, checkpoint or file to `out` in `fmt` (kohya or diffusers), or with
+    fmt single-file a whole model (a diffusers folder, e.g. a full fine-tune's run) as one original-layout
+    checkpoint; returns the written path."""
     import yaml
     from safetensors.torch import save_file
 
@@ -209,7 +218,10 @@ def run_export(lora: str, out: str, fmt: str = "kohya", overwrite: bool = False)
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: one of {', '.join(FORMATS)}")
-    src = lora_file(lora)
+    if (fmt == "single-file") != (model is not None):
+        raise UserError("--model: exactly what --format single-file exports (and --lora what the other formats do)")
+    if fmt != "single-file" and lora is None:
+        raise UserError("--lora: required with --format " + fmt)
     dest = Path(out).expanduser()
     if dest.suffix != ".safetensors":
         raise UserError(f"{out}: the exported file must end in .safetensors")
@@ -217,6 +229,9 @@ def run_export(lora: str, out: str, fmt: str = "kohya", overwrite: bool = False)
         raise UserError(f"{out}: exists (add --overwrite to replace it)")
     if not dest.parent.is_dir():
         raise UserError(f"{out}: no such folder {dest.parent}")
+    if fmt == "single-file":
+        return _export_single_file(model, dest, dtype)
+    src = lora_file(lora)
     if dest.resolve() == src.resolve():
         raise UserError(f"{out}: is the LoRA being exported")
     state, meta, adapter = read_lora(src)
@@ -233,6 +248,28 @@ def run_export(lora: str, out: str, fmt: str = "kohya", overwrite: bool = False)
         tensors, metadata = state, meta
     with atomic_path(dest) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", **metadata})
+    return dest
+
+
+def _export_single_file(model: str, dest: Path, dtype: str) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    from .io import atomic_path
+    from .models import check_model, load_pipeline
+    from .singlefile import single_file_state
+
+    if Path(model).expanduser().is_file():
+        raise UserError(f"--model {model}: is a single file already")
+    check_model(model)
+    pipe = load_pipeline(model)
+    try:
+        state = single_file_state(pipe, {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[dtype])
+    except ValueError as e:
+        raise UserError(f"--model {model}: {e}") from None
+    del pipe
+    with atomic_path(dest) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
     return dest
 
 

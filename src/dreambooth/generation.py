@@ -276,7 +276,7 @@ def run_generate(cfg: GenerateConfig, progress: bool = True) -> list[Path]:
     from .models import check_model
 
     cfg.validate()
-    check_model(cfg.model)
+    check_model(cfg.model, config=cfg.model_config, allow_pickle=cfg.allow_pickle)
     if cfg.lora:
         lora_file(cfg.lora)
     out = Path(cfg.output_dir)

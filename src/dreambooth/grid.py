@@ -142,6 +142,8 @@ def run_grid(cfg: GridConfig, progress: bool = True) -> Path:
     from .pnginfo import a1111_text
 
     cfg.validate()
+    if cfg.model:
+        check_model(cfg.model, config=cfg.model_config, allow_pickle=cfg.allow_pickle)
     ax, ay, az = _axes(cfg)
     where = {a.name: a.where for a in (ax, ay, az)}
     engine = Engine(cfg.dtype, fuse=False)  # scales change from cell to cell: adapters stay unfused
@@ -156,7 +158,7 @@ def run_grid(cfg: GridConfig, progress: bool = True) -> Path:
                 if over.get("lora") == "none":
                     over["lora"] = None
                 if "model" in over:
-                    check_model(over["model"], "--x/--y/--z model=")
+                    check_model(over["model"], "--x/--y/--z model=", allow_pickle=cfg.allow_pickle)
                 prompt = over.pop("prompt", cfg.prompt[0] if cfg.prompt else "")
                 seed = over.pop("seed", cfg.seed)
                 cells[(zi, yi, xi)] = image_settings(cfg, engine, prompt, seed, **over)

@@ -1,5 +1,13 @@
-"""The only place that loads models: a hub id, a local diffusers folder (the tiny model is one), or a
-built-in model's name (`toyworld`: the bundled toy-world model, see dreambooth.toyworld)."""
+"""The only place that loads models: a hub id, a local diffusers folder (the tiny model is one), a
+single-file checkpoint (.safetensors, as AUTOMATIC1111 and civitai share them), or a built-in model's
+name (`toyworld`: the bundled toy-world model, see dreambooth.toyworld).
+
+A single file holds weights only. Its configs, tokenizer and scheduler come from --model-config (a
+diffusers folder or hub id), else from the repository diffusers infers from its keys (SD 1.x:
+stable-diffusion-v1-5, SD 2.x: stable-diffusion-2-1); `resolve` names that source, so everything that
+reads a model's configs works on a single file unchanged, and `load_pipeline` loads it through
+diffusers' `from_single_file`.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,9 @@ from .errors import UserError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 BUILTIN_MODELS = {"toyworld": "toyworld-model"}  # name -> folder under dreambooth/assets
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+# single-file checkpoint (absolute path) -> where its configs come from (a folder or a hub id)
+_SINGLE_FILE_CONFIGS: dict[str, str] = {}
 
 
 def builtin_path(model: str) -> Path | None:
@@ -24,27 +35,127 @@ def builtin_path(model: str) -> Path | None:
     return Path(str(files("dreambooth") / "assets" / BUILTIN_MODELS[model]))
 
 
-def check_model(model: str, flag: str = "--model") -> None:
+def check_model(model: str, flag: str = "--model", config: str | None = None, allow_pickle: bool = False) -> None:
     """Reject a model that cannot be loaded, before anything is loaded.
 
-    A path that exists must be a diffusers folder (model_index.json). Anything else must look like a
-    hub id (owner/name); offline (HF_HUB_OFFLINE=1) it must also be in the local cache.
+    A folder that exists must be a diffusers folder (model_index.json); a file must be a .safetensors
+    single-file checkpoint (a pickle only with allow_pickle) whose configs can be found. Anything else
+    must look like a hub id (owner/name); offline (HF_HUB_OFFLINE=1) it must also be in the local cache.
     """
     builtin = builtin_path(model)
     if builtin is not None and not (builtin / "model_index.json").is_file():
         raise UserError(f"{flag} {model}: the built-in model is missing from this installation ({builtin})")
     p = builtin or Path(model).expanduser()
+    if p.is_file():
+        _check_single_file(p, model, flag, config, allow_pickle)
+        return
+    if config is not None:
+        raise UserError(f"--model-config {config}: only for a single-file --model, and {flag} {model} is not a file")
     if p.exists():
         if p.is_dir() and (p / "model_index.json").is_file():
             return
         raise UserError(f"{flag} {model}: not a diffusers model folder (no model_index.json)")
+    _check_hub_id(model, flag)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def _check_hub_id(model: str, flag: str) -> None:
     if not _HUB_ID.match(model) or model.startswith((".", "/", "~")):
-        raise UserError(f"{flag} {model}: no such folder, and not a hub id (owner/name)")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise UserError(f"{flag} {model}: no such file or folder, and not a hub id (owner/name)")
+    if _offline():
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(model, "model_index.json"), str):
             raise UserError(f"{flag} {model}: not in the local hub cache, and HF_HUB_OFFLINE is set")
+
+
+def _check_single_file(p: Path, model: str, flag: str, config: str | None, allow_pickle: bool) -> None:
+    suffix = p.suffix.lower()
+    if suffix in PICKLE_SUFFIXES and not allow_pickle:
+        raise UserError(
+            f"{flag} {model}: a pickled checkpoint, which can run code when loaded; use its .safetensors "
+            "version, or pass --allow-pickle if you trust where it came from"
+        )
+    if suffix != ".safetensors" and suffix not in PICKLE_SUFFIXES:
+        raise UserError(f"{flag} {model}: not a diffusers folder nor a .safetensors checkpoint")
+    if config is not None:
+        c = Path(config).expanduser()
+        if c.exists():
+            if not (c / "model_index.json").is_file():
+                raise UserError(f"--model-config {config}: not a diffusers model folder (no model_index.json)")
+            source = str(c.resolve())
+        else:
+            _check_hub_id(config, "--model-config")
+            source = config
+    else:
+        source = _inferred_config(p, model, flag)
+        try:
+            _check_hub_id(source, "config")
+        except UserError:
+            raise UserError(
+                f"{flag} {model}: its configs ({source}, which diffusers infers from its keys) are not in the "
+                "local hub cache and HF_HUB_OFFLINE is set; pass --model-config with a diffusers folder of that model"
+            ) from None
+    _SINGLE_FILE_CONFIGS[str(p.resolve())] = source
+
+
+def _inferred_config(p: Path, model: str, flag: str) -> str:
+    """The hub repository whose configs diffusers' from_single_file would use for this file."""
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config, infer_diffusers_model_type
+
+    keys = _LazyCheckpoint(p)
+    try:
+        kind = infer_diffusers_model_type(keys)
+    except Exception as e:  # any failure to read the file's keys
+        raise UserError(f"{flag} {model}: not a readable checkpoint ({str(e).splitlines()[0][:200]})") from None
+    if kind not in ("v1", "v2"):
+        raise UserError(
+            f"{flag} {model}: diffusers reads it as a '{kind}' checkpoint; single files of Stable Diffusion "
+            "1.x and 2.x are supported (for others pass a diffusers folder)"
+        )
+    return fetch_diffusers_config(keys)["pretrained_model_name_or_path"]
+
+
+class _LazyCheckpoint(dict):
+    """A checkpoint's keys, with tensors read only when asked for (inferring the model type reads a
+    few shapes, not gigabytes)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        if path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                super().__init__((k, None) for k in f.keys())
+        else:  # allowed pickle: torch's safe loader (weights only)
+            import torch
+
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            super().__init__(state.get("state_dict", state))
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        if value is None:
+            from safetensors import safe_open
+
+            with safe_open(str(self.path), "pt") as f:
+                value = f.get_tensor(key)
+            self[key] = value
+        return value
+
+
+def single_file_config(model: str) -> str | None:
+    """For a single-file checkpoint, where its configs come from (checked on first use); else None."""
+    p = Path(model).expanduser()
+    if builtin_path(model) is not None or not p.is_file():
+        return None
+    key = str(p.resolve())
+    if key not in _SINGLE_FILE_CONFIGS:
+        _check_single_file(p, model, "--model", None, allow_pickle=p.suffix.lower() == ".safetensors")
+    return _SINGLE_FILE_CONFIGS[key]
 
 
 def quiet_libraries() -> None:
@@ -70,10 +181,14 @@ class Components:
 
 
 def resolve(model: str) -> str:
-    """A local folder as an absolute path, a built-in name as its folder, anything else (a hub id) as given."""
+    """Where the model's configs are: a local folder as an absolute path, a built-in name as its folder,
+    a single file as its config source, anything else (a hub id) as given."""
     builtin = builtin_path(model)
     if builtin is not None:
         return str(builtin)
+    config = single_file_config(model)
+    if config is not None:
+        return config
     p = Path(model).expanduser()
     return str(p.resolve()) if p.exists() else model
 
@@ -99,12 +214,23 @@ def load_pipeline(model: str, dtype=None):
 
     quiet_libraries()
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            resolve(model),
-            dtype=dtype or torch.float32,
-            safety_checker=None,
-            requires_safety_checker=False,
-        )
+        config = single_file_config(model)
+        if config is not None:
+            pipe = StableDiffusionPipeline.from_single_file(
+                str(Path(model).expanduser().resolve()),
+                config=config,
+                dtype=dtype or torch.float32,
+                safety_checker=None,
+                requires_safety_checker=False,
+                local_files_only=Path(config).is_dir() or _offline(),
+            )
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                resolve(model),
+                dtype=dtype or torch.float32,
+                safety_checker=None,
+                requires_safety_checker=False,
+            )
     except (OSError, ValueError) as e:
         raise UserError(f"--model {model}: could not be loaded ({str(e).splitlines()[0]})") from None
     pipe.set_progress_bar_config(disable=True)

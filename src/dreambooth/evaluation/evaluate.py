@@ -115,7 +115,7 @@ def generate_protocol(
     from ..grid import cell_key
     from ..models import check_model
 
-    check_model(cfg.model)
+    check_model(cfg.model, config=cfg.model_config, allow_pickle=cfg.allow_pickle)
     engine = Engine(cfg.dtype)
     out = Path(cfg.output_dir)
     subject = [(out / "generated", p, cfg.seed + i) for p in prompts for i in range(cfg.images_per_prompt)]

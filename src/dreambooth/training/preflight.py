@@ -39,7 +39,7 @@ def preflight(cfg: TrainConfig) -> Plan:
     from ..methods import get_method
 
     cfg.validate()
-    check_model(cfg.model)
+    check_model(cfg.model, config=cfg.model_config, allow_pickle=cfg.allow_pickle)
     if cfg.zero_terminal_snr:
         _check_v_prediction(cfg.model)
     get_method(cfg).check()
