@@ -92,5 +92,5 @@ def test_single_file_export_and_model_config_refuse_bad_input(tiny_model, single
     gen = ["generate", "--model", str(tiny_model), "--model-config", str(tiny_model), "--prompt", "a dog"]
     assert main([*gen, "--output-dir", str(tmp_path / "g")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert "is a single file already" in err[0] and "--model:" in err[1] and "only for a single-file" in err[2]
+    assert "is a single file already" in err[0] and "exports --model" in err[1] and "only for a single-file" in err[2]
     assert not out.exists() and not (tmp_path / "g").exists()

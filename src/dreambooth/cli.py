@@ -114,8 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--arch",
         default="sd15",
-        choices=("sd15", "sd2"),
-        help="sd15 (epsilon prediction) or sd2 (v-prediction, linear projections, OpenCLIP-style text encoder)",
+        choices=("sd15", "sd2", "sdxl"),
+        help="sd15 (epsilon prediction), sd2 (v-prediction, linear projections, OpenCLIP-style text encoder) "
+        "or sdxl (two text encoders, pooled embeddings and micro-conditioning)",
     )
 
     e = sub.add_parser(
@@ -129,7 +130,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("out", help="the .safetensors file to write")
     e.add_argument("--lora", help="the run folder, checkpoint folder or LoRA file to export")
-    e.add_argument("--model", help="with --format single-file: the diffusers folder (or hub id) to write")
+    e.add_argument(
+        "--model",
+        help="with --format single-file: the diffusers folder (or hub id) to write; with a LoRA file outside "
+        "its run folder: its base model",
+    )
     e.add_argument(
         "--format", default="kohya", choices=("kohya", "diffusers", "single-file"), help="layout to write (kohya)"
     )

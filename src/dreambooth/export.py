@@ -218,8 +218,8 @@ def run_export(
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: one of {', '.join(FORMATS)}")
-    if (fmt == "single-file") != (model is not None):
-        raise UserError("--model: exactly what --format single-file exports (and --lora what the other formats do)")
+    if fmt == "single-file" and (model is None or lora is not None):
+        raise UserError("--format single-file: exports --model (a whole model), not --lora")
     if fmt != "single-file" and lora is None:
         raise UserError("--lora: required with --format " + fmt)
     dest = Path(out).expanduser()
@@ -242,6 +242,11 @@ def run_export(
         if (folder / "config.yaml").is_file():
             run = yaml.safe_load((folder / "config.yaml").read_text()) or {}
             break
+    if model is not None:  # the base model, for a LoRA file without its run (SDXL's block names need it)
+        from .models import check_model
+
+        check_model(model)
+        run = {**(run or {}), "model": model}
     if fmt == "kohya":
         tensors, metadata = kohya_state(state, adapter, run, dest.stem, flag=f"--lora {lora}")
     else:
@@ -278,7 +283,7 @@ def kohya_state(state: dict, adapter: dict, run: dict | None, name: str, flag: s
     sdxl = any(k.startswith("text_encoder_2.") for k in state) or bool(run and _is_sdxl(run.get("model")))
     unet_config = _unet_config(run.get("model")) if sdxl and run else None
     if sdxl and unet_config is None:
-        raise UserError(f"{flag}: an SDXL LoRA needs its run's config.yaml to name the SGM blocks")
+        raise UserError(f"{flag}: an SDXL LoRA needs its base model to name the SGM blocks; give --model")
     v2 = _cross_attention_dim(state) == 1024
     return to_kohya(state, adapter, unet_config), kohya_metadata(adapter, run, sdxl, v2, name)
 
@@ -304,18 +309,12 @@ def _cross_attention_dim(state: dict) -> int | None:
 
 
 def _unet_config(model: str | None) -> dict | None:
-    if not model:
-        return None
-    from diffusers import UNet2DConditionModel
+    from .models import unet_config
 
-    from .models import resolve
-
-    try:
-        return dict(UNet2DConditionModel.load_config(resolve(model), subfolder="unet"))
-    except (OSError, ValueError):
-        return None
+    return unet_config(model) if model else None
 
 
 def _is_sdxl(model: str | None) -> bool:
-    config = _unet_config(model)
-    return bool(config and config.get("addition_embed_type") == "text_time")
+    from .models import is_sdxl
+
+    return bool(model) and is_sdxl(model)

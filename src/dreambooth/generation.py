@@ -176,7 +176,7 @@ class Engine:
         return [c for c, names in self.pipe.get_list_adapters().items() if ADAPTER in names]
 
     def _component_scales(self, scales: tuple[float, float]) -> list[float]:
-        by_name = {"unet": scales[0], "text_encoder": scales[1]}
+        by_name = {"unet": scales[0], "text_encoder": scales[1], "text_encoder_2": scales[1]}
         return [by_name[c] for c in self._lora_components()]
 
     def _set_scales(self, scales: tuple[float, float]) -> None:

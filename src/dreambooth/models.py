@@ -111,10 +111,10 @@ def _inferred_config(p: Path, model: str, flag: str) -> str:
         kind = infer_diffusers_model_type(keys)
     except Exception as e:  # any failure to read the file's keys
         raise UserError(f"{flag} {model}: not a readable checkpoint ({str(e).splitlines()[0][:200]})") from None
-    if kind not in ("v1", "v2"):
+    if kind not in ("v1", "v2", "xl_base"):
         raise UserError(
             f"{flag} {model}: diffusers reads it as a '{kind}' checkpoint; single files of Stable Diffusion "
-            "1.x and 2.x are supported (for others pass a diffusers folder)"
+            "1.x, 2.x and SDXL base are supported (for others pass a diffusers folder)"
         )
     return fetch_diffusers_config(keys)["pretrained_model_name_or_path"]
 
@@ -178,6 +178,12 @@ class Components:
     unet: Any
     noise_scheduler: Any  # DDPM, for adding noise in training
     pipeline: Any  # the loaded pipeline, for generating (class images, samples)
+    tokenizer_2: Any = None  # SDXL's second text encoder
+    text_encoder_2: Any = None
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
 
 
 def resolve(model: str) -> str:
@@ -207,30 +213,44 @@ def native_size(model: str) -> int:
     return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
+def unet_config(model: str) -> dict | None:
+    """The model's UNet config (read from its configs only), or None when it cannot be read."""
+    from diffusers import UNet2DConditionModel
+
+    try:
+        return dict(UNet2DConditionModel.load_config(resolve(model), subfolder="unet"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_sdxl(model: str) -> bool:
+    """SDXL's UNet takes the pooled text embedding and the micro-conditioning sizes ("text_time")."""
+    config = unet_config(model)
+    return bool(config and config.get("addition_embed_type") == "text_time")
+
+
 def load_pipeline(model: str, dtype=None):
-    """A text-to-image pipeline without safety checker, from a hub id or a folder."""
+    """A text-to-image pipeline without safety checker (StableDiffusionXLPipeline for SDXL), from a hub
+    id, a folder or a single file."""
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     quiet_libraries()
+    sdxl = is_sdxl(model)
+    cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+    extra = {} if sdxl else {"safety_checker": None, "requires_safety_checker": False}
     try:
         config = single_file_config(model)
         if config is not None:
-            pipe = StableDiffusionPipeline.from_single_file(
+            pipe = cls.from_single_file(
                 str(Path(model).expanduser().resolve()),
                 config=config,
                 dtype=dtype or torch.float32,
-                safety_checker=None,
-                requires_safety_checker=False,
                 local_files_only=Path(config).is_dir() or _offline(),
+                **extra,
             )
         else:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                resolve(model),
-                dtype=dtype or torch.float32,
-                safety_checker=None,
-                requires_safety_checker=False,
-            )
+            pipe = cls.from_pretrained(resolve(model), dtype=dtype or torch.float32, **extra)
     except (OSError, ValueError) as e:
         raise UserError(f"--model {model}: could not be loaded ({str(e).splitlines()[0]})") from None
     pipe.set_progress_bar_config(disable=True)
@@ -248,4 +268,6 @@ def load_components(model: str, dtype=None) -> Components:
         unet=pipe.unet,
         noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
         pipeline=pipe,
+        tokenizer_2=getattr(pipe, "tokenizer_2", None),
+        text_encoder_2=getattr(pipe, "text_encoder_2", None),
     )

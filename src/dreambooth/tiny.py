@@ -183,7 +183,7 @@ def save_sd_pipeline(out: Path, unet, vae, text_config_kwargs: dict, prediction_
     return out
 
 
-ARCHS = ("sd15", "sd2")
+ARCHS = ("sd15", "sd2", "sdxl")
 
 
 def build_tiny_pipeline(out: str | Path, seed: int = 0, arch: str = "sd15") -> Path:
@@ -196,6 +196,8 @@ def build_tiny_pipeline(out: str | Path, seed: int = 0, arch: str = "sd15") -> P
 
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; one of {', '.join(ARCHS)}")
+    if arch == "sdxl":
+        return build_tiny_sdxl(out, seed)
     out = Path(out)
     vocab = write_clip_tokenizer(out / "tokenizer")
     torch.manual_seed(seed)
@@ -207,6 +209,65 @@ def build_tiny_pipeline(out: str | Path, seed: int = 0, arch: str = "sd15") -> P
     unet = UNet2DConditionModel(**unet_kw)
     vae = AutoencoderKL(**vae_config())
     return save_sd_pipeline(out, unet, vae, text_config(vocab, **text_kw), prediction)
+
+
+def build_tiny_sdxl(out: str | Path, seed: int = 0) -> Path:
+    """A tiny StableDiffusionXLPipeline: two text encoders (the second with a projection, whose pooled
+    output conditions the UNet), a UNet with SDXL's added "text_time" conditioning (pooled text and the
+    micro-conditioning sizes), attention only in the lower blocks, two layers per block, and SDXL's
+    VAE scaling and Euler scheduler."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    out = Path(out)
+    vocab = write_clip_tokenizer(out / "tokenizer")
+    write_clip_tokenizer(out / "tokenizer_2")
+    torch.manual_seed(seed)
+    te1 = CLIPTextModel(CLIPTextConfig(**text_config(vocab)))
+    te2 = CLIPTextModelWithProjection(
+        CLIPTextConfig(**text_config(vocab, hidden_size=48, projection_dim=48, hidden_act="gelu"))
+    )
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32 + 48,  # both encoders' hidden states, concatenated
+        attention_head_dim=(4, 8),
+        transformer_layers_per_block=(1, 2),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=48 + 6 * time_dim,  # pooled text + 6 micro-conditioning numbers
+        norm_num_groups=16,
+    )
+    vae = AutoencoderKL(**(vae_config() | {"scaling_factor": 0.13025}))
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=te1,
+        text_encoder_2=te2,
+        tokenizer=CLIPTokenizer.from_pretrained(out / "tokenizer"),
+        tokenizer_2=CLIPTokenizer.from_pretrained(out / "tokenizer_2"),
+        unet=unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+    )
+    pipe.save_pretrained(out)
+    return out
 
 
 def build_tiny_dino(out: str | Path, seed: int = 0) -> Path:

@@ -76,29 +76,10 @@ class LoRA(Method):
             raise UserError(f"--init-lora {self.cfg.init_lora}: holds no UNet LoRA")
 
     def save(self, comps: Components, folder: Path) -> list[Path]:
-        from diffusers import StableDiffusionPipeline
-        from peft.utils import get_peft_model_state_dict
-
-        unet_layers = get_peft_model_state_dict(comps.unet)
-        te_layers = te_meta = None
-        if getattr(comps.text_encoder, "peft_config", None):  # trained, or kept from --init-lora
-            te = comps.text_encoder
-            te_layers = get_peft_model_state_dict(te)
-            # transformers 5 flattened CLIPTextModel; keep the text_model. prefix that older
-            # diffusers, kohya converters and AUTOMATIC1111 expect (new diffusers strips it).
-            if not hasattr(te, "text_model"):
-                te_layers = {f"text_model.{k}": v for k, v in te_layers.items()}
-            te_meta = te.peft_config["default"].to_dict()
         path = Path(folder) / WEIGHTS_NAME
-        with atomic_path(path) as tmp:
-            StableDiffusionPipeline.save_lora_weights(
-                tmp.parent,
-                unet_lora_layers=unet_layers,
-                text_encoder_lora_layers=te_layers,
-                weight_name=tmp.name,
-                unet_lora_adapter_metadata=comps.unet.peft_config["default"].to_dict(),
-                text_encoder_lora_adapter_metadata=te_meta,
-            )
+        write_lora_file(
+            path, comps.unet, comps.text_encoder, getattr(comps, "text_encoder_2", None), sdxl=comps.is_sdxl
+        )
         if self.cfg.save_format == "diffusers":
             return [path]
         import dataclasses
@@ -113,6 +94,39 @@ class LoRA(Method):
             path.unlink()
             return [kohya]
         return [path, kohya]
+
+
+def write_lora_file(path: Path, unet, text_encoder=None, text_encoder_2=None, sdxl: bool = False) -> Path:
+    """diffusers' LoRA file (pytorch_lora_weights.safetensors) of the adapters on these models, with
+    peft's config of each in its metadata, so stock `load_lora_weights` restores them exactly. A text
+    encoder without an adapter is left out."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    def layers(te):
+        if te is None or not getattr(te, "peft_config", None):
+            return None, None
+        state = get_peft_model_state_dict(te)
+        # transformers 5 flattened CLIPTextModel; keep the text_model. prefix that older diffusers,
+        # kohya converters and AUTOMATIC1111 expect (new diffusers strips it).
+        if not hasattr(te, "text_model"):
+            state = {f"text_model.{k}": v for k, v in state.items()}
+        return state, te.peft_config["default"].to_dict()
+
+    te1, te1_meta = layers(text_encoder)
+    kw = dict(
+        unet_lora_layers=get_peft_model_state_dict(unet),
+        text_encoder_lora_layers=te1,
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+        text_encoder_lora_adapter_metadata=te1_meta,
+    )
+    if sdxl:
+        te2, te2_meta = layers(text_encoder_2)
+        kw.update(text_encoder_2_lora_layers=te2, text_encoder_2_lora_adapter_metadata=te2_meta)
+    cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+    with atomic_path(path) as tmp:
+        cls.save_lora_weights(tmp.parent, weight_name=tmp.name, **kw)
+    return path
 
 
 def init_shape(init_lora: str) -> tuple[int, float]:

@@ -42,6 +42,13 @@ def preflight(cfg: TrainConfig) -> Plan:
     check_model(cfg.model, config=cfg.model_config, allow_pickle=cfg.allow_pickle)
     if cfg.zero_terminal_snr:
         _check_v_prediction(cfg.model)
+    from ..models import is_sdxl
+
+    if is_sdxl(cfg.model):
+        raise UserError(
+            f"--model {cfg.model}: training SDXL is not supported yet (generate, grid, evaluate and export take "
+            "SDXL models and LoRAs)"
+        )
     get_method(cfg).check()
     paths = instance_images(cfg.instance_dir)
     if cfg.class_dir is not None:

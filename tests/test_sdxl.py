@@ -1,0 +1,140 @@
+"""SDXL (issue 7): the tiny SDXL from `tiny-model --arch sdxl` loads through the same path as real
+models; generation passes the micro-conditioning to the UNet; an SDXL LoRA (both text encoders,
+alpha != rank) exports to kohya's layout (lora_te1_/lora_te2_, SGM block names) and stock diffusers
+gives the same images from both files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dreambooth.cli import main
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sdxl") / "model"
+    assert main(["tiny-model", str(out), "--arch", "sdxl"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def sdxl_lora(sdxl, tmp_path_factory):
+    """Random LoRA adapters (rank 4, alpha 8) on the UNet and both text encoders, written as training does."""
+    from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig
+
+    from dreambooth.config import TEXT_ENCODER_TARGETS
+    from dreambooth.methods.lora import write_lora_file
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(sdxl))
+    torch.manual_seed(0)
+    unet_targets = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "proj_in"]
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian", target_modules=unet_targets))
+    for te in (pipe.text_encoder, pipe.text_encoder_2):
+        te.add_adapter(
+            LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian", target_modules=list(TEXT_ENCODER_TARGETS))
+        )
+    with torch.no_grad():
+        for m in (pipe.unet, pipe.text_encoder, pipe.text_encoder_2):
+            for name, p in m.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.3)
+    path = tmp_path_factory.mktemp("sdxl_lora") / "pytorch_lora_weights.safetensors"
+    return write_lora_file(path, pipe.unet, pipe.text_encoder, pipe.text_encoder_2, sdxl=True)
+
+
+def _stock_images(model, lora):
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(model))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(lora.parent), weight_name=lora.name)
+    g = torch.Generator().manual_seed(0)
+    return pipe("a photo of sks dog", num_inference_steps=3, generator=g, output_type="np", height=64, width=64).images[
+        0
+    ]
+
+
+def test_generate_on_sdxl_passes_the_micro_conditioning(sdxl, tmp_path, monkeypatch):
+    from diffusers import UNet2DConditionModel
+
+    seen = []
+    real = UNet2DConditionModel.forward
+
+    def spy(self, *args, added_cond_kwargs=None, **kw):
+        seen.append(added_cond_kwargs)
+        return real(self, *args, added_cond_kwargs=added_cond_kwargs, **kw)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
+    out = tmp_path / "gen"
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(sdxl),
+                "--prompt",
+                "a photo of a dog",
+                "--steps",
+                "2",
+                "--num-images",
+                "1",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    (png,) = out.glob("*.png")
+    assert Image.open(png).size == (64, 64)  # the model's native size
+    assert seen and all(set(c) == {"text_embeds", "time_ids"} for c in seen)
+    assert seen[0]["time_ids"][0].tolist() == [64, 64, 0, 0, 64, 64]  # original size, crop, target size
+    assert seen[0]["text_embeds"].shape[-1] == 48  # the second encoder's pooled projection
+
+
+def test_sdxl_lora_exports_to_kohya_and_loads_to_the_same_images(sdxl, sdxl_lora, tmp_path, capsys):
+    from safetensors import safe_open
+
+    kohya = tmp_path / "dog-xl.safetensors"
+    assert main(["export", "--lora", str(sdxl_lora), str(kohya)]) == 2  # outside a run: which SGM blocks?
+    assert "give --model" in capsys.readouterr().err
+    assert main(["export", "--lora", str(sdxl_lora), "--model", str(sdxl), str(kohya)]) == 0
+    with safe_open(str(kohya), "pt") as f:
+        keys, meta = list(f.keys()), f.metadata()
+    assert {k.split("_")[1] for k in keys} == {"unet", "te1", "te2"}
+    assert any(k.startswith("lora_unet_input_blocks_") for k in keys) and any(
+        k.startswith("lora_unet_output_blocks_") for k in keys
+    )
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0" and meta["ss_network_alpha"] == "8.0"
+    ours, theirs = _stock_images(sdxl, sdxl_lora), _stock_images(sdxl, kohya)
+    assert np.abs(ours - theirs).max() <= 1e-5
+
+    images = []
+    for name, lora in (("ours", sdxl_lora), ("kohya", kohya)):
+        args = ["generate", "--model", str(sdxl), "--lora", str(lora), "--prompt", "a photo of sks dog", "--steps", "3"]
+        assert (
+            main([*args, "--num-images", "1", "--lora-scale-text-encoder", "0.5", "--output-dir", str(tmp_path / name)])
+            == 0
+        )
+        (png,) = (tmp_path / name).glob("*.png")
+        images.append(np.asarray(Image.open(png), dtype=np.int16))
+    assert np.abs(images[0] - images[1]).max() <= 1
+
+
+def test_training_sdxl_is_refused_with_a_clear_line(sdxl, tmp_path, capsys):
+    from dreambooth.demo import example_subject
+
+    args = [
+        "train",
+        "--model",
+        str(sdxl),
+        "--instance-dir",
+        str(example_subject()),
+        "--instance-prompt",
+        "a photo of sks dog",
+    ]
+    assert main([*args, "--output-dir", str(tmp_path / "run")]) == 2
+    assert "SDXL is not supported yet" in capsys.readouterr().err and not (tmp_path / "run").exists()
