@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 
 from dreambooth.cli import main
 
@@ -96,8 +97,6 @@ def test_generate_on_sdxl_passes_the_micro_conditioning(sdxl, tmp_path, monkeypa
 
 
 def test_sdxl_lora_exports_to_kohya_and_loads_to_the_same_images(sdxl, sdxl_lora, tmp_path, capsys):
-    from safetensors import safe_open
-
     kohya = tmp_path / "dog-xl.safetensors"
     assert main(["export", "--lora", str(sdxl_lora), str(kohya)]) == 2  # outside a run: which SGM blocks?
     assert "give --model" in capsys.readouterr().err
@@ -124,17 +123,53 @@ def test_sdxl_lora_exports_to_kohya_and_loads_to_the_same_images(sdxl, sdxl_lora
     assert np.abs(images[0] - images[1]).max() <= 1
 
 
-def test_training_sdxl_is_refused_with_a_clear_line(sdxl, tmp_path, capsys):
+def test_lora_training_on_sdxl_conditions_on_sizes_and_trains_both_text_encoders(sdxl, tmp_path, monkeypatch):
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    import dreambooth.training.loop as loop
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (96, 64), (200, 120, 40)).save(photos / "wide.png")  # 96 wide, 64 high
+    seen, lrs = [], []
+    real_forward, real_optimizer = UNet2DConditionModel.forward, loop._optimizer
+
+    def spy(self, *args, added_cond_kwargs=None, **kw):
+        if self.training:
+            seen.append(added_cond_kwargs)
+        return real_forward(self, *args, added_cond_kwargs=added_cond_kwargs, **kw)
+
+    def spy_optimizer(cfg, groups):
+        lrs.extend(g["lr"] for g in groups)
+        return real_optimizer(cfg, groups)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
+    monkeypatch.setattr(loop, "_optimizer", spy_optimizer)
+    run = tmp_path / "run"
+    args = ["train", "--model", str(sdxl), "--instance-dir", str(photos), "--instance-prompt", "a photo of sks dog"]
+    args += ["--class-prompt", "a photo of a dog", "--class-dir", str(tmp_path / "class"), "--num-class-images", "2"]
+    args += ["--class-inference-steps", "2", "--max-steps", "2", "--rank", "4", "--lr-scheduler", "constant"]
+    args += ["--train-text-encoder", "--text-encoder-lr", "1e-3", "--text-encoder-2-lr", "2e-3"]
+    assert main([*args, "--learning-rate", "1e-2", "--output-dir", str(run), "--save-format", "both"]) == 0
+    assert lrs == [1e-2, 1e-3, 2e-3]  # UNet, text encoder 1, text encoder 2
+    assert len(seen) == 2 and all(set(c) == {"text_embeds", "time_ids"} for c in seen)
+    instance_ids, class_ids = seen[0]["time_ids"].tolist()  # instance example first, then the class one
+    assert instance_ids == [64, 96, 0, 16, 64, 64]  # original 64x96, centre crop 16 px from the left
+    assert class_ids == [64, 64, 0, 0, 64, 64]  # class images come at the native size
+    weights = load_file(str(run / "pytorch_lora_weights.safetensors"))
+    assert {k.split(".")[0] for k in weights} == {"unet", "text_encoder", "text_encoder_2"}
+    with safe_open(str(run / "run.safetensors"), "pt") as f:
+        assert {k.split("_")[1] for k in f.keys()} == {"unet", "te1", "te2"}
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(sdxl))
+    pipe.load_lora_weights(str(run))  # stock diffusers takes our SDXL LoRA
+    assert set(pipe.get_list_adapters()) == {"unet", "text_encoder", "text_encoder_2"}
+
+
+def test_textual_inversion_on_sdxl_is_refused_with_a_clear_line(sdxl, tmp_path, capsys):
     from dreambooth.demo import example_subject
 
-    args = [
-        "train",
-        "--model",
-        str(sdxl),
-        "--instance-dir",
-        str(example_subject()),
-        "--instance-prompt",
-        "a photo of sks dog",
-    ]
+    args = ["train", "--model", str(sdxl), "--instance-dir", str(example_subject()), "--instance-prompt", "a <d>"]
+    args += ["--method", "textual-inversion", "--token", "<d>", "--initializer-token", "dog"]
     assert main([*args, "--output-dir", str(tmp_path / "run")]) == 2
-    assert "SDXL is not supported yet" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    assert "not supported on SDXL yet" in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -108,6 +108,9 @@ class TrainConfig:
     )
     num_vectors: int = _f(1, "textual inversion: embedding vectors the placeholder stands for")
     text_encoder_lr: float = _f(1e-5, "learning rate of the text-encoder LoRA")
+    text_encoder_2_lr: float | None = _f(
+        None, "SDXL: learning rate of the second text encoder (default: --text-encoder-lr)"
+    )
     # optimisation
     learning_rate: float | None = _f(
         None, "learning rate (default by method: lora 1e-4, full 5e-6, textual-inversion 5e-4 x batch)"
@@ -192,6 +195,11 @@ class TrainConfig:
             (self.rank >= 1, "--rank", f"must be at least 1, got {self.rank}"),
             (self.learning_rate > 0, "--learning-rate", f"must be > 0, got {self.learning_rate}"),
             (self.text_encoder_lr > 0, "--text-encoder-lr", f"must be > 0, got {self.text_encoder_lr}"),
+            (
+                self.text_encoder_2_lr is None or self.text_encoder_2_lr > 0,
+                "--text-encoder-2-lr",
+                f"must be > 0, got {self.text_encoder_2_lr}",
+            ),
             (self.lora_alpha is None or self.lora_alpha > 0, "--lora-alpha", f"must be > 0, got {self.lora_alpha}"),
             (0 <= self.lora_dropout < 1, "--lora-dropout", f"must be in [0, 1), got {self.lora_dropout}"),
             (

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .images import load_rgb, resize_and_crop
+from .images import load_rgb, micro_conditioning, resize_and_crop
 
 
 def mix_seed(*parts: int) -> int:
@@ -57,8 +57,15 @@ class ExampleSet:
     paths: list[Path]
     prompt_ids: torch.Tensor  # (P, L): one example is paired with one of P prompts
     stream: int
+    prompt_ids_2: torch.Tensor | None = None  # (P, L) of SDXL's second tokenizer
     _latent_cache: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict)
-    _embedding_cache: torch.Tensor | None = None
+    _embedding_cache: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (P, L, D), pooled (P, D2)
+    _sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # image index -> (width, height)
+
+    def size(self, i: int) -> tuple[int, int]:
+        if i not in self._sizes:
+            self._sizes[i] = load_rgb(self.paths[i]).size
+        return self._sizes[i]
 
 
 class TrainingData:
@@ -93,17 +100,19 @@ class TrainingData:
             s._latent_cache[(i, f)] = self._encode(vae, [s.paths[i]], [f], [(0.5, 0.5)])[0].cpu()
 
     @torch.no_grad()
-    def cache_embeddings(self, text_encoder) -> None:
+    def cache_embeddings(self, text_encoders) -> None:
         for s in self.sets:
-            s._embedding_cache = encode_prompt(text_encoder, s.prompt_ids, text_encoder.device).cpu()  # (P, L, D)
+            emb, pooled = encode_prompt(text_encoders, s.prompt_ids, s.prompt_ids_2, text_encoders[0].device)
+            s._embedding_cache = (emb.cpu(), None if pooled is None else pooled.cpu())
 
     def _encode(self, vae, paths, flips, crops) -> torch.Tensor:
         pixels = torch.stack([to_pixels(p, self.resolution, f, c) for p, f, c in zip(paths, flips, crops)])
         pixels = pixels.to(vae.device, vae.dtype)  # (B, 3, R, R)
         return vae.encode(pixels).latent_dist.parameters  # (B, 8, R/8, R/8)
 
-    def batch(self, s: ExampleSet, first_k: int, n: int, generator: torch.Generator, vae, text_encoder, device):
-        """Latents (n, 4, h, w) and text embeddings (n, L, D) of examples first_k .. first_k + n - 1."""
+    def batch(self, s: ExampleSet, first_k: int, n: int, generator: torch.Generator, vae, text_encoders, device):
+        """Latents (n, 4, h, w), text embeddings (n, L, D) and, for SDXL, the UNet's added conditioning
+        (pooled text embeddings and micro-conditioning sizes; else None) of examples first_k .. first_k + n - 1."""
         idx = [epoch_order(len(s.paths), self.seed, s.stream, first_k + j) for j in range(n)]
         flips = [bool(torch.rand((), generator=generator) < 0.5) if self.flip else False for _ in idx]
         crops = [tuple(torch.rand(2, generator=generator).tolist()) if self.random_crop else (0.5, 0.5) for _ in idx]
@@ -121,15 +130,31 @@ class TrainingData:
         cfg = vae.config
         latents = sample_latents(params, generator, cfg.scaling_factor, getattr(cfg, "shift_factor", None) or 0.0)
         if s._embedding_cache is not None:
-            emb = s._embedding_cache[which]
+            emb, pooled = s._embedding_cache
+            emb, pooled = emb[which], None if pooled is None else pooled[which]
         else:
-            emb = encode_prompt(text_encoder, s.prompt_ids[which], device)
-        return latents.to(device), emb.to(device)
+            ids_2 = None if s.prompt_ids_2 is None else s.prompt_ids_2[which]
+            emb, pooled = encode_prompt(text_encoders, s.prompt_ids[which], ids_2, device)
+        added = None
+        if pooled is not None:
+            sizes = [micro_conditioning(s.size(i), self.resolution, c, f) for i, c, f in zip(idx, crops, flips)]
+            added = {"text_embeds": pooled.to(device), "time_ids": torch.tensor(sizes, dtype=torch.float32).to(device)}
+        return latents.to(device), emb.to(device), added
 
 
-def encode_prompt(text_encoder, ids: torch.Tensor, device) -> torch.Tensor:
-    """Last hidden state of the CLIP text encoder, as Stable Diffusion conditions on it."""
-    return text_encoder(ids.to(device))[0]
+def encode_prompt(text_encoders, ids, ids_2, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(hidden states the UNet cross-attends to, pooled embedding or None) of token ids (n, L) (and
+    ids_2 of SDXL's second tokenizer).
+
+    Stable Diffusion 1.x/2.x: the text encoder's last hidden state. SDXL (two encoders): both encoders'
+    penultimate hidden states, concatenated, and the second's pooled projection (Podell et al., 2023;
+    as StableDiffusionXLPipeline.encode_prompt)."""
+    if len(text_encoders) == 1 or text_encoders[1] is None:
+        return text_encoders[0](ids.to(device))[0], None
+    te1, te2 = text_encoders
+    h1 = te1(ids.to(device), output_hidden_states=True).hidden_states[-2]
+    out2 = te2(ids_2.to(device), output_hidden_states=True)
+    return torch.cat([h1, out2.hidden_states[-2]], dim=-1), out2.text_embeds
 
 
 def tokenize(tokenizer, prompt: str) -> torch.Tensor:

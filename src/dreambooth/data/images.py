@@ -52,13 +52,30 @@ def load_rgb(path: str | Path) -> Image.Image:
         return im.convert("RGB")
 
 
+def crop_box(w: int, h: int, resolution: int, crop_xy: tuple[float, float] = (0.5, 0.5)) -> tuple[int, int, int, int]:
+    """(resized width, resized height, left, top) of `resize_and_crop` for a w x h image (pure)."""
+    scale = resolution / min(w, h)
+    nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    return nw, nh, round((nw - resolution) * crop_xy[0]), round((nh - resolution) * crop_xy[1])
+
+
 def resize_and_crop(im: Image.Image, resolution: int, crop_xy: tuple[float, float] = (0.5, 0.5)) -> Image.Image:
     """Resize the shorter side to `resolution`, then crop a square; crop_xy in [0, 1] places the crop
     (0.5, 0.5 is the centre crop)."""
-    w, h = im.size
-    scale = resolution / min(w, h)
-    nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    nw, nh, left, top = crop_box(*im.size, resolution, crop_xy)
     im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-    left = round((nw - resolution) * crop_xy[0])
-    top = round((nh - resolution) * crop_xy[1])
     return im.crop((left, top, left + resolution, top + resolution))
+
+
+def micro_conditioning(
+    size: tuple[int, int], resolution: int, crop_xy: tuple[float, float], flip: bool
+) -> tuple[int, int, int, int, int, int]:
+    """SDXL's size and crop conditioning of one training image (Podell et al., 2023, section 2.2):
+    (original height, original width, crop top, crop left, target height, target width), the crop
+    measured in the resized image, and in the mirrored one when flipped, as diffusers' SDXL scripts
+    compute it (pure)."""
+    w, h = size
+    nw, _, left, top = crop_box(w, h, resolution, crop_xy)
+    if flip:
+        left = nw - resolution - left
+    return (h, w, top, left, resolution, resolution)

@@ -26,7 +26,7 @@ def fixed_noise_loss(
     x = torch.stack([to_pixels(p, resolution, False) for p in image_paths]).to(device, vae.dtype)  # (N, 3, R, R)
     latents = vae.encode(x).latent_dist.mean.float() * vae.config.scaling_factor  # (N, 4, R/8, R/8)
     ids = tokenize(pipe.tokenizer, prompt).expand(len(image_paths), -1)
-    emb = encode_prompt(pipe.text_encoder, ids, device)
+    emb, _ = encode_prompt((pipe.text_encoder,), ids, None, device)
     g = torch.Generator().manual_seed(seed)
     total = 0.0
     for _ in range(draws):

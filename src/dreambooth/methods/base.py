@@ -13,7 +13,7 @@ import torch
 from ..config import TrainConfig
 from ..models import Components
 
-COMPONENTS = ("unet", "text_encoder")
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
 
 class Method:
@@ -48,6 +48,8 @@ class Method:
         """Every trainable tensor, by component and parameter name (for exact resume)."""
         out = {}
         for comp in COMPONENTS:
+            if getattr(comps, comp, None) is None:
+                continue
             for name, p in getattr(comps, comp).named_parameters():
                 if p.requires_grad:
                     out[f"{comp}.{name}"] = p.detach().float().cpu().contiguous()
@@ -56,6 +58,8 @@ class Method:
     def load_state_dict(self, comps: Components, state: dict[str, torch.Tensor]) -> None:
         own = {}
         for comp in COMPONENTS:
+            if getattr(comps, comp, None) is None:
+                continue
             for name, p in getattr(comps, comp).named_parameters():
                 if p.requires_grad:
                     own[f"{comp}.{name}"] = p

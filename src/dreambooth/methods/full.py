@@ -23,13 +23,17 @@ class Full(Method):
         from diffusers.training_utils import cast_training_params
 
         comps.vae.requires_grad_(False)
-        comps.text_encoder.requires_grad_(self.trains_text_encoder)
         comps.unet.requires_grad_(True)
         groups = [{"params": list(comps.unet.parameters()), "lr": self.cfg.learning_rate}]
-        if self.trains_text_encoder:
-            groups.append({"params": list(comps.text_encoder.parameters()), "lr": self.cfg.text_encoder_lr})
+        lr_2 = self.cfg.text_encoder_2_lr if self.cfg.text_encoder_2_lr is not None else self.cfg.text_encoder_lr
+        for te, lr in ((comps.text_encoder, self.cfg.text_encoder_lr), (comps.text_encoder_2, lr_2)):
+            if te is None:
+                continue
+            te.requires_grad_(self.trains_text_encoder)
+            if self.trains_text_encoder:
+                groups.append({"params": list(te.parameters()), "lr": lr})
         # Trained weights stay in fp32 under mixed precision (autocast computes in fp16/bf16).
-        cast_training_params([comps.unet, comps.text_encoder])
+        cast_training_params([m for m in (comps.unet, comps.text_encoder, comps.text_encoder_2) if m is not None])
         return groups
 
     def save(self, comps: Components, folder: Path) -> list[Path]:

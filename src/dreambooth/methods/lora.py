@@ -52,11 +52,15 @@ class LoRA(Method):
                 raise UserError(f"--lora-targets {self.cfg.lora_targets}: {str(e).splitlines()[0]}") from None
         groups = [{"params": _lora_params(comps.unet), "lr": self.cfg.learning_rate}]
         if self.trains_text_encoder:
-            if not getattr(comps.text_encoder, "peft_config", None):
-                comps.text_encoder.add_adapter(self._config(TEXT_ENCODER_TARGETS))
-            groups.append({"params": _lora_params(comps.text_encoder), "lr": self.cfg.text_encoder_lr})
+            lr_2 = self.cfg.text_encoder_2_lr if self.cfg.text_encoder_2_lr is not None else self.cfg.text_encoder_lr
+            for te, lr in ((comps.text_encoder, self.cfg.text_encoder_lr), (comps.text_encoder_2, lr_2)):
+                if te is None:
+                    continue
+                if not getattr(te, "peft_config", None):
+                    te.add_adapter(self._config(TEXT_ENCODER_TARGETS))
+                groups.append({"params": _lora_params(te), "lr": lr})
         # Trainable adapters stay in fp32 under mixed precision (frozen weights are fp16/bf16).
-        cast_training_params([comps.unet, comps.text_encoder])
+        cast_training_params([m for m in (comps.unet, comps.text_encoder, comps.text_encoder_2) if m is not None])
         return groups
 
     def _load_init(self, comps: Components) -> None:

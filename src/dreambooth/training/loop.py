@@ -47,6 +47,11 @@ class Run:
     text_encoder: Any
     start_step: int
     weight_dtype: torch.dtype
+    text_encoder_2: Any = None  # SDXL
+
+    @property
+    def text_encoders(self) -> tuple:
+        return (self.text_encoder, self.text_encoder_2)
 
 
 def resolved(cfg: TrainConfig) -> TrainConfig:
@@ -118,8 +123,11 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
 
         comps.noise_scheduler = DDPMScheduler.from_config(comps.noise_scheduler.config, rescale_betas_zero_snr=True)
     device = accelerator.device
-    for m in (comps.unet, comps.vae, comps.text_encoder):
-        m.to(device)
+    for m in (comps.unet, comps.vae, comps.text_encoder, comps.text_encoder_2):
+        if m is not None:
+            m.to(device)
+    if comps.is_sdxl and comps.vae.config.force_upcast:
+        comps.vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (diffusers upcasts it too)
     klass = None
     if cfg.prior_preservation:
         klass = _class_examples(cfg, comps, progress)
@@ -129,13 +137,20 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
     if cfg.gradient_checkpointing:
         comps.unet.enable_gradient_checkpointing()
         if method.trains_text_encoder:
-            comps.text_encoder.gradient_checkpointing_enable()
+            for te in (comps.text_encoder, comps.text_encoder_2):
+                if te is not None:
+                    te.gradient_checkpointing_enable()
     optimizer = _optimizer(cfg, param_groups)
     lr_scheduler = get_scheduler(
         cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
     )
     prompts = method.instance_prompts()
-    instance = ExampleSet(plan.instance_paths, torch.cat([tokenize(comps.tokenizer, p) for p in prompts]), stream=0)
+    instance = ExampleSet(
+        plan.instance_paths,
+        torch.cat([tokenize(comps.tokenizer, p) for p in prompts]),
+        stream=0,
+        prompt_ids_2=torch.cat([tokenize(comps.tokenizer_2, p) for p in prompts]) if comps.is_sdxl else None,
+    )
     data = TrainingData(
         instance, klass, resolution=cfg.resolution, flip=cfg.random_flip, random_crop=cfg.random_crop, seed=cfg.seed
     )
@@ -143,8 +158,10 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
         data.cache_latents(comps.vae, progress)
         comps.vae.to("cpu")  # the VAE is not needed again: it leaves the accelerator
         if not method.trains_text_encoder:
-            data.cache_embeddings(comps.text_encoder)
-            comps.text_encoder.to("cpu")
+            data.cache_embeddings((comps.text_encoder, comps.text_encoder_2))
+            for te in (comps.text_encoder, comps.text_encoder_2):
+                if te is not None:
+                    te.to("cpu")
     start = 0
     if plan.resume_from is not None:
         state = load_checkpoint(plan.resume_from)
@@ -154,12 +171,30 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
         set_rng_state(state["rng"])
         start = state["state"]["step"]
         log.info("resuming from %s (step %d)", plan.resume_from, start)
-    if method.trains_text_encoder:
+    text_encoder_2 = comps.text_encoder_2
+    if method.trains_text_encoder and comps.is_sdxl:
+        unet, text_encoder, text_encoder_2, optimizer = accelerator.prepare(
+            comps.unet, comps.text_encoder, comps.text_encoder_2, optimizer
+        )
+    elif method.trains_text_encoder:
         unet, text_encoder, optimizer = accelerator.prepare(comps.unet, comps.text_encoder, optimizer)
     else:
         unet, optimizer = accelerator.prepare(comps.unet, optimizer)
         text_encoder = comps.text_encoder
-    return Run(cfg, accelerator, comps, method, data, optimizer, lr_scheduler, unet, text_encoder, start, weight_dtype)
+    return Run(
+        cfg,
+        accelerator,
+        comps,
+        method,
+        data,
+        optimizer,
+        lr_scheduler,
+        unet,
+        text_encoder,
+        start,
+        weight_dtype,
+        text_encoder_2,
+    )
 
 
 def _class_examples(cfg: TrainConfig, comps: Components, progress: bool) -> ExampleSet:
@@ -179,7 +214,8 @@ def _class_examples(cfg: TrainConfig, comps: Components, progress: bool) -> Exam
             progress=progress,
         )
     paths = class_images(cfg.class_dir, cfg.num_class_images)
-    return ExampleSet(paths, tokenize(comps.tokenizer, cfg.class_prompt), stream=1)
+    ids_2 = tokenize(comps.tokenizer_2, cfg.class_prompt) if comps.is_sdxl else None
+    return ExampleSet(paths, tokenize(comps.tokenizer, cfg.class_prompt), stream=1, prompt_ids_2=ids_2)
 
 
 def _optimizer(cfg: TrainConfig, groups: list[dict]):
@@ -202,19 +238,22 @@ def training_step(run: Run, step: int, micro: int) -> tuple[torch.Tensor, torch.
     parts = [
         _noised(run, s, k, torch.Generator().manual_seed(mix_seed(cfg.seed, step, micro, s.stream))) for s in data.sets
     ]
-    noisy, timesteps, emb, target = (torch.cat(t) for t in zip(*parts))  # (B or 2B, ...)
-    pred = run.unet(noisy.to(run.weight_dtype), timesteps, emb.to(run.weight_dtype)).sample
+    noisy, timesteps, emb, target = (torch.cat(t) for t in list(zip(*parts))[:4])  # (B or 2B, ...)
+    added = None
+    if parts[0][4] is not None:  # SDXL: pooled text embeddings and micro-conditioning sizes
+        added = {k: torch.cat([p[4][k] for p in parts]).to(run.weight_dtype) for k in parts[0][4]}
+    pred = run.unet(noisy.to(run.weight_dtype), timesteps, emb.to(run.weight_dtype), added_cond_kwargs=added).sample
     return prior_preservation_loss(pred, target, cfg.batch_size, cfg.prior_loss_weight)
 
 
 def _noised(run: Run, s: ExampleSet, k: int, g: torch.Generator):
     """Examples k.. of set s with noise added at random timesteps (Ho et al., 2020, eq. 4)."""
     comps, device, n = run.comps, run.accelerator.device, run.cfg.batch_size
-    latents, emb = run.data.batch(s, k, n, g, comps.vae, run.text_encoder, device)  # (n, 4, h, w), (n, L, D)
+    latents, emb, added = run.data.batch(s, k, n, g, comps.vae, run.text_encoders, device)  # (n, 4, h, w), (n, L, D)
     noise = torch.randn(latents.shape, generator=g).to(device)
     timesteps = torch.randint(0, comps.noise_scheduler.config.num_train_timesteps, (n,), generator=g).to(device)
     noisy = comps.noise_scheduler.add_noise(latents, noise, timesteps)
-    return noisy, timesteps, emb, diffusion_target(comps.noise_scheduler, latents, noise, timesteps)
+    return noisy, timesteps, emb, diffusion_target(comps.noise_scheduler, latents, noise, timesteps), added
 
 
 def fit(run: Run, progress: bool = True) -> None:
@@ -224,7 +263,8 @@ def fit(run: Run, progress: bool = True) -> None:
     out = Path(cfg.output_dir)
     log_file = _open_log(out / "train_log.csv", run.start_step)
     trained = [p for g in run.optimizer.param_groups for p in g["params"]]
-    models = [run.unet] + ([run.text_encoder] if run.method.trains_text_encoder else [])
+    tes = [te for te in run.text_encoders if te is not None] if run.method.trains_text_encoder else []
+    models = [run.unet, *tes]
     for m in models:
         m.train()
     if cfg.report_to != "none":
