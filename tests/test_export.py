@@ -192,3 +192,24 @@ def test_train_init_lora_starts_from_a_kohya_or_diffusers_file(tiny_model, lora_
     assert not (tmp_path / "bad").exists()
     ti = [*base, "--method", "textual-inversion", "--token", "<d>", "--initializer-token", "dog"]
     assert main([*ti, "--init-lora", str(kohya), "--output-dir", str(tmp_path / "ti")]) == 2
+
+
+def test_kohya_converts_back_to_diffusers_and_round_trips(tiny_model, lora_alpha_ne_rank, tmp_path, capsys):
+    """kohya -> diffusers (against the base model) -> kohya: the same tensors both ways, and stock
+    diffusers draws the same images from all three files."""
+    from safetensors.torch import load_file
+
+    ours = lora_alpha_ne_rank / "pytorch_lora_weights.safetensors"
+    kohya, back, again = (tmp_path / n for n in ("k.safetensors", "back.safetensors", "k2.safetensors"))
+    assert main(["export", "--lora", str(ours), str(kohya)]) == 0
+    assert main(["export", "--lora", str(kohya), "--format", "diffusers", str(back)]) == 2  # which base model?
+    assert "give --model" in capsys.readouterr().err and not back.exists()
+    assert main(["export", "--lora", str(kohya), "--format", "diffusers", "--model", str(tiny_model), str(back)]) == 0
+    a, b = load_file(str(ours)), load_file(str(back))
+    assert a.keys() == b.keys() and all(torch_equal(a[k], b[k]) for k in a)
+    assert main(["export", "--lora", str(back), "--model", str(tiny_model), str(again)]) == 0
+    k1, k2 = load_file(str(kohya)), load_file(str(again))
+    assert k1.keys() == k2.keys() and all(torch_equal(k1[k], k2[k]) for k in k1)
+    first = _images(tiny_model, ours)
+    for other in (kohya, back):
+        assert np.abs(first - _images(tiny_model, other)).max() <= 1e-5

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from dreambooth.cli import main
 
@@ -110,6 +111,10 @@ def test_sdxl_lora_exports_to_kohya_and_loads_to_the_same_images(sdxl, sdxl_lora
     assert meta["ss_base_model_version"] == "sdxl_base_v1-0" and meta["ss_network_alpha"] == "8.0"
     ours, theirs = _stock_images(sdxl, sdxl_lora), _stock_images(sdxl, kohya)
     assert np.abs(ours - theirs).max() <= 1e-5
+    back = tmp_path / "back.safetensors"  # and back to diffusers' layout: the same tensors
+    assert main(["export", "--lora", str(kohya), "--format", "diffusers", "--model", str(sdxl), str(back)]) == 0
+    a, b = load_file(str(sdxl_lora)), load_file(str(back))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     images = []
     for name, lora in (("ours", sdxl_lora), ("kohya", kohya)):
@@ -125,7 +130,6 @@ def test_sdxl_lora_exports_to_kohya_and_loads_to_the_same_images(sdxl, sdxl_lora
 
 def test_lora_training_on_sdxl_conditions_on_sizes_and_trains_both_text_encoders(sdxl, tmp_path, monkeypatch):
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-    from safetensors.torch import load_file
 
     import dreambooth.training.loop as loop
 

@@ -235,7 +235,7 @@ def run_export(
     if dest.resolve() == src.resolve():
         raise UserError(f"{out}: is the LoRA being exported")
     state, meta, adapter = read_lora(src)
-    if is_kohya(state):
+    if is_kohya(state) and fmt == "kohya":
         raise UserError(f"--lora {lora}: is already in kohya's layout")
     run = None
     for folder in (src.parent, src.parent.parent.parent):  # a run folder, or a checkpoint's run
@@ -247,6 +247,10 @@ def run_export(
 
         check_model(model)
         run = {**(run or {}), "model": model}
+    if is_kohya(state):  # to diffusers' layout
+        if not (run and run.get("model")):
+            raise UserError(f"--lora {lora}: a kohya file converts against its base model; give --model")
+        return _kohya_to_diffusers(src, run["model"], dest)
     if fmt == "kohya":
         tensors, metadata = kohya_state(state, adapter, run, dest.stem, flag=f"--lora {lora}")
     else:
@@ -254,6 +258,22 @@ def run_export(
     with atomic_path(dest) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", **metadata})
     return dest
+
+
+def _kohya_to_diffusers(src: Path, model: str, dest: Path) -> Path:
+    """A kohya file in diffusers' layout, written from what stock `load_lora_weights` makes of it (its
+    converter, its alphas as peft's lora_alpha / alpha_pattern), so loading the result builds the
+    same adapters."""
+    from .methods.lora import write_lora_file
+    from .models import load_pipeline
+
+    pipe = load_pipeline(model)
+    try:
+        pipe.load_lora_weights(str(src.parent), weight_name=src.name, adapter_name="default")
+    except (ValueError, RuntimeError, KeyError) as e:
+        raise UserError(f"--lora {src}: does not fit --model {model} ({str(e).splitlines()[0][:200]})") from None
+    te2 = getattr(pipe, "text_encoder_2", None)
+    return write_lora_file(dest, pipe.unet, pipe.text_encoder, te2, sdxl=te2 is not None)
 
 
 def _export_single_file(model: str, dest: Path, dtype: str) -> Path:
