@@ -177,3 +177,24 @@ def test_textual_inversion_on_sdxl_is_refused_with_a_clear_line(sdxl, tmp_path, 
     args += ["--method", "textual-inversion", "--token", "<d>", "--initializer-token", "dog"]
     assert main([*args, "--output-dir", str(tmp_path / "run")]) == 2
     assert "not supported on SDXL yet" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_grid_and_evaluate_take_an_sdxl_model_and_lora(sdxl, sdxl_lora, extractors, tmp_path):
+    import json
+
+    g = tmp_path / "grid"
+    args = ["grid", "--model", str(sdxl), "--lora", str(sdxl_lora), "--prompt", "a photo of sks dog", "--steps", "2"]
+    assert main([*args, "--x", "lora-scale-text-encoder=0,1", "--output-dir", str(g)]) == 0
+    assert len(list((g / "cells").glob("*.png"))) == 2
+    templates = tmp_path / "prompts.txt"
+    templates.write_text("a photo of {identifier} {class}\n")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.new("RGB", (64, 64), (40 * i, 120, 200)).save(photos / f"{i}.png")
+    dino, clip = extractors
+    ev = ["evaluate", "--model", str(sdxl), "--lora", str(sdxl_lora), "--real", str(photos), "--class-noun", "dog"]
+    ev += ["--prompts", str(templates), "--images-per-prompt", "2", "--num-class-images", "2", "--steps", "2"]
+    assert main([*ev, "--dino-model", str(dino), "--clip-model", str(clip), "--output-dir", str(tmp_path / "ev")]) == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["n_generated"] == 2 and all(-1 <= m[k] <= 1 for k in ("dino", "clip_i", "clip_t"))
