@@ -213,3 +213,12 @@ def test_kohya_converts_back_to_diffusers_and_round_trips(tiny_model, lora_alpha
     first = _images(tiny_model, ours)
     for other in (kohya, back):
         assert np.abs(first - _images(tiny_model, other)).max() <= 1e-5
+
+
+def test_kohya_export_of_a_unet_only_lora_gives_the_same_images(tiny_model, lora_unet_only, tmp_path):
+    out = tmp_path / "unet-only.safetensors"
+    assert main(["export", "--lora", str(lora_unet_only), str(out)]) == 0
+    with safe_open(str(out), "pt") as f:
+        assert all(k.startswith("lora_unet_") for k in f.keys())
+    ours = _images(tiny_model, lora_unet_only / "pytorch_lora_weights.safetensors")
+    assert np.abs(ours - _images(tiny_model, out)).max() <= 1e-5
