@@ -170,13 +170,38 @@ def test_lora_training_on_sdxl_conditions_on_sizes_and_trains_both_text_encoders
     assert set(pipe.get_list_adapters()) == {"unet", "text_encoder", "text_encoder_2"}
 
 
-def test_textual_inversion_on_sdxl_is_refused_with_a_clear_line(sdxl, tmp_path, capsys):
+def test_textual_inversion_on_sdxl_learns_the_token_in_both_encoders(sdxl, tmp_path):
+    """SDXL's TI file is {"clip_l", "clip_g"} (AUTOMATIC1111's and ComfyUI's layout); generate loads both
+    parts, and the token then changes the image."""
     from dreambooth.demo import example_subject
 
-    args = ["train", "--model", str(sdxl), "--instance-dir", str(example_subject()), "--instance-prompt", "a <d>"]
-    args += ["--method", "textual-inversion", "--token", "<d>", "--initializer-token", "dog"]
-    assert main([*args, "--output-dir", str(tmp_path / "run")]) == 2
-    assert "not supported on SDXL yet" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    run = tmp_path / "ti"
+    args = ["train", "--model", str(sdxl), "--instance-dir", str(example_subject()), "--method", "textual-inversion"]
+    args += ["--instance-prompt", "a photo of <d>", "--token", "<d>", "--initializer-token", "dog"]
+    args += ["--num-vectors", "2", "--max-steps", "2"]
+    assert main([*args, "--learning-rate", "0.5", "--lr-scheduler", "constant", "--output-dir", str(run)]) == 0
+    with safe_open(str(run / "learned_embeds.safetensors"), "pt") as f:
+        shapes = {k: tuple(f.get_tensor(k).shape) for k in f.keys()}
+        assert f.metadata()["token"] == "<d>"
+    assert shapes == {"clip_l": (2, 32), "clip_g": (2, 48)}
+    images = []
+    for name, extra in (("with", ["--embedding", str(run)]), ("without", [])):
+        gen = [
+            "generate",
+            "--model",
+            str(sdxl),
+            *extra,
+            "--prompt",
+            "a photo of <d>",
+            "--steps",
+            "2",
+            "--num-images",
+            "1",
+        ]
+        assert main([*gen, "--output-dir", str(tmp_path / name)]) == 0
+        (png,) = (tmp_path / name).glob("*.png")
+        images.append(np.asarray(Image.open(png), dtype=np.int16))
+    assert np.abs(images[0] - images[1]).max() > 0
 
 
 def test_grid_and_evaluate_take_an_sdxl_model_and_lora(sdxl, sdxl_lora, extractors, tmp_path):

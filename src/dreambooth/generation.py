@@ -127,10 +127,23 @@ class Engine:
         from safetensors import safe_open
 
         with safe_open(path, "pt") as f:
-            keys = list(f.keys())
+            keys, meta = list(f.keys()), f.metadata() or {}
         token = keys[0] if len(keys) == 1 and keys[0] not in ("emb_params", "string_to_param") else None
         try:
-            self.pipe.load_textual_inversion(path, token=token)
+            if {"clip_l", "clip_g"} <= set(keys):  # an SDXL embedding: one part per text encoder
+                from safetensors.torch import load_file
+
+                if not hasattr(self.pipe, "text_encoder_2"):
+                    raise ValueError("an SDXL embedding (clip_l, clip_g) on a model with one text encoder")
+                parts = load_file(path)
+                token = meta.get("token") or Path(path).stem  # AUTOMATIC1111 names it by the file
+                for part, te, tok in (
+                    ("clip_l", self.pipe.text_encoder, self.pipe.tokenizer),
+                    ("clip_g", self.pipe.text_encoder_2, self.pipe.tokenizer_2),
+                ):
+                    self.pipe.load_textual_inversion(parts[part], token=token, text_encoder=te, tokenizer=tok)
+            else:
+                self.pipe.load_textual_inversion(path, token=token)
         except (ValueError, RuntimeError, KeyError) as e:
             self.pipe, self.state = None, None
             raise UserError(f"--embedding {path}: does not fit the model ({str(e).splitlines()[0][:200]})") from None

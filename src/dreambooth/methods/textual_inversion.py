@@ -1,7 +1,9 @@
 """Textual Inversion (Gal et al., 2022), the paper's baseline: a new placeholder token whose input
 embedding alone is learned; every other weight, and every other row of the embedding matrix, is
 unchanged bit for bit. The result is learned_embeds.safetensors, which stock diffusers'
-`pipe.load_textual_inversion(path, token=...)` loads."""
+`pipe.load_textual_inversion(path, token=...)` loads. On SDXL the token is learned in both text
+encoders and saved as {"clip_l": ..., "clip_g": ...}, the layout AUTOMATIC1111 and ComfyUI use for
+SDXL embeddings."""
 
 from __future__ import annotations
 
@@ -62,58 +64,79 @@ class TextualInversion(Method):
     def check(self) -> None:
         from transformers import CLIPTokenizer
 
-        from ..models import quiet_libraries, resolve
+        from ..models import is_sdxl, quiet_libraries, resolve
 
         quiet_libraries()
-        tok = CLIPTokenizer.from_pretrained(resolve(self.cfg.model), subfolder="tokenizer")
-        vocab = tok.get_vocab()
-        for t in placeholder_tokens(self.cfg.token, self.cfg.num_vectors):
-            if t in vocab or f"{t}</w>" in vocab:
+        for sub in ("tokenizer", "tokenizer_2") if is_sdxl(self.cfg.model) else ("tokenizer",):
+            tok = CLIPTokenizer.from_pretrained(resolve(self.cfg.model), subfolder=sub)
+            vocab = tok.get_vocab()
+            for t in placeholder_tokens(self.cfg.token, self.cfg.num_vectors):
+                if t in vocab or f"{t}</w>" in vocab:
+                    raise UserError(
+                        f"--token {self.cfg.token}: '{t}' is already in the tokenizer's vocabulary; pick a new word"
+                    )
+            ids = tok.encode(self.cfg.initializer_token, add_special_tokens=False)
+            if len(ids) != 1:
                 raise UserError(
-                    f"--token {self.cfg.token}: '{t}' is already in the tokenizer's vocabulary; pick a new word"
+                    f"--initializer-token {self.cfg.initializer_token}: is {len(ids)} tokens; it must be exactly one"
                 )
-        ids = tok.encode(self.cfg.initializer_token, add_special_tokens=False)
-        if len(ids) != 1:
-            raise UserError(
-                f"--initializer-token {self.cfg.initializer_token}: is {len(ids)} tokens; it must be exactly one"
-            )
 
     def instance_prompts(self) -> list[str]:
         word = " ".join(placeholder_tokens(self.cfg.token, self.cfg.num_vectors))
         return [t.format(word) for t in TEMPLATES]
 
+    def _pairs(self, comps: Components) -> list[tuple]:
+        """(tokenizer, text encoder) pairs the token is learned in: one, or SDXL's two."""
+        pairs = [(comps.tokenizer, comps.text_encoder)]
+        if comps.text_encoder_2 is not None:
+            pairs.append((comps.tokenizer_2, comps.text_encoder_2))
+        return pairs
+
     def prepare(self, comps: Components) -> list[dict]:
         tokens = placeholder_tokens(self.cfg.token, self.cfg.num_vectors)
-        comps.tokenizer.add_tokens(tokens)
-        init_id = comps.tokenizer.encode(self.cfg.initializer_token, add_special_tokens=False)[0]
-        self.ids = comps.tokenizer.convert_tokens_to_ids(tokens)
-        comps.text_encoder.resize_token_embeddings(len(comps.tokenizer))
-        comps.text_encoder.to(torch.float32)  # it trains (through its input): fp32 under mixed precision
-        for m in (comps.unet, comps.vae, comps.text_encoder):
+        for m in (comps.unet, comps.vae):
             m.requires_grad_(False)
-        emb = comps.text_encoder.get_input_embeddings().weight
-        with torch.no_grad():
-            for i in self.ids:
-                emb[i] = emb[init_id]
-        emb.requires_grad_(True)
-        self.original = emb.detach().clone()
-        self.keep = torch.ones(emb.shape[0], dtype=torch.bool)
-        self.keep[self.ids] = False
-        return [{"params": [emb], "lr": self.cfg.learning_rate}]
+        self.ids, self.original, self.keep = [], [], []
+        groups = []
+        for tokenizer, te in self._pairs(comps):
+            tokenizer.add_tokens(tokens)
+            init_id = tokenizer.encode(self.cfg.initializer_token, add_special_tokens=False)[0]
+            ids = tokenizer.convert_tokens_to_ids(tokens)
+            te.resize_token_embeddings(len(tokenizer))
+            te.to(torch.float32)  # it trains (through its input): fp32 under mixed precision
+            te.requires_grad_(False)
+            emb = te.get_input_embeddings().weight
+            with torch.no_grad():
+                for i in ids:
+                    emb[i] = emb[init_id]
+            emb.requires_grad_(True)
+            keep = torch.ones(emb.shape[0], dtype=torch.bool)
+            keep[ids] = False
+            self.ids.append(ids)
+            self.original.append(emb.detach().clone())
+            self.keep.append(keep)
+            groups.append({"params": [emb], "lr": self.cfg.learning_rate})
+        return groups
 
     def after_step(self, comps: Components) -> None:
         """Put back every row but the new ones: weight decay and Adam must not move them."""
-        emb = comps.text_encoder.get_input_embeddings().weight
-        with torch.no_grad():
-            emb[self.keep] = self.original[self.keep].to(emb.device)
+        for (_, te), original, keep in zip(self._pairs(comps), self.original, self.keep):
+            emb = te.get_input_embeddings().weight
+            with torch.no_grad():
+                emb[keep] = original[keep].to(emb.device)
 
-    def learned(self, comps: Components) -> torch.Tensor:
-        return comps.text_encoder.get_input_embeddings().weight[self.ids].detach().float().cpu()  # (N, D)
+    def learned(self, comps: Components, which: int = 0) -> torch.Tensor:
+        te = self._pairs(comps)[which][1]
+        return te.get_input_embeddings().weight[self.ids[which]].detach().float().cpu()  # (N, D)
 
     def save(self, comps: Components, folder: Path) -> list[Path]:
         from safetensors.torch import save_file
 
         path = Path(folder) / EMBEDS_NAME
+        if comps.text_encoder_2 is not None:
+            state = {"clip_l": self.learned(comps, 0).contiguous(), "clip_g": self.learned(comps, 1).contiguous()}
+        else:
+            state = {self.cfg.token: self.learned(comps).contiguous()}
         with atomic_path(path) as tmp:
-            save_file({self.cfg.token: self.learned(comps).contiguous()}, str(tmp))
+            save_file(state, str(tmp), metadata={"token": self.cfg.token})
         return [path]

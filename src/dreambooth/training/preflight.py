@@ -44,10 +44,6 @@ def preflight(cfg: TrainConfig) -> Plan:
         _check_v_prediction(cfg.model)
     from ..models import is_sdxl
 
-    if is_sdxl(cfg.model) and cfg.method == "textual-inversion":
-        raise UserError(
-            f"--method textual-inversion: not supported on SDXL yet (--model {cfg.model}); LoRA and full are"
-        )
     if not is_sdxl(cfg.model) and cfg.text_encoder_2_lr is not None:
         raise UserError(f"--text-encoder-2-lr: an SDXL setting, and --model {cfg.model} has one text encoder")
     get_method(cfg).check()
