@@ -83,13 +83,16 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
 
     def pretrain(out, work):
         argv = ["train", str(out), "--work", str(work), "--vae-steps", "2", "--vae-batch", "2", "--unet-steps", "2"]
-        monkeypatch.setattr(sys, "argv", [*argv, "--data", "8", "--batch", "2"])
+        monkeypatch.setattr(
+            sys, "argv", [*argv, "--data", "8", "--batch", "2", "--offset-steps", "2", "--decoder-steps", "2"]
+        )
         train.main()
         return StableDiffusionPipeline.from_pretrained(out)
 
     pipe = pretrain(tmp_path / "toy", tmp_path / "work")
     assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size == 16  # 64x64x3 -> 16x16x4
     assert pipe.tokenizer.tokenize("a photo of sks star") == ["a</w>", "photo</w>", "of</w>", "sks</w>", "star</w>"]
+    assert pipe.tokenizer.model_max_length == train.MAX_TOKENS  # what it was trained with, not CLIP's 77
     assert pipe.vae.config.scaling_factor != 0.18215  # measured on the data: latents at unit variance
     again = pretrain(tmp_path / "toy2", tmp_path / "work2")  # the same seed: the same weights
     for a, b in ((pipe.unet, again.unet), (pipe.vae, again.vae), (pipe.text_encoder, again.text_encoder)):

@@ -148,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
         help="DreamBooth (with and without prior) and Textual Inversion on the toy-world model, measured",
     )
     d.add_argument("--output-dir", default="demo-output", help="where the demo writes (default: demo-output)")
-    d.add_argument("--max-steps", type=_positive_int, default=400, help="training steps of each method (400)")
+    d.add_argument("--max-steps", type=_positive_int, default=1000, help="training steps of each method (1000)")
     d.add_argument("--images", type=_positive_int, default=16, help="images per prompt (16)")
     d.add_argument("--guidance", type=float, default=5.0, help="guidance scale (5)")
     d.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output-dir")

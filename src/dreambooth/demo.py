@@ -23,7 +23,7 @@ def example_subject() -> Path:
 
 def run_demo(
     out: Path,
-    max_steps: int = 400,
+    max_steps: int = 1000,
     overwrite: bool = False,
     images: int = 16,
     guidance: float = 5.0,

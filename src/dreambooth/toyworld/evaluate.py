@@ -69,16 +69,17 @@ def vae_ceiling(vae, n: int = 200, seed: int = 9) -> dict[str, float]:
 
 
 @torch.no_grad()
-def subject_ceiling(vae, n: int = 40, seed: int = 5) -> float:
-    """Share of the demo subject's renderings (random size and place, on the recontextualisation
-    backgrounds) whose VAE reconstruction the oracle still reads as the subject."""
+def subject_ceiling(vae, n: int = 40, seed: int = 5, backgrounds: tuple[str, ...] | None = None) -> float:
+    """Share of the demo subject's renderings (random size and place, on the photos' background and the
+    recontextualisation ones, or on `backgrounds`) whose VAE reconstruction the oracle still reads as
+    the subject."""
     from PIL import Image
 
     from .experiment import RECONTEXT
     from .subject import BACKGROUND, random_subject, read_subject
 
     rng = random.Random(seed)
-    backgrounds = (BACKGROUND, *RECONTEXT)
+    backgrounds = backgrounds or (BACKGROUND, *RECONTEXT)
     images = [random_subject(rng, backgrounds[i % len(backgrounds)]) for i in range(n)]
     rec = vae.decode(vae.encode(to_tensor(images).to(vae.dtype)).latent_dist.mean).sample
     ok = 0
@@ -100,6 +101,10 @@ def main() -> None:
     result = {
         "vae_ceiling": vae_ceiling(pipe.vae),
         "subject_ceiling": subject_ceiling(pipe.vae),
+        "subject_ceiling_by_background": {
+            bg: subject_ceiling(pipe.vae, n=16, backgrounds=(bg,))
+            for bg in ("white", "green", "blue", "yellow", "gray")
+        },
         **prompt_following(pipe, args.steps, args.guidance),
     }
     print(json.dumps(result, indent=2))

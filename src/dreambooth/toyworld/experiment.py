@@ -51,8 +51,8 @@ def subject_dir() -> Path:
 @dataclasses.dataclass
 class ExperimentConfig:
     output_dir: Path
-    max_steps: int = 400  # DreamBooth LoRA
-    ti_steps: int = 400
+    max_steps: int = 1000  # DreamBooth LoRA
+    ti_steps: int = 1000
     images: int = 16  # per prompt (recontextualisation: half of it per background)
     num_class_images: int = 64
     guidance: float = 5.0
@@ -87,7 +87,7 @@ def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
         learning_rate=1e-3,
         lr_warmup_steps=cfg.max_steps // 10,
         rank=8,
-        lora_targets="attn,ff",
+        lora_targets="attn,ff,conv,proj",  # outline and dots are spatial: attention alone learned neither
         train_text_encoder=True,
         text_encoder_lr=5e-4,
     )
@@ -100,7 +100,7 @@ def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
             class_dir=str(out / "class-images"),
             num_class_images=cfg.num_class_images,
             class_inference_steps=cfg.steps,
-            prior_loss_weight=1.0,
+            prior_loss_weight=0.5,  # 1.0 (the paper's) kept the class as well, with less of the subject
         ),
         "textual_inversion": TrainConfig(
             **dict(common, checkpoint_every=cfg.ti_steps),
@@ -140,6 +140,9 @@ def score(readings: dict[str, list[dict]]) -> dict:
             "outline": mean([r["outline"] for r in subject]),
             "purple_dots": mean([r["purple_dots"] for r in subject]),
         },
+        "subject_outline": mean([r["outline"] for r in subject]),
+        "subject_dots": mean([r["purple_dots"] for r in subject]),
+        "subject_color": mean([r["color"] == "orange" for r in subject]),
         "recontext_background": mean([r["background"] == bg for bg, r in recontext]),
         "recontext_subject": mean([r["subject"] for _, r in recontext]),
         "recontext_both": mean([r["background"] == bg and r["subject"] for bg, r in recontext]),
@@ -152,6 +155,9 @@ def score(readings: dict[str, list[dict]]) -> dict:
 
 COLUMNS = (
     ("subject_fidelity", "subject fidelity"),
+    ("subject_outline", "outline"),
+    ("subject_dots", "purple dots"),
+    ("subject_color", "orange"),
     ("recontext_background", "recontext: background"),
     ("recontext_subject", "recontext: subject kept"),
     ("class_leakage", "class leakage"),

@@ -1,7 +1,7 @@
 """The demo's subject: one specific object the base model never saw, made to survive the 4x VAE.
 
-An orange star with large purple dots and a thick black outline (about 3.5 px at 64 px): the world
-has neither outlines nor purple patterns, so "a photo of a star" from the base model never draws
+An orange heart with large purple dots and a thick black outline (about 3.5 px at 64 px): the world
+has neither outlines nor purple patterns, so "a photo of a heart" from the base model never draws
 it, while every feature spans at least two latent pixels. `read_subject` is the oracle's reading of
 those features on any image.
 """
@@ -25,20 +25,33 @@ DOTS = ((0.3, 0.3), (0.7, 0.3), (0.5, 0.55), (0.3, 0.6), (0.7, 0.6), (0.5, 0.8))
 PHOTO_LAYOUTS = ((46, 4, 6), (40, 20, 18), (52, 6, 7), (42, 12, 16), (48, 14, 3))
 
 
-def render_subject(size: int, x: int, y: int, background: str = BACKGROUND, res: int = 64) -> Image.Image:
+def render_subject(
+    size: int,
+    x: int,
+    y: int,
+    background: str = BACKGROUND,
+    res: int = 64,
+    shape: str = SHAPE,
+    color: tuple = OBJECT_COLORS[COLOR],
+    dot_color: tuple = DOT_COLOR,
+) -> Image.Image:
+    """The subject (or, with other shape and colours, an object drawn the same way)."""
     big, s = res * SS, size * SS
     img = Image.new("RGB", (big, big), BACKGROUNDS[background])
-    poly = shape_polygon(SHAPE, x * SS, y * SS, s)
+    poly = shape_polygon(shape, x * SS, y * SS, s)
     outer = Image.new("L", (big, big), 0)
-    ImageDraw.Draw(outer).polygon(poly, fill=255)
+    if poly is None:  # the circle
+        ImageDraw.Draw(outer).ellipse([x * SS, y * SS, x * SS + s, y * SS + s], fill=255)
+    else:
+        ImageDraw.Draw(outer).polygon(poly, fill=255)
     width = round(OUTLINE_PX * SS)
     inner = outer.filter(ImageFilter.MinFilter(2 * width + 1))
-    fill = Image.new("RGB", (big, big), OBJECT_COLORS[COLOR])
+    fill = Image.new("RGB", (big, big), color)
     d = ImageDraw.Draw(fill)
     r = s * 0.085
     for fx, fy in DOTS:
         px, py = x * SS + fx * s, y * SS + fy * s
-        d.ellipse([px - r, py - r, px + r, py + r], fill=DOT_COLOR)
+        d.ellipse([px - r, py - r, px + r, py + r], fill=dot_color)
     img.paste(Image.new("RGB", (big, big), OUTLINE_COLOR), (0, 0), outer)
     img.paste(fill, (0, 0), inner)
     return img.resize((res, res), Image.Resampling.LANCZOS)
@@ -56,14 +69,14 @@ def random_subject(rng: random.Random, background: str) -> Image.Image:
 
 def read_subject(image: Image.Image) -> dict:
     """The world's oracle reading plus the subject's own features: {'background', 'color', 'pattern',
-    'shape', 'outline', 'purple_dots', 'subject'}; 'subject' is star, orange, outlined and purple-dotted."""
+    'shape', 'outline', 'purple_dots', 'subject'}; 'subject' is heart, orange, outlined and purple-dotted."""
     read = read_scene(image)
     im = np.asarray(image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR), dtype=np.float32)
     border = np.concatenate([im[0], im[-1], im[:, 0], im[:, -1]])
     mask = _object_mask(im, np.median(border, axis=0))
     outline = purple = False
     if mask.sum() >= 12:
-        rim = mask & ~_erode(mask, 2)
+        rim = mask & ~_erode(mask, 3)  # the outline's width: a blurred one still darkens most of it
         dark = im.mean(-1) < 70
         outline = bool(dark[rim].mean() > 0.5)
         inside = _erode(mask, 4)
@@ -72,3 +85,22 @@ def read_subject(image: Image.Image) -> dict:
             purple = bool(0.04 < near[inside].mean() < 0.7)
     subject = read["shape"] == SHAPE and read["color"] == COLOR and outline and purple
     return {**read, "outline": outline, "purple_dots": purple, "subject": subject}
+
+
+def random_outlined(rng: random.Random) -> Image.Image:
+    """An object drawn like the subject (black outline, large dots) with a random shape and colours,
+    never the subject's own: what the VAE's decoder also learns to draw, as SD's VAE has seen all
+    kinds of images and not only what its UNet was trained on."""
+    from .world import SHAPES
+
+    names = list(OBJECT_COLORS)
+    while True:
+        shape, color, dots = rng.choice(SHAPES), rng.choice(names), rng.choice(names)
+        background = rng.choice([b for b in BACKGROUNDS if b not in (color, "black")])
+        if dots != color and (shape, color, dots) != (SHAPE, COLOR, "purple"):
+            break
+    size = rng.randint(24, 54)
+    x, y = rng.randint(2, 62 - size), rng.randint(2, 62 - size)
+    return render_subject(
+        size, x, y, background, shape=shape, color=OBJECT_COLORS[color], dot_color=OBJECT_COLORS[dots]
+    )
