@@ -223,3 +223,39 @@ def test_grid_and_evaluate_take_an_sdxl_model_and_lora(sdxl, sdxl_lora, extracto
     assert main([*ev, "--dino-model", str(dino), "--clip-model", str(clip), "--output-dir", str(tmp_path / "ev")]) == 0
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert m["n_generated"] == 2 and all(-1 <= m[k] <= 1 for k in ("dino", "clip_i", "clip_t"))
+
+
+def test_unet_only_sdxl_lora_exports_to_the_same_images(sdxl, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig
+
+    from dreambooth.methods.lora import write_lora_file
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(sdxl))
+    torch.manual_seed(1)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=2, init_lora_weights="gaussian", target_modules=["to_q", "to_v"]))
+    with torch.no_grad():
+        for name, p in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    ours = write_lora_file(tmp_path / "pytorch_lora_weights.safetensors", pipe.unet, sdxl=True)
+    kohya = tmp_path / "k.safetensors"
+    assert main(["export", "--lora", str(ours), "--model", str(sdxl), str(kohya)]) == 0
+    with safe_open(str(kohya), "pt") as f:
+        assert all(k.startswith("lora_unet_") for k in f.keys())
+    assert np.abs(_stock_images(sdxl, ours) - _stock_images(sdxl, kohya)).max() <= 1e-5
+
+
+def test_native_resolution_comes_from_the_configs(sdxl, tmp_path):
+    """768 px for SD 2.x-768 (UNet sample size 96), 1024 for SDXL (128): read from the configs only."""
+    import json
+    import shutil
+
+    from dreambooth.models import native_size
+
+    for sample_size, px in ((96, 768), (128, 1024)):
+        model = tmp_path / f"m{sample_size}"
+        shutil.copytree(sdxl, model)
+        cfg = model / "unet" / "config.json"
+        cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "sample_size": sample_size}))
+        assert native_size(str(model)) == px
