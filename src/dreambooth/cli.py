@@ -119,6 +119,15 @@ def _parser() -> argparse.ArgumentParser:
         "or sdxl (two text encoders, pooled embeddings and micro-conditioning)",
     )
 
+    cd = sub.add_parser(
+        "check-data",
+        help="say of every file in a photo folder whether training can use it, and how",
+        description="Decode every file in DIR as training would and print, per file, whether it is used (and "
+        "how: EXIF orientation, transparency, animation, 16-bit, CMYK), rejected (and why) or ignored. Exit "
+        "code 0 when every image is usable, 2 when any is rejected.",
+    )
+    cd.add_argument("dir", help="the folder of photos")
+
     e = sub.add_parser(
         "export",
         help="write a trained LoRA in kohya's layout (AUTOMATIC1111, ComfyUI, sd-scripts), or a model as one file",
@@ -234,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
             if out.exists() and any(out.iterdir()):
                 raise UserError(f"tiny-model {out}: folder exists and is not empty")
             print(build_tiny_pipeline(out, seed=ns.seed, arch=ns.arch))
+        elif ns.command == "check-data":
+            from .data.images import check_data_report
+
+            text, ok = check_data_report(ns.dir)
+            print(text)
+            return 0 if ok else 2
         elif ns.command == "export":
             from .export import run_export
 

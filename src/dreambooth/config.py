@@ -64,6 +64,9 @@ class TrainConfig:
         False, "accept a pickled --model checkpoint (.ckpt, .pt, .bin), which can run code when loaded"
     )
     instance_dir: str | None = _f(None, "folder with the 3-5 photos of the subject", required=True)
+    skip_bad_images: bool = _f(
+        False, "train on the usable photos of --instance-dir, leaving out (and naming) the ones that cannot be used"
+    )
     instance_prompt: str | None = _f(None, 'prompt with the identifier, e.g. "a photo of sks cat"', required=True)
     output_dir: str | None = _f(None, "where the run writes its weights, checkpoints, config and log", required=True)
     # prior preservation (DreamBooth eq. 2)

@@ -47,7 +47,7 @@ def preflight(cfg: TrainConfig) -> Plan:
     if not is_sdxl(cfg.model) and cfg.text_encoder_2_lr is not None:
         raise UserError(f"--text-encoder-2-lr: an SDXL setting, and --model {cfg.model} has one text encoder")
     get_method(cfg).check()
-    paths = instance_images(cfg.instance_dir)
+    paths = instance_images(cfg.instance_dir, skip_bad=cfg.skip_bad_images)
     if cfg.class_dir is not None:
         check_class_dir(cfg.class_dir)
     _check_hardware(cfg)
