@@ -66,3 +66,77 @@ def test_a_finished_run_continues_to_more_steps(make_cfg, tmp_path):
     extended = train(make_cfg(output_dir=str(short), max_steps=6, resume="latest", **kw), progress=False)
     assert max_abs_diff(lora_weights(longer), lora_weights(extended)) <= 1e-6
     assert sorted(p.name for p in (extended / "checkpoints").iterdir()) == ["step-4", "step-6"]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resuming_it_equals_an_uninterrupted_run(
+    make_cfg, class_dir, tmp_path, monkeypatch, capsys
+):
+    import os
+    import signal
+
+    from dreambooth.errors import TrainingInterrupted
+
+    straight = train(make_cfg(output_dir=str(tmp_path / "straight"), **settings(class_dir)), progress=False)
+    real_step = loop.training_step
+
+    def ctrl_c_in_step_4(run, step, micro):
+        if step == 3 and micro == 0:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step: the step finishes, then the run stops
+        return real_step(run, step, micro)
+
+    monkeypatch.setattr(loop, "training_step", ctrl_c_in_step_4)
+    with pytest.raises(TrainingInterrupted, match="stopped at step 4 of 8.*--resume latest"):
+        train(make_cfg(output_dir=str(tmp_path / "stopped"), **settings(class_dir)), progress=False)
+    monkeypatch.setattr(loop, "training_step", real_step)
+    assert (tmp_path / "stopped" / "checkpoints" / "step-4").is_dir()  # not a multiple of checkpoint_every
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    resumed = train(
+        make_cfg(output_dir=str(tmp_path / "stopped"), resume="latest", **settings(class_dir)), progress=False
+    )
+    assert max_abs_diff(lora_weights(straight), lora_weights(resumed)) <= 1e-6
+
+
+def test_a_non_finite_loss_stops_the_run_or_is_skipped(make_cfg, tmp_path, monkeypatch):
+    import torch
+
+    from dreambooth.errors import UserError
+
+    real_step = loop.training_step
+
+    def nan_at_step_3(run, step, micro):
+        loss, inst, prior = real_step(run, step, micro)
+        if step == 2:
+            return loss * float("nan"), inst, prior
+        return loss, inst, prior
+
+    monkeypatch.setattr(loop, "training_step", nan_at_step_3)
+    cfg = make_cfg(output_dir=str(tmp_path / "stop"), max_steps=4, checkpoint_every=1)
+    with pytest.raises(UserError, match=r"step 3: the loss is not finite.*checkpoints/step-2.*--skip-nonfinite"):
+        train(cfg, progress=False)
+    out = tmp_path / "stop"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1", "step-2"]
+    assert not (out / "pytorch_lora_weights.safetensors").exists()
+
+    skip = train(make_cfg(output_dir=str(tmp_path / "skip"), max_steps=4, skip_nonfinite=True), progress=False)
+    rows = list(csv.DictReader(open(skip / "train_log.csv")))
+    assert [r["skipped"] for r in rows] == ["0", "0", "1", "0"]
+    assert all(torch.isfinite(t).all() for t in lora_weights(skip).values())
+
+
+def test_a_non_finite_gradient_is_caught_too(make_cfg, tmp_path, monkeypatch):
+    import torch
+
+    real_step = loop.training_step
+
+    def nan_gradient_at_step_2(run, step, micro):
+        loss, inst, prior = real_step(run, step, micro)
+        if step == 1:  # finite value, NaN gradient: d sqrt(u)/du is infinite at 0, times du/dp = 0
+            p = next(p for p in run.unet.parameters() if p.requires_grad)
+            loss = loss + torch.sqrt((p * 0).pow(2).sum())
+        return loss, inst, prior
+
+    monkeypatch.setattr(loop, "training_step", nan_gradient_at_step_2)
+    out = train(make_cfg(output_dir=str(tmp_path / "g"), max_steps=3, skip_nonfinite=True), progress=False)
+    rows = list(csv.DictReader(open(out / "train_log.csv")))
+    assert [r["skipped"] for r in rows] == ["0", "1", "0"]
+    assert all(torch.isfinite(t).all() for t in lora_weights(out).values())

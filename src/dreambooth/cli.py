@@ -25,7 +25,7 @@ from .config import (
     from_namespace,
     load_yaml,
 )
-from .errors import UserError
+from .errors import TrainingInterrupted, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -266,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -134,6 +134,9 @@ class TrainConfig:
     mixed_precision: str = _f("no", "mixed precision through accelerate", choices=MIXED_PRECISION)
     gradient_checkpointing: bool = _f(False, "trade compute for memory in the UNet (and text encoder)")
     seed: int = _f(0, "seed of everything random in the run")
+    skip_nonfinite: bool = _f(
+        False, "skip a step whose loss or gradient is not finite (counted in train_log.csv) instead of stopping"
+    )
     # images
     resolution: int | None = _f(
         None, "training resolution in pixels, divisible by 8 (default: the model's native size, 512 for SD 1.x)"

@@ -3,3 +3,8 @@
 
 class UserError(Exception):
     """Bad input from the user: the message names the input and what is wrong with it."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM stopped training after a step; a checkpoint of it was saved (the message says
+    how to go on). The CLI prints it and exits with 130."""

@@ -23,15 +23,57 @@ from .. import io
 from ..config import TrainConfig, to_yaml
 from ..data.examples import ExampleSet, TrainingData, mix_seed, tokenize
 from ..data.prior import class_images, generate_class_images, missing_class_indices
+from ..errors import TrainingInterrupted, UserError
 from ..methods import Method, get_method
 from ..models import Components, load_components
 from . import validation
-from .checkpoint import checkpoints_dir, load_checkpoint, prune_checkpoints, save_checkpoint, set_rng_state
+from .checkpoint import (
+    checkpoints_dir,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    set_rng_state,
+)
 from .losses import diffusion_target, prior_preservation_loss
 from .preflight import RUN_FILE, Plan, preflight
 
 log = logging.getLogger(__name__)
-LOG_COLUMNS = ("step", "loss", "instance_loss", "prior_loss", "lr", "seconds")
+LOG_COLUMNS = ("step", "loss", "instance_loss", "prior_loss", "lr", "seconds", "skipped")
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM handlers that ask the loop to stop after the current step (a second Ctrl-C
+    stops at once); installed only on the main thread, and put back afterwards."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.signal is not None:  # asked twice: stop now
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning("stopping after this step (a checkpoint is saved); press Ctrl-C again to stop at once")
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
 
 
 @dataclass
@@ -276,47 +318,85 @@ def fit(run: Run, progress: bool = True) -> None:
         total=cfg.max_steps, initial=run.start_step, desc="training", unit="step", disable=not progress, mininterval=1.0
     )
     step_time = None
-    for step in range(run.start_step, cfg.max_steps):
-        t0 = time.perf_counter()
-        totals = torch.zeros(3)
-        lr = run.lr_scheduler.get_last_lr()[0]
-        for micro in range(cfg.gradient_accumulation):
-            with acc.accumulate(*models):
-                loss, inst, prior = training_step(run, step, micro)
-                acc.backward(loss)
-                if acc.sync_gradients and cfg.max_grad_norm > 0:
-                    acc.clip_grad_norm_(trained, cfg.max_grad_norm)
-                run.optimizer.step()
-                run.optimizer.zero_grad(set_to_none=True)
-                if acc.sync_gradients:
-                    run.method.after_step(run.comps)
-            totals += (
-                torch.stack([loss.detach(), inst.detach(), prior.detach()]).float().cpu() / cfg.gradient_accumulation
-            )
-        run.lr_scheduler.step()
-        done = step + 1
-        dt = time.perf_counter() - t0
-        row = [done, *(f"{v:.6g}" for v in totals.tolist()), f"{lr:.6g}", f"{dt:.4f}"]
-        log_file.write(",".join(map(str, row)) + "\n")
-        log_file.flush()
-        if cfg.report_to != "none":
-            names = ("loss", "instance_loss", "prior_loss")
-            acc.log({**{f"train/{k}": v for k, v in zip(names, totals.tolist())}, "train/lr": lr}, step=done)
-        step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
-        bar.set_postfix_str(f"loss={totals[0]:.4f} lr={lr:.2e} s/step={step_time:.2f}")
-        bar.update(1)
-        if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
-            save_checkpoint(
-                out, done, run.method, run.comps, run.optimizer, run.lr_scheduler, {"max_steps": cfg.max_steps}
-            )
-            prune_checkpoints(out, cfg.keep_checkpoints)
-        if validation.due(cfg, done):
-            validation.render(run, done)
+    skipped = 0
+    with _StopRequest() as stop:
+        for step in range(run.start_step, cfg.max_steps):
+            t0 = time.perf_counter()
+            totals, fault = _optimizer_step(run, step, models, trained)
+            run.lr_scheduler.step()
+            done = step + 1
+            if fault:
+                if not cfg.skip_nonfinite:
+                    last = list_checkpoints(out)
+                    kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was saved yet"
+                    raise UserError(
+                        f"step {done}: the {fault} is not finite; training stopped and wrote nothing new ({kept}); "
+                        "lower --learning-rate, or pass --skip-nonfinite to skip such steps"
+                    )
+                skipped += 1
+                log.warning("step %d: the %s is not finite; step skipped (%d so far)", done, fault, skipped)
+            lr = totals[3].item()
+            dt = time.perf_counter() - t0
+            row = [done, *(f"{v:.6g}" for v in totals[:3].tolist()), f"{lr:.6g}", f"{dt:.4f}", int(bool(fault))]
+            log_file.write(",".join(map(str, row)) + "\n")
+            log_file.flush()
+            if cfg.report_to != "none":
+                names = ("loss", "instance_loss", "prior_loss")
+                acc.log({**{f"train/{k}": v for k, v in zip(names, totals[:3].tolist())}, "train/lr": lr}, step=done)
+            step_time = dt if step_time is None else 0.9 * step_time + 0.1 * dt
+            bar.set_postfix_str(f"loss={totals[0]:.4f} lr={lr:.2e} s/step={step_time:.2f}")
+            bar.update(1)
+            saved = done % cfg.checkpoint_every == 0 or done == cfg.max_steps
+            if saved or stop.signal is not None:
+                path = save_checkpoint(
+                    out, done, run.method, run.comps, run.optimizer, run.lr_scheduler, {"max_steps": cfg.max_steps}
+                )
+                prune_checkpoints(out, cfg.keep_checkpoints)
+            if stop.signal is not None and done < cfg.max_steps:
+                bar.close()
+                log_file.close()
+                raise TrainingInterrupted(
+                    f"stopped at step {done} of {cfg.max_steps}; checkpoint {path}; continue with the same command "
+                    "and --resume latest"
+                )
+            if validation.due(cfg, done):
+                validation.render(run, done)
     bar.close()
     log_file.close()
     validation.write_grid(cfg)
     if cfg.report_to != "none":
         acc.end_training()
+
+
+def _optimizer_step(run: Run, step: int, models: list, trained: list) -> tuple[torch.Tensor, str | None]:
+    """One optimizer step over the micro-batches: (loss, instance loss, prior loss, lr), and what was not
+    finite ("loss" or "gradient"), in which case the weights are left as they were."""
+    cfg, acc = run.cfg, run.accelerator
+    totals = torch.zeros(4)
+    totals[3] = run.lr_scheduler.get_last_lr()[0]
+    fault = None
+    for micro in range(cfg.gradient_accumulation):
+        with acc.accumulate(*models):
+            loss, inst, prior = training_step(run, step, micro)
+            if not torch.isfinite(loss.detach()).all():
+                fault = fault or "loss"
+            else:
+                acc.backward(loss)
+            if acc.sync_gradients:
+                max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+                norm = acc.clip_grad_norm_(trained, max_norm)
+                if norm is not None and not torch.isfinite(torch.as_tensor(norm)).all():
+                    fault = fault or "gradient"
+                if fault:
+                    run.optimizer.zero_grad(set_to_none=True)
+                else:
+                    run.optimizer.step()
+                    run.optimizer.zero_grad(set_to_none=True)
+                    run.method.after_step(run.comps)
+        totals[:3] += (
+            torch.stack([loss.detach(), inst.detach(), prior.detach()]).float().cpu() / cfg.gradient_accumulation
+        )
+    return totals, fault
 
 
 def _open_log(path: Path, start_step: int):
