@@ -220,3 +220,19 @@ def test_zero_terminal_snr_trains_and_samples_on_the_rescaled_schedule(make_cfg,
     with pytest.raises(UserError, match="--zero-terminal-snr: needs a v-prediction model"):
         train(eps, progress=False)
     assert not (tmp_path / "eps").exists()
+
+
+def test_no_room_on_the_disk_is_refused_before_anything_starts(make_cfg, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from dreambooth.training.preflight import expected_bytes
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10**6, 10**6))  # 1 MB free
+    out = tmp_path / "deep" / "run"
+    with pytest.raises(UserError, match=r"--output-dir .*0\.0 GB free on its disk and the run needs about"):
+        train(make_cfg(output_dir=str(out)), progress=False)
+    assert not (tmp_path / "deep").exists()
+    cfg = make_cfg(method="full", max_steps=1000, checkpoint_every=250, keep_checkpoints=2, rank=16)
+    assert expected_bytes(cfg, 10**9) == 10**9 * (1 + 4 * 2) + 50_000_000

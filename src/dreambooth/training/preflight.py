@@ -54,6 +54,7 @@ def preflight(cfg: TrainConfig) -> Plan:
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output-dir {out}: is a file, not a folder")
+    _check_room(cfg, out)
     status = run_status(out)
     resume_from = None
     if cfg.resume is not None:
@@ -103,6 +104,54 @@ def _resume_path(cfg: TrainConfig, out: Path) -> Path:
             f"--max-steps {cfg.max_steps}: the checkpoint {path} is at step {step} already; give a larger --max-steps"
         )
     return path
+
+
+def expected_bytes(cfg: TrainConfig, trained_bytes: int) -> int:
+    """Disk a run needs, from the size of what it trains (fp32): the final weights plus, per kept
+    checkpoint, the weights twice (trainable state and user-facing file) and Adam's two moments (pure)."""
+    n_checkpoints = max(1, cfg.max_steps // cfg.checkpoint_every)
+    if cfg.keep_checkpoints:
+        n_checkpoints = min(n_checkpoints, cfg.keep_checkpoints)
+    return trained_bytes * (1 + 4 * n_checkpoints) + 50_000_000  # + logs, validation images, class images
+
+
+def _trained_bytes(cfg: TrainConfig) -> int:
+    """fp32 size of what trains, from the model's configs and files only (nothing is loaded)."""
+    from ..models import resolve
+
+    if cfg.method == "lora":
+        return 200_000_000  # a rank-128 LoRA on SDXL with both text encoders is ~0.9 GB; rank 16 on SD 1.5 ~25 MB
+    if cfg.method == "textual-inversion":
+        return 50_000_000  # the whole embedding matrix is checkpointed
+    unet = Path(resolve(cfg.model)) / "unet"
+    files = list(unet.glob("*.safetensors")) + list(unet.glob("*.bin")) if unet.is_dir() else []
+    if not files:
+        return 3_440_000_000  # SD 1.5's UNet in fp32, for a model not on this disk
+    size = sum(f.stat().st_size for f in files)
+    return size * 2 if any(".fp16." in f.name for f in files) else size
+
+
+def _check_room(cfg: TrainConfig, out: Path) -> None:
+    """The output folder can be written and its disk has room for the run, before anything starts."""
+    import shutil
+    import tempfile
+
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".dreambooth-write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(f"--output-dir {out}: cannot write in {parent} ({e.strerror or e})") from None
+    need = expected_bytes(cfg, _trained_bytes(cfg))
+    free = shutil.disk_usage(parent).free
+    if free < need:
+        raise UserError(
+            f"--output-dir {out}: {free / 1e9:.1f} GB free on its disk and the run needs about {need / 1e9:.1f} GB "
+            f"({cfg.method}, {max(1, cfg.max_steps // cfg.checkpoint_every)} checkpoints); free space, raise "
+            "--checkpoint-every or set --keep-checkpoints"
+        )
 
 
 def _check_hardware(cfg: TrainConfig) -> None:
