@@ -140,3 +140,20 @@ def test_a_non_finite_gradient_is_caught_too(make_cfg, tmp_path, monkeypatch):
     rows = list(csv.DictReader(open(out / "train_log.csv")))
     assert [r["skipped"] for r in rows] == ["0", "1", "0"]
     assert all(torch.isfinite(t).all() for t in lora_weights(out).values())
+
+
+def test_checkpoint_state_round_trips_without_pickle():
+    import torch
+
+    from dreambooth.training.checkpoint import flatten_state, rng_state, unflatten_state
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.randn(3, 2))], lr=1e-3)
+    opt.param_groups[0]["params"][0].grad = torch.randn(3, 2)
+    opt.step()
+    for state in (opt.state_dict(), rng_state(), {"lr_lambdas": [None], "last_epoch": 4, "_last_lr": [0.1]}):
+        tensors: dict = {}
+        back = unflatten_state(flatten_state(state, tensors), tensors)
+        a, b = repr(state).replace("tensor", ""), repr(back).replace("tensor", "")
+        assert a == b
+    with pytest.raises(TypeError, match="without pickle"):
+        flatten_state({"f": object()}, {})

@@ -77,13 +77,15 @@ def test_run_writes_resolved_config_log_and_checkpoints(make_cfg, tmp_path):
         files = {p.name for p in (out / "checkpoints" / name).iterdir()}
         assert {
             "checkpoint_complete",
-            "optimizer.pt",
-            "scheduler.pt",
-            "rng.pt",
+            "optimizer.safetensors",
+            "optimizer.json",
+            "scheduler.json",
+            "rng.safetensors",
             "state.json",
             "pytorch_lora_weights.safetensors",
             "trainable.safetensors",
         } <= files
+        assert not any(f.endswith((".pt", ".bin", ".pkl")) for f in files)  # no pickle anywhere
 
 
 def test_gradient_accumulation_batch_and_bf16_run(make_cfg, tmp_path):

@@ -36,6 +36,58 @@ def is_checkpoint(path: str | Path) -> bool:
     return (Path(path) / MARKER).is_file()
 
 
+def flatten_state(obj, tensors: dict, prefix: str = "t"):
+    """A JSON-able skeleton of a nested state (dicts with int or str keys, lists, tuples, numbers,
+    strings, tensors) whose tensors move into `tensors` under generated names (pure apart from filling
+    tensors). The optimizer's, scheduler's and RNG states are stored this way: safetensors and JSON,
+    no pickle."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        name = f"{prefix}{len(tensors)}"
+        tensors[name] = obj.detach().cpu().contiguous()
+        return {"__tensor__": name}
+    if isinstance(obj, dict):
+        return {"__dict__": [[k, flatten_state(v, tensors, prefix)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"__tuple__" if isinstance(obj, tuple) else "__list__": [flatten_state(v, tensors, prefix) for v in obj]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint without pickle")
+
+
+def unflatten_state(skeleton, tensors: dict):
+    """The inverse of flatten_state (pure)."""
+    if isinstance(skeleton, dict):
+        if "__tensor__" in skeleton:
+            return tensors[skeleton["__tensor__"]]
+        if "__dict__" in skeleton:
+            return {k: unflatten_state(v, tensors) for k, v in skeleton["__dict__"]}
+        if "__tuple__" in skeleton:
+            return tuple(unflatten_state(v, tensors) for v in skeleton["__tuple__"])
+        return [unflatten_state(v, tensors) for v in skeleton["__list__"]]
+    return skeleton
+
+
+def _write_state(folder: Path, name: str, obj) -> None:
+    from safetensors.torch import save_file
+
+    tensors: dict = {}
+    skeleton = flatten_state(obj, tensors)
+    save_file(tensors, folder / f"{name}.safetensors")
+    (folder / f"{name}.json").write_text(json.dumps(skeleton))
+
+
+def _read_state(folder: Path, name: str):
+    if not (folder / f"{name}.json").is_file():  # a checkpoint of an earlier version: torch's safe loader
+        import torch
+
+        return torch.load(folder / f"{name}.pt", weights_only=True)
+    from safetensors.torch import load_file
+
+    return unflatten_state(json.loads((folder / f"{name}.json").read_text()), load_file(folder / f"{name}.safetensors"))
+
+
 def rng_state() -> dict:
     import numpy as np
     import torch
@@ -71,31 +123,29 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(output_dir, step: int, method, comps, optimizer, lr_scheduler, extra: dict) -> Path:
-    import torch
     from safetensors.torch import save_file
 
     path = checkpoints_dir(output_dir) / f"step-{step}"
     with atomic_dir(path) as tmp:
         save_file(method.state_dict(comps), tmp / "trainable.safetensors")
         method.save(comps, tmp)  # the user-facing weights, so any checkpoint can generate
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
+        _write_state(tmp, "optimizer", optimizer.state_dict())
+        _write_state(tmp, "scheduler", lr_scheduler.state_dict())
+        _write_state(tmp, "rng", rng_state())
         (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
         (tmp / MARKER).write_text("")
     return path
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    import torch
     from safetensors.torch import load_file
 
     path = Path(path)
     return {
         "trainable": load_file(path / "trainable.safetensors"),
-        "optimizer": torch.load(path / "optimizer.pt", weights_only=True),
-        "scheduler": torch.load(path / "scheduler.pt", weights_only=True),
-        "rng": torch.load(path / "rng.pt", weights_only=True),
+        "optimizer": _read_state(path, "optimizer"),
+        "scheduler": _read_state(path, "scheduler"),
+        "rng": _read_state(path, "rng"),
         "state": json.loads((path / "state.json").read_text()),
     }
 
