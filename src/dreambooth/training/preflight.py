@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from ..models import check_model
 from .checkpoint import checkpoint_step, is_checkpoint, list_checkpoints
 
 RUN_FILE = "run.json"
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,18 +92,21 @@ def _check_v_prediction(model: str) -> None:
         )
 
 
-def _resume_path(cfg: TrainConfig, out: Path) -> Path:
+def _resume_path(cfg: TrainConfig, out: Path) -> Path | None:
     if cfg.resume == "latest":
         found = list_checkpoints(out)
-        if not found:
-            raise UserError(f"--resume latest: no complete checkpoint under {out / 'checkpoints'}")
+        if not found:  # stopped before its first checkpoint: start over (as diffusers' scripts do)
+            log.info("--resume latest: no complete checkpoint under %s yet; starting from step 0", out / "checkpoints")
+            return None
         path = found[-1][1]
     else:
         path = Path(cfg.resume)
         if not is_checkpoint(path):
             raise UserError(f"--resume {cfg.resume}: not a complete checkpoint folder (no checkpoint_complete marker)")
     step = checkpoint_step(path)
-    if step >= cfg.max_steps:
+    # A checkpoint at --max-steps of a run killed before its final weights were written: resuming it
+    # only writes them.
+    if step > cfg.max_steps or (step == cfg.max_steps and run_status(out) == "finished"):
         raise UserError(
             f"--max-steps {cfg.max_steps}: the checkpoint {path} is at step {step} already; give a larger --max-steps"
         )

@@ -1,0 +1,96 @@
+"""SIGKILL at any moment loses nothing (issue 8): the trainer is killed in a subprocess at ten moments
+(class-image generation, latent caching, mid-step, inside checkpoint saves, the final save, the run
+record), then `--resume latest` finishes with the weights of an uninterrupted run, and every
+checkpoint left on disk loads."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from dreambooth.demo import example_subject
+from helpers import lora_weights, max_abs_diff
+
+# Runs the CLI with one function wrapped to SIGKILL the process on its N-th call.
+KILLER = textwrap.dedent(
+    """
+    import importlib, os, signal, sys
+    target, n = os.environ["KILL_AT"].rsplit(":", 1)
+    module, name = target.split(":")
+    owner = importlib.import_module(module)
+    *path, attr = name.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    real, calls = getattr(owner, attr), [0]
+    def wrapped(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == int(n):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    setattr(owner, attr, wrapped)
+    from dreambooth.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def _args(model, out, class_dir):
+    return [
+        "train", "--model", str(model), "--instance-dir", str(example_subject()),
+        "--instance-prompt", "a photo of sks dog", "--class-prompt", "a photo of a dog",
+        "--class-dir", str(class_dir), "--num-class-images", "3", "--class-inference-steps", "2",
+        "--class-batch-size", "1", "--resolution", "64", "--max-steps", "6", "--checkpoint-every", "2",
+        "--rank", "4", "--learning-rate", "1e-2", "--lr-scheduler", "linear", "--lr-warmup-steps", "1",
+        "--train-text-encoder", "--text-encoder-lr", "1e-2", "--output-dir", str(out),
+    ]  # fmt: skip
+
+
+MOMENTS = [  # the N-th atomic write of this run: 1 config.yaml, 2 run.json, 3-5 class images,
+    # 6 train_log.csv, 7-17 checkpoint step-2, 18-28 step-4, 29-39 step-6, 40 final weights, 41 run.json, 42 card
+    "dreambooth.io:_fsync:1",  # writing config.yaml
+    "dreambooth.io:_fsync:4",  # writing the second class image
+    "dreambooth.data.examples:TrainingData._encode:2",  # caching latents
+    "dreambooth.training.loop:training_step:2",  # inside step 2
+    "dreambooth.io:_fsync:9",  # inside the first checkpoint
+    "dreambooth.training.checkpoint:prune_checkpoints:1",  # right after the first checkpoint
+    "dreambooth.training.loop:training_step:5",  # inside step 5
+    "dreambooth.io:_fsync:22",  # inside the second checkpoint
+    "dreambooth.io:_fsync:35",  # inside the last checkpoint
+    "dreambooth.io:_fsync:40",  # writing the final weights
+    "dreambooth.io:_fsync:41",  # writing the finished run record
+]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model, tmp_path_factory):
+    from dreambooth.cli import main
+
+    d = tmp_path_factory.mktemp("straight")
+    assert main(_args(tiny_model, d / "run", d / "class")) == 0
+    return d / "run"
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_sigkill_then_resume_latest_equals_an_uninterrupted_run(moment, tiny_model, uninterrupted, tmp_path):
+    from dreambooth.cli import main
+    from dreambooth.training.checkpoint import list_checkpoints, load_checkpoint
+
+    out, class_dir = tmp_path / "run", tmp_path / "class"
+    env = {**os.environ, "KILL_AT": moment, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLER, *_args(tiny_model, out, class_dir)], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == -signal.SIGKILL, (moment, proc.returncode, proc.stderr[-2000:])
+    for _, ckpt in list_checkpoints(out):
+        load_checkpoint(ckpt)  # every checkpoint left on disk loads
+    assert main([*_args(tiny_model, out, class_dir), "--resume", "latest"]) == 0
+    assert max_abs_diff(lora_weights(uninterrupted), lora_weights(out)) <= 1e-6, moment
+    from dreambooth.data.images import inspect_image, list_images
+
+    images = list_images(class_dir)  # a torn write is a hidden .tmp file, never listed as an image
+    assert len(images) == 3 and all(inspect_image(p).status == "ok" for p in images)
