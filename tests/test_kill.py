@@ -81,7 +81,10 @@ def test_sigkill_then_resume_latest_equals_an_uninterrupted_run(moment, tiny_mod
     from dreambooth.training.checkpoint import list_checkpoints, load_checkpoint
 
     out, class_dir = tmp_path / "run", tmp_path / "class"
-    env = {**os.environ, "KILL_AT": moment, "OMP_NUM_THREADS": "1"}
+    import torch
+
+    # The same thread count as this process: float sums, so the images and weights, depend on it
+    env = {**os.environ, "KILL_AT": moment, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.run(
         [sys.executable, "-c", KILLER, *_args(tiny_model, out, class_dir)], env=env, capture_output=True, text=True
     )
