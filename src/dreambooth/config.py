@@ -46,6 +46,18 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, **meta})
 
 
+def _model_config_field():
+    return _f(
+        None,
+        "with a single-file --model: a diffusers folder or hub id of the same architecture, for its configs, "
+        "tokenizer and scheduler (default: the one diffusers infers from the file's keys)",
+    )
+
+
+def _allow_pickle_field():
+    return _f(False, "accept a pickled --model checkpoint (.ckpt, .pt, .bin), which can run code when loaded")
+
+
 @dataclasses.dataclass
 class TrainConfig:
     # what to train on
@@ -55,14 +67,8 @@ class TrainConfig:
         ".safetensors checkpoint",
         required=True,
     )
-    model_config: str | None = _f(
-        None,
-        "with a single-file --model: a diffusers folder or hub id of the same architecture, for its configs, "
-        "tokenizer and scheduler (default: the one diffusers infers from the file's keys)",
-    )
-    allow_pickle: bool = _f(
-        False, "accept a pickled --model checkpoint (.ckpt, .pt, .bin), which can run code when loaded"
-    )
+    model_config: str | None = _model_config_field()
+    allow_pickle: bool = _allow_pickle_field()
     instance_dir: str | None = _f(None, "folder with the 3-5 photos of the subject", required=True)
     skip_bad_images: bool = _f(
         False, "train on the usable photos of --instance-dir, leaving out (and naming) the ones that cannot be used"
@@ -462,14 +468,8 @@ class SamplingConfig:
     model: str | None = _f(
         None, "base model: hub id, local diffusers folder or single-file .safetensors checkpoint", required=True
     )
-    model_config: str | None = _f(
-        None,
-        "with a single-file --model: a diffusers folder or hub id of the same architecture, for its configs, "
-        "tokenizer and scheduler (default: the one diffusers infers from the file's keys)",
-    )
-    allow_pickle: bool = _f(
-        False, "accept a pickled --model checkpoint (.ckpt, .pt, .bin), which can run code when loaded"
-    )
+    model_config: str | None = _model_config_field()
+    allow_pickle: bool = _allow_pickle_field()
     lora: str | None = _f(None, "trained LoRA: a run folder, a checkpoint folder or a .safetensors file")
     embedding: str | None = _f(None, "a Textual Inversion embedding (learned_embeds.safetensors, or its run folder)")
     prompt: list[str] = _f([], 'prompt (repeatable), e.g. "a photo of sks cat in a bucket"')
@@ -627,14 +627,8 @@ class CompareConfig:
     model: str | None = _f(
         None, "base model: hub id, local diffusers folder or single-file .safetensors checkpoint", required=True
     )
-    model_config: str | None = _f(
-        None,
-        "with a single-file --model: a diffusers folder or hub id of the same architecture, for its configs, "
-        "tokenizer and scheduler (default: the one diffusers infers from the file's keys)",
-    )
-    allow_pickle: bool = _f(
-        False, "accept a pickled --model checkpoint (.ckpt, .pt, .bin), which can run code when loaded"
-    )
+    model_config: str | None = _model_config_field()
+    allow_pickle: bool = _allow_pickle_field()
     prompts: str = _f("dreambench", "dreambench (all 25 of the subject's kind) or N (N of them, spread)")
     output: str = _f("comparison", "where runs, images, the table and the grids go")
     class_noun: str | None = _f(None, "class noun of subjects that are not DreamBench's")

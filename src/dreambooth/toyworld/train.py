@@ -111,6 +111,17 @@ def _save_state(path: Path, state: dict) -> None:
     tmp.replace(path)
 
 
+def _resume(ckpt: Path, model, opt, lr) -> int:
+    """Load a stage's checkpoint (model, optimizer, schedule) if there is one; the step to start from."""
+    if not ckpt.exists():
+        return 0
+    state = torch.load(ckpt, weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    lr.load_state_dict(state["lr"])
+    return state["step"]
+
+
 def train_vae(vae, steps: int, seed: int, batch: int, work: Path, bf16: bool = True, every: int = 250) -> None:
     """Pixel L1 + MSE (and a tiny KL) on fresh world images each step; cosine learning rate to zero.
 
@@ -124,13 +135,7 @@ def train_vae(vae, steps: int, seed: int, batch: int, work: Path, bf16: bool = T
     ckpt = work / "vae.pt"
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0)
     lr = get_scheduler("cosine", opt, num_warmup_steps=100, num_training_steps=steps)
-    start = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        lr.load_state_dict(state["lr"])
-        start = state["step"]
+    start = _resume(ckpt, vae, opt, lr)
     t0 = time.time()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="vae", mininterval=5)
     for step in bar:
@@ -177,13 +182,7 @@ def train_decoder(vae, steps: int, seed: int, batch: int, work: Path, bf16: bool
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     opt = torch.optim.AdamW(params, lr=3e-4, weight_decay=0)
     lr = get_scheduler("cosine", opt, num_warmup_steps=50, num_training_steps=steps)
-    start = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        lr.load_state_dict(state["lr"])
-        start = state["step"]
+    start = _resume(ckpt, vae, opt, lr)
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="decoder", mininterval=5)
     for step in bar:
         rng = random.Random(seed * 7919 + 10_000_000 + step)
