@@ -94,6 +94,7 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
     assert pipe.tokenizer.tokenize("a photo of sks star") == ["a</w>", "photo</w>", "of</w>", "sks</w>", "star</w>"]
     assert pipe.tokenizer.model_max_length == train.MAX_TOKENS  # what it was trained with, not CLIP's 77
     assert pipe.vae.config.scaling_factor != 0.18215  # measured on the data: latents at unit variance
+    assert not list((tmp_path / "work").glob("*.pt"))  # stage checkpoints and latents: safetensors, no pickle
     again = pretrain(tmp_path / "toy2", tmp_path / "work2")  # the same seed: the same weights
     for a, b in ((pipe.unet, again.unet), (pipe.vae, again.vae), (pipe.text_encoder, again.text_encoder)):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

@@ -45,7 +45,9 @@ def render_subject(
     else:
         ImageDraw.Draw(outer).polygon(poly, fill=255)
     width = round(OUTLINE_PX * SS)
-    inner = outer.filter(ImageFilter.MinFilter(2 * width + 1))
+    inner = outer
+    for _ in range(width):  # = MinFilter(2 * width + 1), a square erosion, 3x faster
+        inner = inner.filter(ImageFilter.MinFilter(3))
     fill = Image.new("RGB", (big, big), color)
     d = ImageDraw.Draw(fill)
     r = s * 0.085
