@@ -25,7 +25,7 @@ from .config import (
     from_namespace,
     load_yaml,
 )
-from .errors import TrainingInterrupted, UserError
+from .errors import ProcessesFailed, TrainingInterrupted, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_, description=description)
         c.add_argument("--config", help="YAML file whose keys are the flags' names (learning_rate: 1e-4)")
         add_arguments(c, cls)
+        _add_local_files_only(c)
 
     m = sub.add_parser("tiny-model", help="write a tiny random Stable Diffusion pipeline folder (offline)")
     m.add_argument("out", help="folder to write")
@@ -151,6 +152,7 @@ def _parser() -> argparse.ArgumentParser:
         "--dtype", default="fp16", choices=("fp16", "bf16", "fp32"), help="single-file weights' precision (fp16)"
     )
     e.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    _add_local_files_only(e)
 
     d = sub.add_parser(
         "demo",
@@ -161,7 +163,17 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--images", type=_positive_int, default=16, help="images per prompt (16)")
     d.add_argument("--guidance", type=float, default=5.0, help="guidance scale (5)")
     d.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --output-dir")
+    _add_local_files_only(d)
     return p
+
+
+def _add_local_files_only(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--local-files-only",
+        action="store_true",
+        help="never touch the network: models and extractors come from local folders or the hub cache "
+        "(as HF_HUB_OFFLINE=1)",
+    )
 
 
 def plain_config(ns: argparse.Namespace, cls: type):
@@ -227,15 +239,23 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     # transformers warns at import about image processors we never use.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if getattr(ns, "local_files_only", False):
+        from .models import go_offline
+
+        go_offline()
+    from .training.distributed import LAUNCHED_VAR, rank_from_env
+
+    rank = rank_from_env()  # in a multi-process run the main process (rank 0) speaks for all
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
     try:
         if ns.command in CONFIG_COMMANDS:
             cls, _, _, runner = CONFIG_COMMANDS[ns.command]
             make = {"train": train_config, "generate": generate_config}.get(ns.command, lambda n: plain_config(n, cls))
             module, func = runner.split(":")
             result = getattr(importlib.import_module(f".{module}", __package__), func)(make(ns))
-            for line in result if isinstance(result, list) else [result] if isinstance(result, Path) else []:
-                print(line)
+            lines = result if isinstance(result, list) else [result] if isinstance(result, Path) else []
+            for line in lines if rank == 0 and not os.environ.get(LAUNCHED_VAR) else []:
+                print(line)  # (a process started by --num-processes leaves it to the command that started it)
         elif ns.command == "tiny-model":
             from .tiny import build_tiny_pipeline
 
@@ -264,11 +284,15 @@ def main(argv: list[str] | None = None) -> int:
                 guidance=ns.guidance,
             )
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
+        if rank == 0:
+            print(f"interrupted: {e}", file=sys.stderr)
         return 130
+    except ProcessesFailed as e:
+        return e.code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

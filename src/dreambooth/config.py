@@ -139,6 +139,11 @@ class TrainConfig:
     adam_8bit: bool = _f(False, "8-bit AdamW from bitsandbytes (CUDA only)")
     mixed_precision: str = _f("no", "mixed precision through accelerate", choices=MIXED_PRECISION)
     gradient_checkpointing: bool = _f(False, "trade compute for memory in the UNet (and text encoder)")
+    num_processes: int = _f(
+        1,
+        "train on N processes of this machine (one per GPU; on a CPU, gloo processes): each takes --batch-size "
+        "examples per step, gradients are averaged (multi-node: accelerate launch -m dreambooth train)",
+    )
     seed: int = _f(0, "seed of everything random in the run")
     skip_nonfinite: bool = _f(
         False, "skip a step whose loss or gradient is not finite (counted in train_log.csv) instead of stopping"
@@ -221,6 +226,7 @@ class TrainConfig:
             ),
             (self.max_steps >= 1, "--max-steps", f"must be at least 1, got {self.max_steps}"),
             (self.batch_size >= 1, "--batch-size", f"must be at least 1, got {self.batch_size}"),
+            (self.num_processes >= 1, "--num-processes", f"must be at least 1, got {self.num_processes}"),
             (
                 self.gradient_accumulation >= 1,
                 "--gradient-accumulation",

@@ -62,6 +62,19 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
+def go_offline() -> None:
+    """--local-files-only: no hub request from here on (huggingface_hub, transformers and diffusers read
+    HF_HUB_OFFLINE; where they are imported already, their constants are set too)."""
+    import sys
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    for name in ("huggingface_hub.constants", "diffusers.utils.constants"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "HF_HUB_OFFLINE"):
+            module.HF_HUB_OFFLINE = True
+
+
 def _check_hub_id(model: str, flag: str) -> None:
     if not _HUB_ID.match(model) or model.startswith((".", "/", "~")):
         raise UserError(f"{flag} {model}: no such file or folder, and not a hub id (owner/name)")
@@ -69,7 +82,10 @@ def _check_hub_id(model: str, flag: str) -> None:
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(model, "model_index.json"), str):
-            raise UserError(f"{flag} {model}: not in the local hub cache, and HF_HUB_OFFLINE is set")
+            raise UserError(
+                f"{flag} {model}: not in the local hub cache, and --local-files-only (or HF_HUB_OFFLINE) keeps "
+                "the network off"
+            )
 
 
 def _check_single_file(p: Path, model: str, flag: str, config: str | None, allow_pickle: bool) -> None:

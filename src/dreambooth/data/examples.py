@@ -40,13 +40,20 @@ def to_pixels(path: Path, resolution: int, flip: bool, crop_xy: tuple[float, flo
 
 
 def sample_latents(
-    params: torch.Tensor, generator: torch.Generator, scaling: float, shift: float = 0.0
+    params: torch.Tensor,
+    generator: torch.Generator,
+    scaling: float,
+    shift: float = 0.0,
+    rows: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Draw z ~ N(mean, exp(logvar)) from the VAE posterior parameters (B, 2C, h, w), then scale
-    as the diffusion model expects (Rombach et al., 2022, section 3)."""
+    as the diffusion model expects (Rombach et al., 2022, section 3). rows=(first, total): params are
+    rows first.. of a batch of total, and the noise of all total rows is drawn (one process's slice)."""
     mean, logvar = params.float().chunk(2, dim=1)
     std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-    eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
+    first, total = rows or (0, mean.shape[0])
+    eps = torch.randn((total, *mean.shape[1:]), generator=generator, dtype=mean.dtype)
+    eps = eps[first : first + mean.shape[0]].to(mean.device)
     return (mean + std * eps - shift) * scaling
 
 
@@ -110,9 +117,22 @@ class TrainingData:
         pixels = pixels.to(vae.device, vae.dtype)  # (B, 3, R, R)
         return vae.encode(pixels).latent_dist.parameters  # (B, 8, R/8, R/8)
 
-    def batch(self, s: ExampleSet, first_k: int, n: int, generator: torch.Generator, vae, text_encoders, device):
+    def batch(
+        self,
+        s: ExampleSet,
+        first_k: int,
+        n: int,
+        generator: torch.Generator,
+        vae,
+        text_encoders,
+        device,
+        part: tuple[int, int] | None = None,
+    ):
         """Latents (n, 4, h, w), text embeddings (n, L, D) and, for SDXL, the UNet's added conditioning
-        (pooled text embeddings and micro-conditioning sizes; else None) of examples first_k .. first_k + n - 1."""
+        (pooled text embeddings and micro-conditioning sizes; else None) of examples first_k .. first_k + n - 1;
+        with part=(lo, hi) only those of examples first_k + lo .. first_k + hi - 1, drawing the same random
+        numbers as for all n (how processes split a global batch)."""
+        lo, hi = part or (0, n)
         idx = [epoch_order(len(s.paths), self.seed, s.stream, first_k + j) for j in range(n)]
         flips = [bool(torch.rand((), generator=generator) < 0.5) if self.flip else False for _ in idx]
         crops = [tuple(torch.rand(2, generator=generator).tolist()) if self.random_crop else (0.5, 0.5) for _ in idx]
@@ -122,13 +142,15 @@ class TrainingData:
             if n_prompts > 1
             else torch.zeros(n, dtype=torch.long)
         )
+        idx, flips, crops, which = idx[lo:hi], flips[lo:hi], crops[lo:hi], which[lo:hi]
         if s._latent_cache:
             params = torch.stack([s._latent_cache[(i, f)] for i, f in zip(idx, flips)])
         else:
             with torch.no_grad():
                 params = self._encode(vae, [s.paths[i] for i in idx], flips, crops)
         cfg = vae.config
-        latents = sample_latents(params, generator, cfg.scaling_factor, getattr(cfg, "shift_factor", None) or 0.0)
+        shift = getattr(cfg, "shift_factor", None) or 0.0
+        latents = sample_latents(params, generator, cfg.scaling_factor, shift, rows=(lo, n))
         if s._embedding_cache is not None:
             emb, pooled = s._embedding_cache
             emb, pooled = emb[which], None if pooled is None else pooled[which]

@@ -393,9 +393,7 @@ def main() -> None:
     p.add_argument("--work", default="toyworld-work", help="checkpoints and cached latents (resumable)")
     p.add_argument("--vae-steps", type=int, default=3000)
     p.add_argument("--vae-batch", type=int, default=16)
-    p.add_argument(
-        "--outlined", type=int, default=4, help="objects drawn like the demo subject in each VAE batch"
-    )
+    p.add_argument("--outlined", type=int, default=4, help="objects drawn like the demo subject in each VAE batch")
     p.add_argument("--unet-steps", type=int, default=5000)
     p.add_argument("--batch", type=int, default=32, help="UNet batch size")
     p.add_argument("--offset-noise", type=float, default=0.1, help="offset noise of the UNet training")

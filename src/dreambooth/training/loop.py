@@ -23,7 +23,7 @@ from .. import io
 from ..config import TrainConfig, to_yaml
 from ..data.examples import ExampleSet, TrainingData, mix_seed, tokenize
 from ..data.prior import class_images, generate_class_images, missing_class_indices
-from ..errors import TrainingInterrupted, UserError
+from ..errors import ProcessesFailed, TrainingInterrupted, UserError
 from ..methods import Method, get_method
 from ..models import Components, load_components
 from . import validation
@@ -113,32 +113,52 @@ def resolved(cfg: TrainConfig) -> TrainConfig:
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
-    """Train as configured; returns the output folder. Raises UserError on bad input, before loading."""
-    plan = preflight(cfg)
-    out = Path(cfg.output_dir)
-    if plan.clear_previous:
-        for name in ("checkpoints", RUN_FILE, "train_log.csv"):
-            p = out / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = resolved(cfg)
-    io.write_text(out / "config.yaml", to_yaml(cfg))
-    # Until the final weights are written, the run is not finished (also when it continues one that was).
-    io.write_text(out / RUN_FILE, json.dumps({"status": "training", "max_steps": cfg.max_steps}, indent=2))
-    run = setup(cfg, plan, progress)
-    fit(run, progress)
-    files = run.method.save(run.comps, out)
-    io.write_text(
-        out / RUN_FILE,
-        json.dumps(
-            {"status": "finished", "step": cfg.max_steps, "method": cfg.method, "files": [f.name for f in files]},
-            indent=2,
-        ),
-    )
-    from ..card import write_card
+    """Train as configured; returns the output folder. Raises UserError on bad input, before loading.
 
-    write_card(out)
-    log.info("finished: %s", ", ".join(str(f) for f in files))
+    With cfg.num_processes > 1 (and not already in a process group) it starts that many processes of
+    itself (distributed.launch_train); in a group, every process trains its slice of each global
+    batch and the main process alone writes files."""
+    from . import distributed
+
+    if cfg.num_processes > 1 and not distributed.in_group():
+        code = distributed.launch_train(cfg)
+        if code:
+            raise ProcessesFailed(code)
+        return Path(cfg.output_dir)
+    group = distributed.state()
+    if group.num_processes != cfg.num_processes:  # started by accelerate launch or torchrun
+        cfg = dataclasses.replace(cfg, num_processes=group.num_processes)
+    main = group.is_main_process
+    plan = preflight(cfg)
+    group.wait_for_everyone()  # every process has read the folder before the main one changes it
+    out = Path(cfg.output_dir)
+    cfg = resolved(cfg)
+    if main:
+        if plan.clear_previous:
+            for name in ("checkpoints", RUN_FILE, "train_log.csv"):
+                p = out / name
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        io.write_text(out / "config.yaml", to_yaml(cfg))
+        # Until the final weights are written, the run is not finished (also when it continues one that was).
+        io.write_text(out / RUN_FILE, json.dumps({"status": "training", "max_steps": cfg.max_steps}, indent=2))
+    group.wait_for_everyone()
+    run = setup(cfg, plan, progress and main)
+    fit(run, progress and main)
+    if main:
+        files = run.method.save(run.comps, out)
+        io.write_text(
+            out / RUN_FILE,
+            json.dumps(
+                {"status": "finished", "step": cfg.max_steps, "method": cfg.method, "files": [f.name for f in files]},
+                indent=2,
+            ),
+        )
+        from ..card import write_card
+
+        write_card(out)
+        log.info("finished: %s", ", ".join(str(f) for f in files))
+    group.wait_for_everyone()
     return out
 
 
@@ -151,7 +171,10 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
     # (tests, sweeps, the UI) must start from its own. The process group (PartialState) is kept.
     AcceleratorState._reset_state()
     GradientState._reset_state()
+    from .distributed import use_cpu
+
     accelerator = Accelerator(
+        cpu=use_cpu(),
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation,
         log_with="tensorboard" if cfg.report_to == "tensorboard" else None,
@@ -172,7 +195,7 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
         comps.vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (diffusers upcasts it too)
     klass = None
     if cfg.prior_preservation:
-        klass = _class_examples(cfg, comps, progress)
+        klass = _class_examples(cfg, comps, progress, accelerator)
     method = get_method(cfg)
     torch.manual_seed(cfg.seed)  # adapter initialisation
     param_groups = method.prepare(comps)
@@ -239,15 +262,27 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
     )
 
 
-def _class_examples(cfg: TrainConfig, comps: Components, progress: bool) -> ExampleSet:
+def shard(items: list, rank: int, world: int) -> list:
+    """This process's share of items (every world-th from rank): the shares are disjoint and cover all."""
+    return items[rank::world]
+
+
+def _class_examples(cfg: TrainConfig, comps: Components, progress: bool, acc) -> ExampleSet:
     missing = missing_class_indices(cfg.class_dir, cfg.num_class_images)
+    acc.wait_for_everyone()  # every process has listed the folder before any writes to it
     if missing:
-        log.info("generating %d class images for %r in %s", len(missing), cfg.class_prompt, cfg.class_dir)
+        log.info(
+            "generating %d class images for %r in %s%s",
+            len(missing),
+            cfg.class_prompt,
+            cfg.class_dir,
+            f", split across {acc.num_processes} processes" if acc.num_processes > 1 else "",
+        )
         generate_class_images(
             comps.pipeline,
             cfg.class_prompt,
             cfg.class_dir,
-            missing,
+            shard(missing, acc.process_index, acc.num_processes),
             seed=cfg.seed,
             steps=cfg.class_inference_steps,
             guidance=cfg.class_guidance,
@@ -255,6 +290,7 @@ def _class_examples(cfg: TrainConfig, comps: Components, progress: bool) -> Exam
             resolution=cfg.resolution,
             progress=progress,
         )
+    acc.wait_for_everyone()
     paths = class_images(cfg.class_dir, cfg.num_class_images)
     ids_2 = tokenize(comps.tokenizer_2, cfg.class_prompt) if comps.is_sdxl else None
     return ExampleSet(paths, tokenize(comps.tokenizer, cfg.class_prompt), stream=1, prompt_ids_2=ids_2)
@@ -276,7 +312,8 @@ def training_step(run: Run, step: int, micro: int) -> tuple[torch.Tensor, torch.
     the same with or without prior preservation.
     """
     cfg, data = run.cfg, run.data
-    k = (step * cfg.gradient_accumulation + micro) * cfg.batch_size
+    world = run.accelerator.num_processes
+    k = (step * cfg.gradient_accumulation + micro) * cfg.batch_size * world  # the global batch's first example
     parts = [
         _noised(run, s, k, torch.Generator().manual_seed(mix_seed(cfg.seed, step, micro, s.stream))) for s in data.sets
     ]
@@ -289,11 +326,15 @@ def training_step(run: Run, step: int, micro: int) -> tuple[torch.Tensor, torch.
 
 
 def _noised(run: Run, s: ExampleSet, k: int, g: torch.Generator):
-    """Examples k.. of set s with noise added at random timesteps (Ho et al., 2020, eq. 4)."""
-    comps, device, n = run.comps, run.accelerator.device, run.cfg.batch_size
-    latents, emb, added = run.data.batch(s, k, n, g, comps.vae, run.text_encoders, device)  # (n, 4, h, w), (n, L, D)
-    noise = torch.randn(latents.shape, generator=g).to(device)
-    timesteps = torch.randint(0, comps.noise_scheduler.config.num_train_timesteps, (n,), generator=g).to(device)
+    """This process's slice of examples k.. of set s (the global batch: batch size x processes) with
+    noise added at random timesteps (Ho et al., 2020, eq. 4). The random numbers of the whole global
+    batch are drawn, so the split across processes changes nothing."""
+    comps, device, n, acc = run.comps, run.accelerator.device, run.cfg.batch_size, run.accelerator
+    total, part = n * acc.num_processes, (acc.process_index * n, (acc.process_index + 1) * n)
+    latents, emb, added = run.data.batch(s, k, total, g, comps.vae, run.text_encoders, device, part)  # (n, 4, h, w)
+    noise = torch.randn((total, *latents.shape[1:]), generator=g)[part[0] : part[1]].to(device)
+    timesteps = torch.randint(0, comps.noise_scheduler.config.num_train_timesteps, (total,), generator=g)
+    timesteps = timesteps[part[0] : part[1]].to(device)
     noisy = comps.noise_scheduler.add_noise(latents, noise, timesteps)
     return noisy, timesteps, emb, diffusion_target(comps.noise_scheduler, latents, noise, timesteps), added
 
@@ -302,8 +343,9 @@ def fit(run: Run, progress: bool = True) -> None:
     from tqdm.auto import tqdm
 
     cfg, acc = run.cfg, run.accelerator
+    main = acc.is_main_process
     out = Path(cfg.output_dir)
-    log_file = _open_log(out / "train_log.csv", run.start_step)
+    log_file = _open_log(out / "train_log.csv", run.start_step) if main else None
     trained = [p for g in run.optimizer.param_groups for p in g["params"]]
     tes = [te for te in run.text_encoders if te is not None] if run.method.trains_text_encoder else []
     models = [run.unet, *tes]
@@ -312,7 +354,7 @@ def fit(run: Run, progress: bool = True) -> None:
     if cfg.report_to != "none":
         hparams = {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))}
         acc.init_trackers("train", config=hparams)
-    if run.start_step == 0 and validation.due(cfg, 0):
+    if main and run.start_step == 0 and validation.due(cfg, 0):
         validation.render(run, 0)  # the base model's images, to compare against
     bar = tqdm(
         total=cfg.max_steps, initial=run.start_step, desc="training", unit="step", disable=not progress, mininterval=1.0
@@ -325,6 +367,11 @@ def fit(run: Run, progress: bool = True) -> None:
             totals, fault = _optimizer_step(run, step, models, trained)
             run.lr_scheduler.step()
             done = step + 1
+            stopping = stop.signal is not None
+            if acc.num_processes > 1:  # the losses of the global batch; a stop asked of any process stops all
+                shared = torch.cat([totals[:3], torch.tensor([float(stopping)])]).to(acc.device)
+                shared = acc.reduce(shared, reduction="sum").cpu()
+                totals[:3], stopping = shared[:3] / acc.num_processes, bool(shared[3] > 0)
             if fault:
                 if not cfg.skip_nonfinite:
                     last = list_checkpoints(out)
@@ -338,8 +385,9 @@ def fit(run: Run, progress: bool = True) -> None:
             lr = totals[3].item()
             dt = time.perf_counter() - t0
             row = [done, *(f"{v:.6g}" for v in totals[:3].tolist()), f"{lr:.6g}", f"{dt:.4f}", int(bool(fault))]
-            log_file.write(",".join(map(str, row)) + "\n")
-            log_file.flush()
+            if log_file is not None:
+                log_file.write(",".join(map(str, row)) + "\n")
+                log_file.flush()
             if cfg.report_to != "none":
                 names = ("loss", "instance_loss", "prior_loss")
                 acc.log({**{f"train/{k}": v for k, v in zip(names, totals[:3].tolist())}, "train/lr": lr}, step=done)
@@ -347,23 +395,27 @@ def fit(run: Run, progress: bool = True) -> None:
             bar.set_postfix_str(f"loss={totals[0]:.4f} lr={lr:.2e} s/step={step_time:.2f}")
             bar.update(1)
             saved = done % cfg.checkpoint_every == 0 or done == cfg.max_steps
-            if saved or stop.signal is not None:
-                path = save_checkpoint(
-                    out, done, run.method, run.comps, run.optimizer, run.lr_scheduler, {"max_steps": cfg.max_steps}
-                )
+            path = checkpoints_dir(out) / f"step-{done}"
+            if (saved or stopping) and main:
+                extra = {"max_steps": cfg.max_steps, "num_processes": acc.num_processes}
+                save_checkpoint(out, done, run.method, run.comps, run.optimizer, run.lr_scheduler, extra)
                 prune_checkpoints(out, cfg.keep_checkpoints)
-            if stop.signal is not None and done < cfg.max_steps:
+            if stopping and done < cfg.max_steps:
+                acc.wait_for_everyone()  # the checkpoint is on disk before any process exits
                 bar.close()
-                log_file.close()
+                if log_file is not None:
+                    log_file.close()
                 raise TrainingInterrupted(
                     f"stopped at step {done} of {cfg.max_steps}; checkpoint {path}; continue with the same command "
                     "and --resume latest"
                 )
-            if validation.due(cfg, done):
+            if main and validation.due(cfg, done):
                 validation.render(run, done)
     bar.close()
-    log_file.close()
-    validation.write_grid(cfg)
+    if log_file is not None:
+        log_file.close()
+    if main:
+        validation.write_grid(cfg)
     if cfg.report_to != "none":
         acc.end_training()
 
@@ -378,7 +430,10 @@ def _optimizer_step(run: Run, step: int, models: list, trained: list) -> tuple[t
     for micro in range(cfg.gradient_accumulation):
         with acc.accumulate(*models):
             loss, inst, prior = training_step(run, step, micro)
-            if not torch.isfinite(loss.detach()).all():
+            bad = not torch.isfinite(loss.detach()).all()
+            if acc.num_processes > 1:  # all processes skip the backward pass together, or none does
+                bad = acc.reduce(torch.tensor([float(bad)], device=acc.device), reduction="sum").item() > 0
+            if bad:
                 fault = fault or "loss"
             else:
                 acc.backward(loss)

@@ -104,6 +104,12 @@ def _resume_path(cfg: TrainConfig, out: Path) -> Path | None:
         if not is_checkpoint(path):
             raise UserError(f"--resume {cfg.resume}: not a complete checkpoint folder (no checkpoint_complete marker)")
     step = checkpoint_step(path)
+    trained_on = int(json.loads((path / "state.json").read_text()).get("num_processes", 1))
+    if trained_on != cfg.num_processes:
+        raise UserError(
+            f"--num-processes {cfg.num_processes}: the checkpoint {path} was trained on {trained_on} process(es); "
+            f"resume it with --num-processes {trained_on} (the global batch and its random numbers depend on it)"
+        )
     # A checkpoint at --max-steps of a run killed before its final weights were written: resuming it
     # only writes them.
     if step > cfg.max_steps or (step == cfg.max_steps and run_status(out) == "finished"):
