@@ -187,18 +187,24 @@ ARCHS = ("sd15", "sd2", "sdxl")
 
 
 def build_tiny_pipeline(out: str | Path, seed: int = 0, arch: str = "sd15") -> Path:
-    """Write a tiny StableDiffusionPipeline folder to `out`; stock `from_pretrained(out)` loads it.
+    """Write a tiny StableDiffusionPipeline folder to `out` (built beside it and renamed into place);
+    stock `from_pretrained(out)` loads it.
 
     arch sd2 has what sets Stable Diffusion 2.x apart: v-prediction, linear projections into the
     transformer blocks, per-block attention head sizes and an OpenCLIP-style (GELU) text encoder."""
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from .io import atomic_dir
 
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; one of {', '.join(ARCHS)}")
-    if arch == "sdxl":
-        return build_tiny_sdxl(out, seed)
-    out = Path(out)
+    with atomic_dir(out) as tmp:
+        (build_tiny_sdxl if arch == "sdxl" else _build_tiny_sd)(tmp, seed, arch)
+    return Path(out)
+
+
+def _build_tiny_sd(out: Path, seed: int, arch: str) -> Path:
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
     vocab = write_clip_tokenizer(out / "tokenizer")
     torch.manual_seed(seed)
     unet_kw, text_kw, prediction = unet_config(), dict(projection_dim=32), "epsilon"
@@ -211,7 +217,7 @@ def build_tiny_pipeline(out: str | Path, seed: int = 0, arch: str = "sd15") -> P
     return save_sd_pipeline(out, unet, vae, text_config(vocab, **text_kw), prediction)
 
 
-def build_tiny_sdxl(out: str | Path, seed: int = 0) -> Path:
+def build_tiny_sdxl(out: str | Path, seed: int = 0, arch: str = "sdxl") -> Path:
     """A tiny StableDiffusionXLPipeline: two text encoders (the second with a projection, whose pooled
     output conditions the UNet), a UNet with SDXL's added "text_time" conditioning (pooled text and the
     micro-conditioning sizes), attention only in the lower blocks, two layers per block, and SDXL's

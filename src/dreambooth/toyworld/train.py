@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io import atomic_dir
+from ..io import atomic_dir, write_text
 from .world import BACKGROUNDS, OBJECT_COLORS, SHAPES, caption, render, sample_scene
 
 log = logging.getLogger(__name__)
@@ -459,7 +459,7 @@ def main() -> None:
         vae.quant_conv.requires_grad_(False)
         train_decoder(vae, args.decoder_steps, args.seed, args.vae_batch, work, bf16=not args.fp32_vae)
     save(Path(args.out), vae, unet, te, tok_dir)
-    (work / "done.json").write_text(json.dumps(vars(args)))
+    write_text(work / "done.json", json.dumps(vars(args)))
     log.info("wrote %s", args.out)
 
 
