@@ -175,3 +175,39 @@ def test_bad_method_input(tiny_model, instance_dir, tmp_path, capsys, args, name
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and named in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "method,kw",
+    [
+        ("lora", dict(train_text_encoder=True, rank=4)),
+        ("full", {}),
+        ("textual-inversion", dict(token="<sks>", initializer_token="dog")),
+    ],
+)
+def test_fp16_mixed_precision_never_unscales_fp16_gradients(method, kw, tiny_model):
+    """diffusers #1246, #6098, #6124, #9973: a trained parameter left in fp16 makes the gradient scaler
+    raise "Attempting to unscale FP16 gradients". Models load in fp16 as under --mixed-precision fp16;
+    what trains must be fp32, and a scaled fp16-autocast step must go through (on the CPU's scaler)."""
+    from dreambooth.config import TrainConfig
+    from dreambooth.methods import get_method
+    from dreambooth.models import load_components
+
+    prompt = "a photo of <sks> dog" if method == "textual-inversion" else "a photo of sks dog"
+    cfg = TrainConfig(
+        model=str(tiny_model), instance_dir="x", instance_prompt=prompt, output_dir="o", method=method, **kw
+    )
+    comps = load_components(str(tiny_model), torch.float16)
+    groups = get_method(cfg).prepare(comps)
+    assert {p.dtype for g in groups for p in g["params"]} == {torch.float32}
+    if method != "full":
+        assert comps.unet.conv_in.weight.dtype == torch.float16  # the frozen weights stay half
+    optimizer, scaler = torch.optim.AdamW(groups), torch.amp.GradScaler("cpu")
+    ids = comps.tokenizer(
+        [prompt], padding="max_length", max_length=comps.tokenizer.model_max_length, return_tensors="pt"
+    )
+    with torch.autocast("cpu", dtype=torch.float16):
+        pred = comps.unet(torch.randn(1, 4, 8, 8), torch.tensor([10]), comps.text_encoder(ids.input_ids)[0]).sample
+    scaler.scale(pred.float().pow(2).mean()).backward()
+    scaler.unscale_(optimizer)  # raises on an fp16 gradient
+    scaler.step(optimizer)
