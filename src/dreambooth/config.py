@@ -130,6 +130,20 @@ class TrainConfig:
         None, "optimizer steps in all (default by method: lora 2000, full 1000, textual-inversion 3000)"
     )
     batch_size: int = _f(1, "instance images per step (as many class images are added)")
+    snr_gamma: float | None = _f(
+        None,
+        "min-SNR loss weighting (Hang et al., 2023): each example's loss times min(SNR, G)/SNR (v-prediction: "
+        "/(SNR + 1)); 5 is the paper's value. Faster convergence, less weight on the nearly clean timesteps",
+    )
+    noise_offset: float = _f(
+        0.0,
+        "offset noise: add X x a random constant per image and channel to the noise, so the model can learn "
+        "very dark or bright images (0.05-0.1)",
+    )
+    input_perturbation: float = _f(
+        0.0,
+        "perturb the noise the input is made from (not the target) by X x fresh noise (Ning et al., 2023; 0.1)",
+    )
     gradient_accumulation: int = _f(1, "micro-batches per optimizer step")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 turns clipping off)")
     adam_beta1: float = _f(0.9, "AdamW beta1")
@@ -227,6 +241,9 @@ class TrainConfig:
             (self.max_steps >= 1, "--max-steps", f"must be at least 1, got {self.max_steps}"),
             (self.batch_size >= 1, "--batch-size", f"must be at least 1, got {self.batch_size}"),
             (self.num_processes >= 1, "--num-processes", f"must be at least 1, got {self.num_processes}"),
+            (self.snr_gamma is None or self.snr_gamma > 0, "--snr-gamma", f"must be > 0, got {self.snr_gamma}"),
+            (self.noise_offset >= 0, "--noise-offset", f"must be >= 0, got {self.noise_offset}"),
+            (self.input_perturbation >= 0, "--input-perturbation", f"must be >= 0, got {self.input_perturbation}"),
             (
                 self.gradient_accumulation >= 1,
                 "--gradient-accumulation",

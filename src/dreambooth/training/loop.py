@@ -35,7 +35,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .losses import diffusion_target, prior_preservation_loss
+from .losses import diffusion_target, min_snr_weights, offset_noise, prior_preservation_loss
 from .preflight import RUN_FILE, Plan, preflight
 
 log = logging.getLogger(__name__)
@@ -322,7 +322,13 @@ def training_step(run: Run, step: int, micro: int) -> tuple[torch.Tensor, torch.
     if parts[0][4] is not None:  # SDXL: pooled text embeddings and micro-conditioning sizes
         added = {k: torch.cat([p[4][k] for p in parts]).to(run.weight_dtype) for k in parts[0][4]}
     pred = run.unet(noisy.to(run.weight_dtype), timesteps, emb.to(run.weight_dtype), added_cond_kwargs=added).sample
-    return prior_preservation_loss(pred, target, cfg.batch_size, cfg.prior_loss_weight)
+    weights = None
+    if cfg.snr_gamma is not None:
+        from diffusers.training_utils import compute_snr
+
+        sched = run.comps.noise_scheduler
+        weights = min_snr_weights(compute_snr(sched, timesteps), cfg.snr_gamma, sched.config.prediction_type)
+    return prior_preservation_loss(pred, target, cfg.batch_size, cfg.prior_loss_weight, weights)
 
 
 def _noised(run: Run, s: ExampleSet, k: int, g: torch.Generator):
@@ -335,7 +341,13 @@ def _noised(run: Run, s: ExampleSet, k: int, g: torch.Generator):
     noise = torch.randn((total, *latents.shape[1:]), generator=g)[part[0] : part[1]].to(device)
     timesteps = torch.randint(0, comps.noise_scheduler.config.num_train_timesteps, (total,), generator=g)
     timesteps = timesteps[part[0] : part[1]].to(device)
-    noisy = comps.noise_scheduler.add_noise(latents, noise, timesteps)
+    if run.cfg.noise_offset:  # (drawn after the rest: without it, a step's random numbers are unchanged)
+        noise = offset_noise(noise, run.cfg.noise_offset, g, rows=(part[0], total))
+    source = noise
+    if run.cfg.input_perturbation:  # the input is made from perturbed noise, the target from the noise
+        fresh = torch.randn((total, *latents.shape[1:]), generator=g)[part[0] : part[1]].to(device)
+        source = noise + run.cfg.input_perturbation * fresh
+    noisy = comps.noise_scheduler.add_noise(latents, source, timesteps)
     return noisy, timesteps, emb, diffusion_target(comps.noise_scheduler, latents, noise, timesteps), added
 
 

@@ -1,0 +1,63 @@
+"""Training options from the trainers our users come from (issue 11), each shown to change what it
+should on the tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dreambooth.training.loop import _noised, resolved, setup, train, training_step
+from dreambooth.training.preflight import preflight
+from helpers import lora_weights, max_abs_diff
+
+
+def _run(cfg):
+    cfg = resolved(cfg)
+    return setup(cfg, preflight(cfg), progress=False)
+
+
+def _draw(run, step=0):
+    g = torch.Generator().manual_seed(1234 + step)
+    return _noised(run, run.data.instance, 0, g)
+
+
+@pytest.fixture
+def base_run(make_cfg):
+    return _run(make_cfg(batch_size=4))
+
+
+def test_noise_offset_shifts_the_target_noise_by_a_constant_per_image_and_channel(make_cfg, base_run):
+    noisy0, t0, _, target0, _ = _draw(base_run)
+    run = _run(make_cfg(batch_size=4, noise_offset=0.1))
+    noisy, t, _, target, _ = _draw(run)
+    assert torch.equal(t, t0)
+    shift = target - target0  # epsilon prediction: the target is the noise
+    assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-6)
+    assert 0.01 < shift[:, :, 0, 0].abs().mean() < 0.3
+    assert not torch.allclose(noisy, noisy0)  # and the input is made from that noise
+
+
+def test_input_perturbation_changes_the_input_not_the_target(make_cfg, base_run):
+    noisy0, t0, _, target0, _ = _draw(base_run)
+    noisy, t, _, target, _ = _draw(_run(make_cfg(batch_size=4, input_perturbation=0.1)))
+    assert torch.equal(target, target0) and torch.equal(t, t0)
+    assert (noisy - noisy0).abs().max() > 1e-3
+
+
+def test_snr_gamma_weights_the_loss_by_timestep(make_cfg, base_run):
+    plain = training_step(base_run, 0, 0)
+    run = _run(make_cfg(batch_size=4, snr_gamma=1e9))  # min(SNR, 1e9) / SNR = 1: no weighting at all
+    assert all(a.item() == b.item() for a, b in zip(plain, training_step(run, 0, 0)))
+    # SNR runs from 0.005 (t = 999) to 1000 here: with gamma 1e-3 every example counts less, the
+    # clean end (high SNR) the least
+    run = _run(make_cfg(batch_size=4, snr_gamma=1e-3))
+    weighted = training_step(run, 0, 0)
+    assert weighted[0].item() < 0.3 * plain[0].item()
+
+
+def test_options_train_end_to_end_and_change_the_weights(make_cfg, tmp_path):
+    common = dict(batch_size=2, max_steps=3)  # (batch 1: a loss weight is one scale, which Adam undoes)
+    base = lora_weights(train(make_cfg(output_dir=str(tmp_path / "a"), **common), progress=False))
+    for i, kw in enumerate([dict(snr_gamma=1e-3), dict(noise_offset=0.1), dict(input_perturbation=0.1)]):
+        out = train(make_cfg(output_dir=str(tmp_path / f"b{i}"), **common, **kw), progress=False)
+        assert max_abs_diff(lora_weights(out), base) > 1e-6, kw
