@@ -61,3 +61,30 @@ def test_options_train_end_to_end_and_change_the_weights(make_cfg, tmp_path):
     for i, kw in enumerate([dict(snr_gamma=1e-3), dict(noise_offset=0.1), dict(input_perturbation=0.1)]):
         out = train(make_cfg(output_dir=str(tmp_path / f"b{i}"), **common, **kw), progress=False)
         assert max_abs_diff(lora_weights(out), base) > 1e-6, kw
+
+
+def test_ema_weights_are_the_warmed_up_average_of_each_step_and_resume_exactly(make_cfg, tmp_path):
+    from safetensors.torch import load_file
+
+    from dreambooth.cli import main
+
+    cfg = dict(max_steps=4, checkpoint_every=1, ema_decay=0.5, batch_size=2)
+    out = train(make_cfg(output_dir=str(tmp_path / "run"), **cfg), progress=False)
+    raw = [lora_weights(out / "checkpoints" / f"step-{k}") for k in range(1, 5)]
+    expected = dict(raw[0])  # diffusers' EMAModel: decay 0 at the first step, then min((1+s)/(10+s), D)
+    for k, w in enumerate(raw[1:], start=1):
+        d = min((1 + k) / (10 + k), 0.5)
+        expected = {n: d * expected[n] + (1 - d) * w[n] for n in w}
+    ema = lora_weights(out / "ema")
+    assert max_abs_diff(ema, expected) < 1e-6 and max_abs_diff(ema, raw[-1]) > 1e-5
+    assert max_abs_diff(lora_weights(out), raw[-1]) == 0  # the raw weights are untouched by saving the EMA
+    assert load_file(out / "checkpoints" / "step-2" / "ema" / "pytorch_lora_weights.safetensors").keys() == ema.keys()
+    # resumed from step 2, the EMA continues from its saved state
+    half = make_cfg(output_dir=str(tmp_path / "half"), **{**cfg, "max_steps": 2})
+    train(half, progress=False)
+    resumed = train(make_cfg(output_dir=str(tmp_path / "half"), resume="latest", **cfg), progress=False)
+    assert max_abs_diff(lora_weights(resumed / "ema"), ema) < 1e-6
+    gen = tmp_path / "gen"
+    args = ["generate", "--model", make_cfg().model, "--lora", str(out / "ema"), "--prompt", "a photo of sks dog"]
+    assert main([*args, "--steps", "2", "--num-images", "1", "--output-dir", str(gen)]) == 0
+    assert len(list(gen.glob("*.png"))) == 1

@@ -130,6 +130,11 @@ class TrainConfig:
         None, "optimizer steps in all (default by method: lora 2000, full 1000, textual-inversion 3000)"
     )
     batch_size: int = _f(1, "instance images per step (as many class images are added)")
+    ema_decay: float | None = _f(
+        None,
+        "keep an exponential moving average of the trained weights (0.999-0.9999; warmed up as diffusers' "
+        "EMAModel does) and save it beside the raw ones, in OUTPUT/ema/ (generate with --lora OUTPUT/ema)",
+    )
     snr_gamma: float | None = _f(
         None,
         "min-SNR loss weighting (Hang et al., 2023): each example's loss times min(SNR, G)/SNR (v-prediction: "
@@ -241,6 +246,11 @@ class TrainConfig:
             (self.max_steps >= 1, "--max-steps", f"must be at least 1, got {self.max_steps}"),
             (self.batch_size >= 1, "--batch-size", f"must be at least 1, got {self.batch_size}"),
             (self.num_processes >= 1, "--num-processes", f"must be at least 1, got {self.num_processes}"),
+            (
+                self.ema_decay is None or 0 < self.ema_decay < 1,
+                "--ema-decay",
+                f"must be between 0 and 1, got {self.ema_decay}",
+            ),
             (self.snr_gamma is None or self.snr_gamma > 0, "--snr-gamma", f"must be > 0, got {self.snr_gamma}"),
             (self.noise_offset >= 0, "--noise-offset", f"must be >= 0, got {self.noise_offset}"),
             (self.input_perturbation >= 0, "--input-perturbation", f"must be >= 0, got {self.input_perturbation}"),

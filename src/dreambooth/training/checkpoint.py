@@ -12,6 +12,7 @@ from pathlib import Path
 from ..io import atomic_dir
 
 MARKER = "checkpoint_complete"
+EMA_DIR = "ema"  # the EMA weights, in the same layout as the raw ones, in this subfolder
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -122,13 +123,19 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(output_dir, step: int, method, comps, optimizer, lr_scheduler, extra: dict) -> Path:
+def save_checkpoint(
+    output_dir, step: int, method, comps, optimizer, lr_scheduler, extra: dict, ema=None, ema_save=None
+) -> Path:
+    """ema: the EMA's state (diffusers' EMAModel) and ema_save(folder), which writes its user-facing weights."""
     from safetensors.torch import save_file
 
     path = checkpoints_dir(output_dir) / f"step-{step}"
     with atomic_dir(path) as tmp:
         save_file(method.state_dict(comps), tmp / "trainable.safetensors")
         method.save(comps, tmp)  # the user-facing weights, so any checkpoint can generate
+        if ema is not None:
+            _write_state(tmp, "ema", ema.state_dict())
+            ema_save(tmp / EMA_DIR)
         _write_state(tmp, "optimizer", optimizer.state_dict())
         _write_state(tmp, "scheduler", lr_scheduler.state_dict())
         _write_state(tmp, "rng", rng_state())
@@ -146,6 +153,7 @@ def load_checkpoint(path: str | Path) -> dict:
         "optimizer": _read_state(path, "optimizer"),
         "scheduler": _read_state(path, "scheduler"),
         "rng": _read_state(path, "rng"),
+        "ema": _read_state(path, "ema") if (path / "ema.json").is_file() else None,
         "state": json.loads((path / "state.json").read_text()),
     }
 

@@ -90,6 +90,21 @@ class Run:
     start_step: int
     weight_dtype: torch.dtype
     text_encoder_2: Any = None  # SDXL
+    ema: Any = None  # diffusers' EMAModel of the trained parameters, with --ema-decay
+
+    @property
+    def trained(self) -> list:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def save_ema(self, folder: Path) -> list[Path]:
+        """Write the EMA weights in the method's layout to folder, leaving the raw weights in place."""
+        params = self.trained
+        self.ema.store(params)
+        self.ema.copy_to(params)
+        try:
+            return self.method.save(self.comps, folder)
+        finally:
+            self.ema.restore(params)
 
     @property
     def text_encoders(self) -> tuple:
@@ -147,10 +162,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     fit(run, progress and main)
     if main:
         files = run.method.save(run.comps, out)
+        if run.ema is not None:
+            from .checkpoint import EMA_DIR
+
+            files += run.save_ema(out / EMA_DIR)
         io.write_text(
             out / RUN_FILE,
             json.dumps(
-                {"status": "finished", "step": cfg.max_steps, "method": cfg.method, "files": [f.name for f in files]},
+                {
+                    "status": "finished",
+                    "step": cfg.max_steps,
+                    "method": cfg.method,
+                    "files": [Path(f).relative_to(out).as_posix() for f in files],
+                },
                 indent=2,
             ),
         )
@@ -227,10 +251,19 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
             for te in (comps.text_encoder, comps.text_encoder_2):
                 if te is not None:
                     te.to("cpu")
+    ema = None
+    if cfg.ema_decay is not None:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel([p for g in optimizer.param_groups for p in g["params"]], decay=cfg.ema_decay)
     start = 0
     if plan.resume_from is not None:
         state = load_checkpoint(plan.resume_from)
         method.load_state_dict(comps, state["trainable"])
+        if ema is not None:
+            if state["ema"] is None:
+                raise UserError(f"--ema-decay: the checkpoint {plan.resume_from} was trained without it")
+            ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -259,6 +292,7 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
         start,
         weight_dtype,
         text_encoder_2,
+        ema,
     )
 
 
@@ -410,7 +444,17 @@ def fit(run: Run, progress: bool = True) -> None:
             path = checkpoints_dir(out) / f"step-{done}"
             if (saved or stopping) and main:
                 extra = {"max_steps": cfg.max_steps, "num_processes": acc.num_processes}
-                save_checkpoint(out, done, run.method, run.comps, run.optimizer, run.lr_scheduler, extra)
+                save_checkpoint(
+                    out,
+                    done,
+                    run.method,
+                    run.comps,
+                    run.optimizer,
+                    run.lr_scheduler,
+                    extra,
+                    ema=run.ema,
+                    ema_save=run.save_ema if run.ema is not None else None,
+                )
                 prune_checkpoints(out, cfg.keep_checkpoints)
             if stopping and done < cfg.max_steps:
                 acc.wait_for_everyone()  # the checkpoint is on disk before any process exits
@@ -460,6 +504,8 @@ def _optimizer_step(run: Run, step: int, models: list, trained: list) -> tuple[t
                     run.optimizer.step()
                     run.optimizer.zero_grad(set_to_none=True)
                     run.method.after_step(run.comps)
+                    if run.ema is not None:
+                        run.ema.step(trained)
         totals[:3] += (
             torch.stack([loss.detach(), inst.detach(), prior.detach()]).float().cpu() / cfg.gradient_accumulation
         )
