@@ -88,3 +88,32 @@ def test_ema_weights_are_the_warmed_up_average_of_each_step_and_resume_exactly(m
     args = ["generate", "--model", make_cfg().model, "--lora", str(out / "ema"), "--prompt", "a photo of sks dog"]
     assert main([*args, "--steps", "2", "--num-images", "1", "--output-dir", str(gen)]) == 0
     assert len(list(gen.glob("*.png"))) == 1
+
+
+def test_dora_trains_magnitudes_generates_and_exports_dora_scale_for_comfyui(make_cfg, tmp_path):
+    from safetensors.torch import load_file
+
+    from dreambooth.cli import main
+
+    cfg = make_cfg(use_dora=True, train_text_encoder=True, lora_targets="attn,conv", save_format="both", max_steps=3)
+    out = train(cfg, progress=False)
+    diffusers_file = load_file(out / "pytorch_lora_weights.safetensors")
+    magnitudes = {k: v for k, v in diffusers_file.items() if "lora_magnitude_vector" in k}
+    assert any(k.startswith("unet.") for k in magnitudes) and any(k.startswith("text_encoder.") for k in magnitudes)
+    (kohya,) = [p for p in out.glob("*.safetensors") if p.name != "pytorch_lora_weights.safetensors"]
+    scales = {k: v for k, v in load_file(kohya).items() if k.endswith(".dora_scale")}
+    assert len(scales) == len(magnitudes)
+    conv = [v for k, v in scales.items() if "conv" in k and "lora_unet" in k]
+    linear = [v for k, v in scales.items() if "to_q" in k]
+    assert conv and all(v.dim() == 4 and v.shape[1:] == (1, 1, 1) for v in conv)  # one per output channel
+    assert linear and all(v.dim() == 2 and v.shape[1] == 1 for v in linear)
+    assert sorted(round(float(v.sum()), 3) for v in scales.values()) == sorted(
+        round(float(v.sum()), 3) for v in magnitudes.values()
+    )
+    base = ["generate", "--model", cfg.model, "--prompt", "a photo of sks dog", "--steps", "2", "--num-images", "1"]
+    assert main([*base, "--lora", str(out), "--output-dir", str(tmp_path / "g")]) == 0
+    # stock diffusers drops dora_scale from kohya files: refused, not silently half-loaded
+    assert main([*base, "--lora", str(kohya), "--output-dir", str(tmp_path / "g2")]) == 2
+    assert not (tmp_path / "g2").exists()
+    with pytest.raises(Exception, match="kohya alone cannot hold a DoRA run"):
+        make_cfg(use_dora=True, save_format="kohya").validate()

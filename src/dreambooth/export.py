@@ -75,11 +75,13 @@ def _modules(state: dict) -> dict[str, dict[str, object]]:
     out: dict[str, dict[str, object]] = {}
     for key, value in state.items():
         m = re.match(r"(.+)\.lora_(A|B)(?:\.default)?\.weight$", key)
-        if not m:
-            if key.endswith((".alpha", "lora_magnitude_vector")) or "magnitude" in key:
-                raise UserError(f"{key}: DoRA and extra LoRA parameters have no kohya equivalent yet")
+        dora = re.match(r"(.+)\.lora_magnitude_vector(?:\.default)?(?:\.weight)?$", key)
+        if m:
+            out.setdefault(m.group(1), {})["down" if m.group(2) == "A" else "up"] = value
+        elif dora:  # DoRA's magnitude per output
+            out.setdefault(dora.group(1), {})["magnitude"] = value
+        else:
             raise UserError(f"{key}: not a LoRA weight of diffusers' format")
-        out.setdefault(m.group(1), {})["down" if m.group(2) == "A" else "up"] = value
     return out
 
 
@@ -103,7 +105,7 @@ def to_kohya(state: dict, adapter_meta: dict, sdxl_unet: dict | None = None) -> 
     if sdxl_unet is not None:
         up_attn = [t.startswith("CrossAttn") for t in sdxl_unet["up_block_types"]]
     for module, parts in _modules(state).items():
-        if set(parts) != {"down", "up"}:
+        if not {"down", "up"} <= set(parts):
             raise UserError(f"{module}: has lora_A or lora_B but not both")
         component, _, path = module.partition(".")
         if component == "unet":
@@ -119,6 +121,9 @@ def to_kohya(state: dict, adapter_meta: dict, sdxl_unet: dict | None = None) -> 
         out[f"{key}.lora_down.weight"] = down.contiguous()
         out[f"{key}.lora_up.weight"] = parts["up"].contiguous()
         out[f"{key}.alpha"] = torch.tensor(_alpha(adapter_meta, component, path, down.shape[0]), dtype=down.dtype)
+        if "magnitude" in parts:  # DoRA: LyCORIS's dora_scale, one norm per output (ComfyUI, diffusers read it)
+            mag = parts["magnitude"]
+            out[f"{key}.dora_scale"] = mag.reshape(-1, *[1] * (down.dim() - 1)).contiguous()
     return out
 
 

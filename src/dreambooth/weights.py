@@ -22,13 +22,31 @@ def lora_file(path: str | Path, flag: str = "--lora") -> Path:
         # a run trained with --save-format kohya holds one RUN-NAME.safetensors instead
         others = [f for f in sorted(p.glob("*.safetensors")) if f.name not in NOT_LORA]
         if len(others) == 1:
-            return others[0]
+            return check_diffusers_loads(others[0], flag)
         raise UserError(f"{flag} {path}: folder holds no {LORA_WEIGHTS}")
     if p.is_file():
         if p.suffix != ".safetensors":
             raise UserError(f"{flag} {path}: not a .safetensors file")
-        return p
+        return check_diffusers_loads(p, flag)
     raise UserError(f"{flag} {path}: no such file or folder")
+
+
+def check_diffusers_loads(path: Path, flag: str = "--lora") -> Path:
+    """Refuse a LoRA file stock diffusers would load wrongly: a DoRA in kohya's layout (LyCORIS's
+    dora_scale keys, which ComfyUI and AUTOMATIC1111 read) loses its magnitudes there, with a warning."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            dora = any(k.endswith("dora_scale") for k in f.keys())
+    except Exception:  # unreadable: the loader says so
+        return path
+    if dora:
+        raise UserError(
+            f"{flag} {path}: a DoRA LoRA in kohya's layout (dora_scale), whose magnitudes diffusers drops; "
+            f"use the run's {LORA_WEIGHTS} (its diffusers file) here, the kohya file in ComfyUI or AUTOMATIC1111"
+        )
+    return path
 
 
 def lora_name(path: str | Path) -> str:

@@ -32,6 +32,7 @@ class LoRA(Method):
             lora_dropout=cfg.lora_dropout,
             init_lora_weights="gaussian",
             target_modules=list(targets),
+            use_dora=cfg.use_dora,
         )
 
     def check(self) -> None:
