@@ -6,6 +6,7 @@ Nothing here imports torch, so `dreambooth --help` answers at once.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
@@ -154,6 +155,49 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace an existing file")
     _add_local_files_only(e)
 
+    sw = sub.add_parser(
+        "sweep",
+        help="train one run per combination of settings, score every checkpoint, recommend one",
+        description="Train one run per combination of --vary values (resumable: finished runs are kept, "
+        "interrupted ones resumed), then with --evaluate score every run's checkpoints (the paper's metrics "
+        "through `select`; the world's oracle on --model toyworld) and write DIR/sweep.md: runs x metrics, "
+        "metric-over-steps plots, a grid of the same prompts and seeds across runs, the recommended run.",
+    )
+    sw.add_argument("--config", required=True, help="the training config every run starts from (YAML)")
+    sw.add_argument("--output-dir", required=True, help="where runs/, logs/ and the report go")
+    sw.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2",
+        help="a training option and its values (repeatable): learning-rate=3e-4,1e-4 max-steps=1000,2000",
+    )
+    sw.add_argument("--parallel", type=_positive_int, default=1, help="runs training at once (1)")
+    sw.add_argument("--evaluate", action="store_true", help="score every checkpoint of every run")
+    sw.add_argument("--real", help="the real subject photos for DINO/CLIP-I (default: each run's --instance-dir)")
+    sw.add_argument(
+        "--metrics",
+        default="auto",
+        choices=("auto", "paper", "oracle"),
+        help="paper (DINO, CLIP-I, CLIP-T, PRES) or the toy world's oracle; auto: oracle on --model toyworld",
+    )
+    sw.add_argument(
+        "--objective",
+        help="weights of the min-max-normalised metrics whose sum picks the recommendation "
+        "(default dino=1,clip_t=1; oracle: fidelity=1,recontext=1)",
+    )
+    sw.add_argument("--prompts", type=_positive_int, default=4, help="DreamBench prompts per checkpoint (4)")
+    sw.add_argument("--images-per-prompt", type=_positive_int, default=4, help="images per prompt (4)")
+    sw.add_argument("--num-class-images", type=int, default=8, help="class-prompt images for PRES (8)")
+    sw.add_argument("--guidance", type=float, default=7.5, help="guidance scale of the scored images (7.5)")
+    sw.add_argument("--steps", type=_positive_int, default=25, help="denoising steps of the scored images (25)")
+    sw.add_argument("--seed", type=int, default=0, help="seed of the first image of each prompt")
+    sw.add_argument("--dino-model", default="facebook/dino-vits16", help="DINO extractor: hub id or local folder")
+    sw.add_argument(
+        "--clip-model", default="openai/clip-vit-base-patch32", help="CLIP extractor: hub id or local folder"
+    )
+    _add_local_files_only(sw)
+
     d = sub.add_parser(
         "demo",
         help="DreamBooth (with and without prior) and Textual Inversion on the toy-world model, measured",
@@ -273,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
             from .export import run_export
 
             print(run_export(ns.lora, ns.out, ns.format, ns.overwrite, ns.model, ns.dtype))
+        elif ns.command == "sweep":
+            from .sweep import SweepConfig, run_sweep
+
+            fields = {f.name for f in dataclasses.fields(SweepConfig)}
+            run_sweep(SweepConfig(**{k: v for k, v in vars(ns).items() if k in fields}))
         elif ns.command == "demo":
             from .demo import run_demo
 

@@ -30,12 +30,15 @@ SELECTION = "selection.json"
 METRICS = ("dino", "clip_i", "clip_t", "pres")
 
 
-def parse_objective(text: str) -> dict[str, float]:
+LOWER_IS_BETTER = ("pres", "leakage")  # PRES and the toy world's class leakage: less is better
+
+
+def parse_objective(text: str, metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
     weights = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, value = part.partition("=")
-        if name not in METRICS:
-            raise UserError(f"--objective {text}: unknown metric '{name}' (one of {', '.join(METRICS)})")
+        if name not in metrics:
+            raise UserError(f"--objective {text}: unknown metric '{name}' (one of {', '.join(metrics)})")
         try:
             weights[name] = float(value or 1)
         except ValueError:
@@ -65,7 +68,7 @@ def objective_values(rows: list[dict], weights: dict[str, float]) -> list[float]
         lo, hi = min(col), max(col)
         for i, v in enumerate(col):
             norm = 0.5 if hi == lo else (v - lo) / (hi - lo)
-            values[i] += w * ((1 - norm) if name == "pres" else norm)
+            values[i] += w * ((1 - norm) if name in LOWER_IS_BETTER else norm)
     return values
 
 
