@@ -74,6 +74,18 @@ class TrainConfig:
         False, "train on the usable photos of --instance-dir, leaving out (and naming) the ones that cannot be used"
     )
     instance_prompt: str | None = _f(None, 'prompt with the identifier, e.g. "a photo of sks cat"', required=True)
+    caption_identifier: str = _f(
+        "insert",
+        "per-image captions (photo.txt beside photo.jpg) without the identifier: insert (the instance prompt "
+        "is put in front) or require (refused)",
+        choices=("insert", "require"),
+    )
+    identifier: str | None = _f(
+        None, "the rare identifier captions must name (default: the word before the class noun, e.g. sks)"
+    )
+    caption_dropout: float = _f(
+        0.0, "train this share of the photos with an empty prompt (keeps unconditional generation: 0.05-0.1)"
+    )
     output_dir: str | None = _f(None, "where the run writes its weights, checkpoints, config and log", required=True)
     # prior preservation (DreamBooth eq. 2)
     class_prompt: str | None = _f(
@@ -261,6 +273,7 @@ class TrainConfig:
                 "--save-format",
                 "kohya alone cannot hold a DoRA run that diffusers (and this tool) loads; use both",
             ),
+            (0 <= self.caption_dropout < 1, "--caption-dropout", f"must be in [0, 1), got {self.caption_dropout}"),
             (self.snr_gamma is None or self.snr_gamma > 0, "--snr-gamma", f"must be > 0, got {self.snr_gamma}"),
             (self.noise_offset >= 0, "--noise-offset", f"must be >= 0, got {self.noise_offset}"),
             (self.input_perturbation >= 0, "--input-perturbation", f"must be >= 0, got {self.input_perturbation}"),

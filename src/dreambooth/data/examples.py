@@ -65,6 +65,9 @@ class ExampleSet:
     prompt_ids: torch.Tensor  # (P, L): one example is paired with one of P prompts
     stream: int
     prompt_ids_2: torch.Tensor | None = None  # (P, L) of SDXL's second tokenizer
+    prompt_of: list[int] | None = None  # image index -> its prompt row (captions); else drawn at random
+    drawn_prompts: int | None = None  # rows drawn from (the empty prompt of caption dropout is the last row)
+    caption_dropout: float = 0.0
     _latent_cache: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict)
     _embedding_cache: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (P, L, D), pooled (P, D2)
     _sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # image index -> (width, height)
@@ -136,12 +139,13 @@ class TrainingData:
         idx = [epoch_order(len(s.paths), self.seed, s.stream, first_k + j) for j in range(n)]
         flips = [bool(torch.rand((), generator=generator) < 0.5) if self.flip else False for _ in idx]
         crops = [tuple(torch.rand(2, generator=generator).tolist()) if self.random_crop else (0.5, 0.5) for _ in idx]
-        n_prompts = s.prompt_ids.shape[0]
-        which = (
-            torch.randint(0, n_prompts, (n,), generator=generator)
-            if n_prompts > 1
-            else torch.zeros(n, dtype=torch.long)
-        )
+        n_prompts = s.drawn_prompts or s.prompt_ids.shape[0]
+        if s.prompt_of is not None:
+            which = torch.tensor([s.prompt_of[i] for i in idx], dtype=torch.long)
+        elif n_prompts > 1:
+            which = torch.randint(0, n_prompts, (n,), generator=generator)
+        else:
+            which = torch.zeros(n, dtype=torch.long)
         idx, flips, crops, which = idx[lo:hi], flips[lo:hi], crops[lo:hi], which[lo:hi]
         if s._latent_cache:
             params = torch.stack([s._latent_cache[(i, f)] for i, f in zip(idx, flips)])
@@ -151,6 +155,9 @@ class TrainingData:
         cfg = vae.config
         shift = getattr(cfg, "shift_factor", None) or 0.0
         latents = sample_latents(params, generator, cfg.scaling_factor, shift, rows=(lo, n))
+        if s.caption_dropout > 0:  # drawn last: without dropout a step's random numbers are unchanged
+            dropped = (torch.rand(n, generator=generator) < s.caption_dropout)[lo:hi]
+            which = torch.where(dropped, s.prompt_ids.shape[0] - 1, which)
         if s._embedding_cache is not None:
             emb, pooled = s._embedding_cache
             emb, pooled = emb[which], None if pooled is None else pooled[which]

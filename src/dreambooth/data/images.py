@@ -38,7 +38,7 @@ class Verdict:
     """What check-data says of one file: used (with notes), rejected (with the reason) or ignored."""
 
     path: Path
-    status: str  # "ok", "rejected" or "ignored"
+    status: str  # "ok", "rejected", "ignored" or "caption" (a photo's .txt caption)
     reason: str = ""
     notes: list[str] = field(default_factory=list)
     size: tuple[int, int] | None = None
@@ -54,11 +54,28 @@ def scan_folder(folder: str | Path) -> list[Verdict]:
             out.append(Verdict(p, "ignored", "broken or looping link"))
         elif p.is_dir():
             out.append(Verdict(p, "ignored", "a folder (only files directly in the folder are used)"))
+        elif p.suffix.lower() == ".txt" and any(p.with_suffix(s).is_file() for s in _all_cases(IMAGE_SUFFIXES)):
+            out.append(_caption_verdict(p))
         elif p.suffix.lower() not in IMAGE_SUFFIXES:
             out.append(Verdict(p, "ignored", f"not an image file name ({p.suffix or 'no suffix'})"))
         else:
             out.append(inspect_image(p))
     return out
+
+
+def _all_cases(suffixes) -> list[str]:
+    return [c for s in suffixes for c in (s, s.upper())]
+
+
+def _caption_verdict(p: Path) -> Verdict:
+    """A caption file beside an image: used as that photo's prompt when it reads as UTF-8 text."""
+    from .captions import read_caption
+
+    try:
+        text = read_caption(p)
+    except UserError as e:
+        return Verdict(p, "rejected", str(e).split(": ", 1)[-1])
+    return Verdict(p, "caption", f"caption: {text!r}" if text else "empty caption (the instance prompt is used)")
 
 
 def check_data_report(folder: str) -> tuple[str, bool]:
@@ -73,8 +90,11 @@ def check_data_report(folder: str) -> tuple[str, bool]:
             lines.append(f"ok        {v.path.name}  {size}" + (f"  ({'; '.join(v.notes)})" if v.notes else ""))
         else:
             lines.append(f"{v.status:<9} {v.path.name}: {v.reason}")
-    counts = {s: sum(v.status == s for v in verdicts) for s in ("ok", "rejected", "ignored")}
-    lines.append(f"{counts['ok']} usable, {counts['rejected']} rejected, {counts['ignored']} ignored in {folder}")
+    counts = {s: sum(v.status == s for v in verdicts) for s in ("ok", "rejected", "ignored", "caption")}
+    captions = f", {counts['caption']} captions" if counts["caption"] else ""
+    lines.append(
+        f"{counts['ok']} usable, {counts['rejected']} rejected, {counts['ignored']} ignored{captions} in {folder}"
+    )
     return "\n".join(lines), counts["rejected"] == 0
 
 
@@ -147,7 +167,11 @@ def instance_images(folder: str | None, skip_bad: bool = False) -> list[Path]:
     (naming each such file and why), or with skip_bad is left out with a warning."""
     if folder is None or not Path(folder).is_dir():
         raise UserError(f"--instance-dir {folder}: no such folder")
-    verdicts = [v for v in scan_folder(folder) if v.status != "ignored"]
+    verdicts = [
+        v
+        for v in scan_folder(folder)
+        if v.status not in ("ignored", "caption") and v.path.suffix.lower() in IMAGE_SUFFIXES
+    ]
     if not verdicts:
         raise UserError(f"--instance-dir {folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
     bad = [v for v in verdicts if v.status == "rejected"]

@@ -233,12 +233,22 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
     lr_scheduler = get_scheduler(
         cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
     )
-    prompts = method.instance_prompts()
+    prompts, prompt_of = method.instance_prompts(), None
+    if plan.captions is not None:  # one prompt per photo
+        prompts = list(dict.fromkeys(plan.captions))
+        prompt_of = [prompts.index(c) for c in plan.captions]
+        log.info("training with %d per-image captions", sum(c != cfg.instance_prompt for c in plan.captions))
+    drawn = len(prompts)
+    if cfg.caption_dropout > 0:
+        prompts = [*prompts, ""]  # the empty prompt, of dropped captions
     instance = ExampleSet(
         plan.instance_paths,
         torch.cat([tokenize(comps.tokenizer, p) for p in prompts]),
         stream=0,
         prompt_ids_2=torch.cat([tokenize(comps.tokenizer_2, p) for p in prompts]) if comps.is_sdxl else None,
+        prompt_of=prompt_of,
+        drawn_prompts=drawn,
+        caption_dropout=cfg.caption_dropout,
     )
     data = TrainingData(
         instance, klass, resolution=cfg.resolution, flip=cfg.random_flip, random_crop=cfg.random_crop, seed=cfg.seed

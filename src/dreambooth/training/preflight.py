@@ -26,6 +26,7 @@ class Plan:
     instance_paths: list[Path]
     resume_from: Path | None
     clear_previous: bool  # --overwrite of an earlier run
+    captions: list[str] | None = None  # each photo's prompt, from its caption file (None: no captions)
 
 
 def run_status(output_dir: str | Path) -> str | None:
@@ -52,6 +53,12 @@ def preflight(cfg: TrainConfig) -> Plan:
         raise UserError(f"--text-encoder-2-lr: an SDXL setting, and --model {cfg.model} has one text encoder")
     get_method(cfg).check()
     paths = instance_images(cfg.instance_dir, skip_bad=cfg.skip_bad_images)
+    captions = None
+    if cfg.method != "textual-inversion":  # (it trains on its own prompt templates)
+        from ..data.captions import identifier_of, instance_captions
+
+        identifier = cfg.identifier or identifier_of(cfg.instance_prompt, cfg.class_prompt)
+        captions = instance_captions(paths, cfg.instance_prompt, identifier, cfg.caption_identifier)
     if cfg.class_dir is not None:
         check_class_dir(cfg.class_dir)
     _check_hardware(cfg)
@@ -72,7 +79,7 @@ def preflight(cfg: TrainConfig) -> Plan:
         raise UserError(
             f"--output-dir {out}: holds {what}; pass --resume latest to continue it or --overwrite to replace it"
         )
-    return Plan(paths, resume_from, clear_previous=cfg.overwrite and status is not None)
+    return Plan(paths, resume_from, clear_previous=cfg.overwrite and status is not None, captions=captions)
 
 
 def _check_v_prediction(model: str) -> None:
