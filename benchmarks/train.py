@@ -82,6 +82,32 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+CLASS_IMAGES = 4
+
+
+def class_images(work: Path, args) -> float:
+    """Generate the variants' class images (batched, 1 denoising step, as the variants' config says);
+    images per second."""
+    from dreambooth.data.prior import generate_class_images
+    from dreambooth.models import load_pipeline
+
+    pipe = load_pipeline(str(work / "model"))
+    t0 = time.perf_counter()
+    n = generate_class_images(
+        pipe,
+        "a photo of a dog",
+        work / "class",
+        list(range(CLASS_IMAGES)),
+        seed=0,
+        steps=1,
+        guidance=7.5,
+        batch_size=CLASS_IMAGES,
+        resolution=args.resolution,
+        progress=False,
+    )
+    return n / (time.perf_counter() - t0)
+
+
 def run_variant(args) -> dict:
     """One variant in this process; returns its figures."""
     import torch
@@ -98,7 +124,7 @@ def run_variant(args) -> dict:
         instance_prompt="a photo of sks dog",
         class_prompt="a photo of a dog",
         class_dir=str(work / "class"),
-        num_class_images=4,
+        num_class_images=CLASS_IMAGES,
         class_inference_steps=1,
         output_dir=str(work / f"run-{args.variant}"),
         resolution=args.resolution,
@@ -169,6 +195,9 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="dreambooth-bench-") as work:
         build_model(args.arch, Path(work) / "model")
+        # The class images every variant trains with, made here so that no variant's time or memory
+        # includes them; batched, as `train` makes them, and timed.
+        class_rate = class_images(Path(work), args)
         results = {}
         for v in VARIANTS:
             cmd = [
@@ -202,12 +231,14 @@ def main() -> None:
         "a_over_c": a["median_s_per_step"] / c["median_s_per_step"],
         "b_over_a": b["median_s_per_step"] / a["median_s_per_step"],
         "peak_a_le_b": a["peak_mb"] <= b["peak_mb"],
+        "class_images_per_s": class_rate,
     }
     print(
         f"| {args.arch} {args.resolution}px {args.precision} gc={args.gradient_checkpointing} "
         f"| (a) {a['median_s_per_step']:.3f} s, {a['peak_mb']:.0f} MB | (b) {b['median_s_per_step']:.3f} s, "
         f"{b['peak_mb']:.0f} MB | (c) {c['median_s_per_step']:.3f} s, {c['peak_mb']:.0f} MB "
-        f"| a/c {summary['a_over_c']:.2f} | b/a {summary['b_over_a']:.2f} |"
+        f"| a/c {summary['a_over_c']:.2f} | b/a {summary['b_over_a']:.2f} "
+        f"| class images {class_rate:.2f}/s (batch {CLASS_IMAGES}, 1 step) |"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
