@@ -22,6 +22,16 @@ def model_card(run: Path) -> str:
     method = cfg.get("method", "lora")
     model = cfg.get("model", "?")
     prompt = cfg.get("instance_prompt", "")
+    photos = _count(cfg.get("instance_dir"))
+    if cfg.get("concepts"):  # several subjects: each concept's prompt
+        from .data.concepts import load_concepts
+
+        try:
+            concepts = load_concepts(cfg["concepts"], 1)
+            prompt = "; ".join(c.instance_prompt for c in concepts)
+            photos = " + ".join(_count(c.instance_dir) for c in concepts)
+        except Exception:  # the file may have moved since training
+            prompt, photos = f"the concepts of {cfg['concepts']}", "the"
     trigger = cfg.get("token") if method == "textual-inversion" else prompt
     lines = [
         "---",
@@ -38,7 +48,7 @@ def model_card(run: Path) -> str:
         "",
         f"# {run.name}",
         "",
-        f"DreamBooth ({_method_name(method)}) of `{model}` on {_count(cfg.get('instance_dir'))} photos, "
+        f"DreamBooth ({_method_name(method)}) of `{model}` on {photos} photos, "
         f"trained for {status.get('step', cfg.get('max_steps'))} steps "
         f"(status: {status.get('status', 'unknown')}).",
         "",

@@ -70,6 +70,11 @@ class TrainConfig:
     model_config: str | None = _model_config_field()
     allow_pickle: bool = _allow_pickle_field()
     instance_dir: str | None = _f(None, "folder with the 3-5 photos of the subject", required=True)
+    concepts: str | None = _f(
+        None,
+        "several concepts in one run: a YAML list of {instance_dir, instance_prompt[, class_prompt, class_dir, "
+        "num_class_images]}, taken in turn (replaces --instance-dir, --instance-prompt and the class flags)",
+    )
     skip_bad_images: bool = _f(
         False, "train on the usable photos of --instance-dir, leaving out (and naming) the ones that cannot be used"
     )
@@ -243,7 +248,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Checks that need no file and no model; raise UserError naming the flag."""
-        _check_required(self)
+        if self.concepts:
+            given = [f for f in ("instance_dir", "instance_prompt", "class_prompt", "class_dir") if getattr(self, f)]
+            if given:
+                raise UserError(f"--{flag_name(given[0])}: not with --concepts (each concept in the file has its own)")
+            if self.method == "textual-inversion":
+                raise UserError("--concepts: for --method lora or full (Textual Inversion learns one token)")
+        _check_required(self, skip=("instance_dir", "instance_prompt") if self.concepts else ())
         checks = [
             (self.rank >= 1, "--rank", f"must be at least 1, got {self.rank}"),
             (self.learning_rate > 0, "--learning-rate", f"must be > 0, got {self.learning_rate}"),
@@ -303,7 +314,7 @@ class TrainConfig:
                 "--lr-warmup-steps",
                 f"must be >= 0, got {self.lr_warmup_steps}",
             ),
-            (bool(self.instance_prompt.strip()), "--instance-prompt", "is empty"),
+            (self.concepts is not None or bool(self.instance_prompt.strip()), "--instance-prompt", "is empty"),
             (self.num_vectors >= 1, "--num-vectors", f"must be at least 1, got {self.num_vectors}"),
             (
                 self.validation_every is None or self.validation_every >= 1,
@@ -365,9 +376,9 @@ class TrainConfig:
                     raise UserError(f"--{flag_name(key)}: a textual-inversion setting, and --method is {self.method}")
 
 
-def _check_required(cfg: Any) -> None:
+def _check_required(cfg: Any, skip: tuple = ()) -> None:
     for f in dataclasses.fields(cfg):
-        if f.metadata.get("required") and getattr(cfg, f.name) in (None, ""):
+        if f.metadata.get("required") and f.name not in skip and getattr(cfg, f.name) in (None, ""):
             raise UserError(f"--{flag_name(f.name)}: required (as a flag or as '{f.name}' in the config file)")
 
 

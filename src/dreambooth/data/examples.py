@@ -79,22 +79,38 @@ class ExampleSet:
 
 
 class TrainingData:
+    """The concepts' example sets: (instance, class or None) per concept (one unless --concepts)."""
+
     def __init__(
         self,
-        instance: ExampleSet,
-        klass: ExampleSet | None,
+        concepts: list[tuple[ExampleSet, ExampleSet | None]],
         *,
         resolution: int,
         flip: bool,
         random_crop: bool,
         seed: int,
     ):
-        self.instance, self.klass = instance, klass
+        self.concepts = concepts
         self.resolution, self.flip, self.random_crop, self.seed = resolution, flip, random_crop, seed
 
     @property
+    def instance(self) -> ExampleSet:
+        return self.concepts[0][0]
+
+    @property
+    def klass(self) -> ExampleSet | None:
+        return self.concepts[0][1]
+
+    @property
     def sets(self) -> list[ExampleSet]:
-        return [s for s in (self.instance, self.klass) if s is not None]
+        return [s for pair in self.concepts for s in pair if s is not None]
+
+    def sets_of_micro_batch(self, m: int) -> tuple[list[ExampleSet], int]:
+        """The sets micro-batch m draws from and which of its turns it is: the concepts take turns, so
+        each gets an equal share of the steps whatever its photo count (pure)."""
+        c = len(self.concepts)
+        instance, klass = self.concepts[m % c]
+        return [s for s in (instance, klass) if s is not None], m // c
 
     @torch.no_grad()
     def cache_latents(self, vae, progress: bool = True) -> None:

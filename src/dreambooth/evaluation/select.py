@@ -83,6 +83,11 @@ def _candidates(run: Path) -> list[tuple[int, Path]]:
 
 
 def _subject_words(saved: TrainConfig, cfg: SelectConfig) -> tuple[str, str]:
+    if saved.concepts and not (cfg.identifier and cfg.class_noun and cfg.real):
+        raise UserError(
+            f"--run {cfg.run}: trained on several concepts ({saved.concepts}); name the one to score with "
+            "--identifier, --class-noun and --real"
+        )
     class_noun = cfg.class_noun
     if class_noun is None:
         source = saved.class_prompt or saved.instance_prompt

@@ -217,9 +217,10 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
             m.to(device)
     if comps.is_sdxl and comps.vae.config.force_upcast:
         comps.vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (diffusers upcasts it too)
-    klass = None
-    if cfg.prior_preservation:
-        klass = _class_examples(cfg, comps, progress, accelerator)
+    klasses = [
+        _class_examples(cfg, cp.concept, 2 * i + 1, comps, progress, accelerator) if cp.concept.class_prompt else None
+        for i, cp in enumerate(plan.concepts)
+    ]
     method = get_method(cfg)
     torch.manual_seed(cfg.seed)  # adapter initialisation
     param_groups = method.prepare(comps)
@@ -233,25 +234,13 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
     lr_scheduler = get_scheduler(
         cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
     )
-    prompts, prompt_of = method.instance_prompts(), None
-    if plan.captions is not None:  # one prompt per photo
-        prompts = list(dict.fromkeys(plan.captions))
-        prompt_of = [prompts.index(c) for c in plan.captions]
-        log.info("training with %d per-image captions", sum(c != cfg.instance_prompt for c in plan.captions))
-    drawn = len(prompts)
-    if cfg.caption_dropout > 0:
-        prompts = [*prompts, ""]  # the empty prompt, of dropped captions
-    instance = ExampleSet(
-        plan.instance_paths,
-        torch.cat([tokenize(comps.tokenizer, p) for p in prompts]),
-        stream=0,
-        prompt_ids_2=torch.cat([tokenize(comps.tokenizer_2, p) for p in prompts]) if comps.is_sdxl else None,
-        prompt_of=prompt_of,
-        drawn_prompts=drawn,
-        caption_dropout=cfg.caption_dropout,
-    )
+    instances = [_instance_examples(cfg, cp, 2 * i, comps, method) for i, cp in enumerate(plan.concepts)]
     data = TrainingData(
-        instance, klass, resolution=cfg.resolution, flip=cfg.random_flip, random_crop=cfg.random_crop, seed=cfg.seed
+        list(zip(instances, klasses)),
+        resolution=cfg.resolution,
+        flip=cfg.random_flip,
+        random_crop=cfg.random_crop,
+        seed=cfg.seed,
     )
     if not cfg.no_cache:
         data.cache_latents(comps.vae, progress)
@@ -306,26 +295,49 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
     )
 
 
+def _instance_examples(cfg: TrainConfig, cp, stream: int, comps: Components, method) -> ExampleSet:
+    """A concept's photos with their prompts: the method's (one, or TI's templates), or per-image captions."""
+    prompts, prompt_of = method.instance_prompts() if not cfg.concepts else [cp.concept.instance_prompt], None
+    if cp.captions is not None:  # one prompt per photo
+        prompts = list(dict.fromkeys(cp.captions))
+        prompt_of = [prompts.index(c) for c in cp.captions]
+        n = sum(c != cp.concept.instance_prompt for c in cp.captions)
+        log.info("%s: training with %d per-image captions", cp.concept.instance_dir, n)
+    drawn = len(prompts)
+    if cfg.caption_dropout > 0:
+        prompts = [*prompts, ""]  # the empty prompt, of dropped captions
+    return ExampleSet(
+        cp.paths,
+        torch.cat([tokenize(comps.tokenizer, p) for p in prompts]),
+        stream=stream,
+        prompt_ids_2=torch.cat([tokenize(comps.tokenizer_2, p) for p in prompts]) if comps.is_sdxl else None,
+        prompt_of=prompt_of,
+        drawn_prompts=drawn,
+        caption_dropout=cfg.caption_dropout,
+    )
+
+
 def shard(items: list, rank: int, world: int) -> list:
     """This process's share of items (every world-th from rank): the shares are disjoint and cover all."""
     return items[rank::world]
 
 
-def _class_examples(cfg: TrainConfig, comps: Components, progress: bool, acc) -> ExampleSet:
-    missing = missing_class_indices(cfg.class_dir, cfg.num_class_images)
+def _class_examples(cfg: TrainConfig, concept, stream: int, comps: Components, progress: bool, acc) -> ExampleSet:
+    """A concept's class images (generated first where missing, split across processes), with its class prompt."""
+    missing = missing_class_indices(concept.class_dir, concept.num_class_images)
     acc.wait_for_everyone()  # every process has listed the folder before any writes to it
     if missing:
         log.info(
             "generating %d class images for %r in %s%s",
             len(missing),
-            cfg.class_prompt,
-            cfg.class_dir,
+            concept.class_prompt,
+            concept.class_dir,
             f", split across {acc.num_processes} processes" if acc.num_processes > 1 else "",
         )
         generate_class_images(
             comps.pipeline,
-            cfg.class_prompt,
-            cfg.class_dir,
+            concept.class_prompt,
+            concept.class_dir,
             shard(missing, acc.process_index, acc.num_processes),
             seed=cfg.seed,
             steps=cfg.class_inference_steps,
@@ -335,9 +347,9 @@ def _class_examples(cfg: TrainConfig, comps: Components, progress: bool, acc) ->
             progress=progress,
         )
     acc.wait_for_everyone()
-    paths = class_images(cfg.class_dir, cfg.num_class_images)
-    ids_2 = tokenize(comps.tokenizer_2, cfg.class_prompt) if comps.is_sdxl else None
-    return ExampleSet(paths, tokenize(comps.tokenizer, cfg.class_prompt), stream=1, prompt_ids_2=ids_2)
+    paths = class_images(concept.class_dir, concept.num_class_images)
+    ids_2 = tokenize(comps.tokenizer_2, concept.class_prompt) if comps.is_sdxl else None
+    return ExampleSet(paths, tokenize(comps.tokenizer, concept.class_prompt), stream=stream, prompt_ids_2=ids_2)
 
 
 def _optimizer(cfg: TrainConfig, groups: list[dict]):
@@ -357,10 +369,9 @@ def training_step(run: Run, step: int, micro: int) -> tuple[torch.Tensor, torch.
     """
     cfg, data = run.cfg, run.data
     world = run.accelerator.num_processes
-    k = (step * cfg.gradient_accumulation + micro) * cfg.batch_size * world  # the global batch's first example
-    parts = [
-        _noised(run, s, k, torch.Generator().manual_seed(mix_seed(cfg.seed, step, micro, s.stream))) for s in data.sets
-    ]
+    sets, turn = data.sets_of_micro_batch(step * cfg.gradient_accumulation + micro)
+    k = turn * cfg.batch_size * world  # the global batch's first example (of its concept)
+    parts = [_noised(run, s, k, torch.Generator().manual_seed(mix_seed(cfg.seed, step, micro, s.stream))) for s in sets]
     noisy, timesteps, emb, target = (torch.cat(t) for t in list(zip(*parts))[:4])  # (B or 2B, ...)
     added = None
     if parts[0][4] is not None:  # SDXL: pooled text embeddings and micro-conditioning sizes

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import TrainConfig
+from ..data.concepts import Concept, concepts_of
 from ..data.images import instance_images
 from ..data.prior import check_class_dir
 from ..errors import UserError
@@ -22,11 +23,25 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class ConceptPlan:
+    concept: Concept
+    paths: list[Path]
+    captions: list[str] | None  # each photo's prompt, from its caption file (None: no captions)
+
+
+@dataclass
 class Plan:
-    instance_paths: list[Path]
+    concepts: list[ConceptPlan]  # one, unless --concepts
     resume_from: Path | None
     clear_previous: bool  # --overwrite of an earlier run
-    captions: list[str] | None = None  # each photo's prompt, from its caption file (None: no captions)
+
+    @property
+    def instance_paths(self) -> list[Path]:
+        return self.concepts[0].paths
+
+    @property
+    def captions(self) -> list[str] | None:
+        return self.concepts[0].captions
 
 
 def run_status(output_dir: str | Path) -> str | None:
@@ -52,15 +67,7 @@ def preflight(cfg: TrainConfig) -> Plan:
     if not is_sdxl(cfg.model) and cfg.text_encoder_2_lr is not None:
         raise UserError(f"--text-encoder-2-lr: an SDXL setting, and --model {cfg.model} has one text encoder")
     get_method(cfg).check()
-    paths = instance_images(cfg.instance_dir, skip_bad=cfg.skip_bad_images)
-    captions = None
-    if cfg.method != "textual-inversion":  # (it trains on its own prompt templates)
-        from ..data.captions import identifier_of, instance_captions
-
-        identifier = cfg.identifier or identifier_of(cfg.instance_prompt, cfg.class_prompt)
-        captions = instance_captions(paths, cfg.instance_prompt, identifier, cfg.caption_identifier)
-    if cfg.class_dir is not None:
-        check_class_dir(cfg.class_dir)
+    concepts = [_concept_plan(cfg, c, i) for i, c in enumerate(concepts_of(cfg), start=1)]
     _check_hardware(cfg)
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
@@ -79,7 +86,26 @@ def preflight(cfg: TrainConfig) -> Plan:
         raise UserError(
             f"--output-dir {out}: holds {what}; pass --resume latest to continue it or --overwrite to replace it"
         )
-    return Plan(paths, resume_from, clear_previous=cfg.overwrite and status is not None, captions=captions)
+    return Plan(concepts, resume_from, clear_previous=cfg.overwrite and status is not None)
+
+
+def _concept_plan(cfg: TrainConfig, c: Concept, i: int) -> ConceptPlan:
+    """One concept's photos and captions, checked; errors name the concept with --concepts."""
+    from ..data.captions import identifier_of, instance_captions
+
+    try:
+        paths = instance_images(c.instance_dir, skip_bad=cfg.skip_bad_images)
+        captions = None
+        if cfg.method != "textual-inversion":  # (it trains on its own prompt templates)
+            identifier = cfg.identifier or identifier_of(c.instance_prompt, c.class_prompt)
+            captions = instance_captions(paths, c.instance_prompt, identifier, cfg.caption_identifier)
+        if c.class_dir is not None:
+            check_class_dir(c.class_dir)
+    except UserError as e:
+        if cfg.concepts:
+            raise UserError(f"--concepts {cfg.concepts}: concept {i}: {e}") from None
+        raise
+    return ConceptPlan(c, paths, captions)
 
 
 def _check_v_prediction(model: str) -> None:
