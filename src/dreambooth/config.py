@@ -133,6 +133,12 @@ class TrainConfig:
     train_text_encoder: bool = _f(
         False, "also train the text encoder (LoRA on its attention projections; all of it with --method full)"
     )
+    train_identifier_embedding: bool = _f(
+        False,
+        "pivotal tuning (lora): also learn the identifier's input embedding, as a new token <sks> that starts "
+        "as sks and that prompts' sks becomes; saved as learned_embeds.safetensors and bundled in the kohya file",
+    )
+    identifier_lr: float = _f(5e-4, "learning rate of the identifier's embedding (--train-identifier-embedding)")
     token: str | None = _f(None, 'textual inversion: the new placeholder token, e.g. "<sks-cat>"')
     initializer_token: str | None = _f(
         None, "textual inversion: a one-token word the new embedding starts from, e.g. cat"
@@ -284,6 +290,12 @@ class TrainConfig:
                 "--save-format",
                 "kohya alone cannot hold a DoRA run that diffusers (and this tool) loads; use both",
             ),
+            (
+                not self.train_identifier_embedding or (self.method == "lora" and not self.concepts),
+                "--train-identifier-embedding",
+                "for --method lora with one concept (Textual Inversion learns a token by itself)",
+            ),
+            (self.identifier_lr > 0, "--identifier-lr", f"must be > 0, got {self.identifier_lr}"),
             (0 <= self.caption_dropout < 1, "--caption-dropout", f"must be in [0, 1), got {self.caption_dropout}"),
             (self.snr_gamma is None or self.snr_gamma > 0, "--snr-gamma", f"must be > 0, got {self.snr_gamma}"),
             (self.noise_offset >= 0, "--noise-offset", f"must be >= 0, got {self.noise_offset}"),

@@ -258,6 +258,7 @@ def run_export(
         return _kohya_to_diffusers(src, run["model"], dest)
     if fmt == "kohya":
         tensors, metadata = kohya_state(state, adapter, run, dest.stem, flag=f"--lora {lora}")
+        tensors.update(bundled_embedding(src.parent, run))
     else:
         tensors, metadata = state, meta
     with atomic_path(dest) as tmp:
@@ -313,6 +314,24 @@ def kohya_state(state: dict, adapter: dict, run: dict | None, name: str, flag: s
     return to_kohya(state, adapter, unet_config), kohya_metadata(adapter, run, sdxl, v2, name)
 
 
+def bundled_embedding(folder: Path, run: dict | None) -> dict:
+    """A pivotal-tuning run's identifier embedding as AUTOMATIC1111's bundled embedding keys in a LoRA
+    file (bundle_emb.<token>.string_to_param.*, or .clip_l/.clip_g for SDXL); {} for other runs."""
+    from safetensors import safe_open
+
+    from .methods.textual_inversion import EMBEDS_NAME
+
+    path = Path(folder) / EMBEDS_NAME
+    if not (run and run.get("train_identifier_embedding")) or not path.is_file():
+        return {}
+    with safe_open(str(path), "pt") as f:
+        token = (f.metadata() or {}).get("token")
+        parts = {k: f.get_tensor(k) for k in f.keys()}
+    if {"clip_l", "clip_g"} <= set(parts):
+        return {f"bundle_emb.{token}.clip_l": parts["clip_l"], f"bundle_emb.{token}.clip_g": parts["clip_g"]}
+    return {f"bundle_emb.{token}.string_to_param.*": parts[token]}
+
+
 def write_kohya(src: Path, dest: Path, run: dict | None) -> Path:
     """Write the diffusers-format LoRA file src in kohya's layout at dest (training's --save-format)."""
     from safetensors.torch import save_file
@@ -321,6 +340,7 @@ def write_kohya(src: Path, dest: Path, run: dict | None) -> Path:
 
     state, _, adapter = read_lora(src)
     tensors, metadata = kohya_state(state, adapter, run, dest.stem)
+    tensors.update(bundled_embedding(src.parent, run))
     with atomic_path(dest) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", **metadata})
     return dest

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from . import io
 from .config import GenerateConfig
 from .errors import UserError
-from .weights import embedding_file, lora_file, lora_name, model_identity, sha256
+from .weights import embedding_file, lora_file, lora_name, model_identity, pivotal_embedding, sha256
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +236,12 @@ def image_settings(cfg, engine: Engine, prompt: str, seed: int, **override) -> I
     lora = values["lora"]
     weights = lora_file(lora) if lora else None
     emb = embedding_file(values["embedding"]) if values.get("embedding") else None
+    pivot = pivotal_embedding(weights) if weights and emb is None else None
+    if pivot is not None:  # pivotal tuning: its embedding comes with it, and sks is said as <sks>
+        from .methods.lora import replace_identifier
+
+        emb, identifier, token = pivot
+        prompt = replace_identifier(prompt, identifier, token)
     return ImageSettings(
         model=model,
         prompt=prompt,

@@ -39,14 +39,38 @@ def check_diffusers_loads(path: Path, flag: str = "--lora") -> Path:
     try:
         with safe_open(str(path), "pt") as f:
             dora = any(k.endswith("dora_scale") for k in f.keys())
+            bundled = any(k.startswith("bundle_emb.") for k in f.keys())
     except Exception:  # unreadable: the loader says so
         return path
+    if bundled:
+        raise UserError(
+            f"{flag} {path}: a LoRA with a bundled embedding (AUTOMATIC1111's bundle_emb, from pivotal tuning), "
+            "which diffusers does not load; give its run folder (LoRA and learned_embeds.safetensors) instead"
+        )
     if dora:
         raise UserError(
             f"{flag} {path}: a DoRA LoRA in kohya's layout (dora_scale), whose magnitudes diffusers drops; "
             f"use the run's {LORA_WEIGHTS} (its diffusers file) here, the kohya file in ComfyUI or AUTOMATIC1111"
         )
     return path
+
+
+def pivotal_embedding(lora: Path) -> tuple[Path, str, str] | None:
+    """(embedding file, identifier, token) of a pivotal-tuning LoRA (trained with
+    --train-identifier-embedding: learned_embeds.safetensors beside it names both), else None."""
+    from safetensors import safe_open
+
+    path = Path(lora).parent / EMBEDDING
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except Exception:
+        return None
+    if not meta.get("identifier") or not meta.get("token"):
+        return None  # a Textual Inversion run's embedding, not a pivot
+    return path, meta["identifier"], meta["token"]
 
 
 def lora_name(path: str | Path) -> str:

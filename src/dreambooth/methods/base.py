@@ -37,6 +37,10 @@ class Method:
         """The prompts the subject's photos are paired with (one is drawn per example)."""
         return [self.cfg.instance_prompt]
 
+    def rewrite_prompt(self, prompt: str) -> str:
+        """The prompt as training feeds it (pivotal tuning puts its token in place of the identifier)."""
+        return prompt
+
     def after_step(self, comps: Components) -> None:
         """Called after every optimizer step (e.g. to restore what must not change)."""
 

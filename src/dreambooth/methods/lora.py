@@ -20,7 +20,24 @@ class LoRA(Method):
 
     @property
     def trains_text_encoder(self) -> bool:
-        return self.cfg.train_text_encoder
+        return self.cfg.train_text_encoder or self.cfg.train_identifier_embedding
+
+    # Pivotal tuning (--train-identifier-embedding): the identifier becomes a new token, learned as
+    # Textual Inversion learns one, beside the LoRA.
+    @property
+    def identifier(self) -> str | None:
+        from ..data.captions import identifier_of
+
+        return self.cfg.identifier or identifier_of(self.cfg.instance_prompt, self.cfg.class_prompt)
+
+    @property
+    def token(self) -> str:
+        return f"<{self.identifier}>"
+
+    def rewrite_prompt(self, prompt: str) -> str:
+        if not self.cfg.train_identifier_embedding:
+            return prompt
+        return replace_identifier(prompt, self.identifier, self.token)
 
     def _config(self, targets):
         from peft import LoraConfig
@@ -38,12 +55,30 @@ class LoRA(Method):
     def check(self) -> None:
         if self.cfg.init_lora:
             init_shape(self.cfg.init_lora)  # raises when it is no LoRA
+        if self.cfg.train_identifier_embedding and self.identifier is None:
+            raise UserError(
+                f"--train-identifier-embedding: no identifier found in --instance-prompt "
+                f"{self.cfg.instance_prompt!r} (the word before the class noun); give --identifier"
+            )
+
+    def _pairs(self, comps: Components) -> list[tuple]:
+        pairs = [(comps.tokenizer, comps.text_encoder)]
+        if comps.text_encoder_2 is not None:
+            pairs.append((comps.tokenizer_2, comps.text_encoder_2))
+        return pairs
 
     def prepare(self, comps: Components) -> list[dict]:
         from diffusers.training_utils import cast_training_params
 
-        for m in (comps.unet, comps.text_encoder, comps.vae):
-            m.requires_grad_(False)
+        for m in (comps.unet, comps.text_encoder, comps.text_encoder_2, comps.vae):
+            if m is not None:
+                m.requires_grad_(False)
+        self.pivots = []  # (ids, original embedding, rows to keep) per text encoder
+        if self.cfg.train_identifier_embedding:
+            from .textual_inversion import learnable_tokens
+
+            for tokenizer, te in self._pairs(comps):
+                self.pivots.append(learnable_tokens(tokenizer, te, [self.token], self.identifier))
         if self.cfg.init_lora:
             self._load_init(comps)
         else:
@@ -52,7 +87,11 @@ class LoRA(Method):
             except ValueError as e:
                 raise UserError(f"--lora-targets {self.cfg.lora_targets}: {str(e).splitlines()[0]}") from None
         groups = [{"params": _lora_params(comps.unet), "lr": self.cfg.learning_rate}]
-        if self.trains_text_encoder:
+        for _, te in self._pairs(comps) if self.pivots else []:
+            emb = te.get_input_embeddings().weight
+            emb.requires_grad_(True)
+            groups.append({"params": [emb], "lr": self.cfg.identifier_lr, "weight_decay": 0.0})
+        if self.cfg.train_text_encoder:
             lr_2 = self.cfg.text_encoder_2_lr if self.cfg.text_encoder_2_lr is not None else self.cfg.text_encoder_lr
             for te, lr in ((comps.text_encoder, self.cfg.text_encoder_lr), (comps.text_encoder_2, lr_2)):
                 if te is None:
@@ -80,13 +119,20 @@ class LoRA(Method):
         if not getattr(comps.unet, "peft_config", None):
             raise UserError(f"--init-lora {self.cfg.init_lora}: holds no UNet LoRA")
 
+    def after_step(self, comps: Components) -> None:
+        from .textual_inversion import restore_rows
+
+        for (_, te), (_, original, keep) in zip(self._pairs(comps), self.pivots):
+            restore_rows(te, original, keep)
+
     def save(self, comps: Components, folder: Path) -> list[Path]:
         path = Path(folder) / WEIGHTS_NAME
         write_lora_file(
             path, comps.unet, comps.text_encoder, getattr(comps, "text_encoder_2", None), sdxl=comps.is_sdxl
         )
+        embeds = [self._save_embedding(comps, folder)] if self.pivots else []
         if self.cfg.save_format == "diffusers":
-            return [path]
+            return [path, *embeds]
         import dataclasses
 
         from ..export import write_kohya
@@ -97,8 +143,32 @@ class LoRA(Method):
         )
         if self.cfg.save_format == "kohya":
             path.unlink()
-            return [kohya]
-        return [path, kohya]
+            return [kohya, *embeds]
+        return [path, kohya, *embeds]
+
+    def _save_embedding(self, comps: Components, folder: Path) -> Path:
+        """The identifier's learned embedding in Textual Inversion's file (SD: {token: (1, D)}; SDXL:
+        clip_l and clip_g), which `load_textual_inversion` and AUTOMATIC1111 load."""
+        from safetensors.torch import save_file
+
+        from .textual_inversion import EMBEDS_NAME
+
+        vectors = [
+            te.get_input_embeddings().weight[ids].detach().float().cpu().contiguous()
+            for (_, te), (ids, _, _) in zip(self._pairs(comps), self.pivots)
+        ]
+        state = {"clip_l": vectors[0], "clip_g": vectors[1]} if len(vectors) == 2 else {self.token: vectors[0]}
+        path = Path(folder) / EMBEDS_NAME
+        with atomic_path(path) as tmp:
+            save_file(state, str(tmp), metadata={"token": self.token, "identifier": self.identifier})
+        return path
+
+
+def replace_identifier(prompt: str, identifier: str, token: str) -> str:
+    """The prompt with the identifier, as a word, replaced by the pivotal token (pure)."""
+    import re
+
+    return re.sub(rf"(?<![\w<>-]){re.escape(identifier)}(?![\w<>-])", token, prompt)
 
 
 def write_lora_file(path: Path, unet, text_encoder=None, text_encoder_2=None, sdxl: bool = False) -> Path:

@@ -54,6 +54,31 @@ def placeholder_tokens(token: str, n: int) -> list[str]:
     return [token] + [f"{token}_{i}" for i in range(1, n)]
 
 
+def learnable_tokens(tokenizer, te, tokens: list[str], init_word: str) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """Add tokens to the tokenizer and rows for them to the text encoder's input embedding, each
+    starting as init_word's embedding (the mean of its tokens'); make the embedding trainable. Returns
+    (the new ids, a copy of the whole embedding, the mask of rows that must stay as they are)."""
+    init = tokenizer.encode(init_word, add_special_tokens=False)
+    tokenizer.add_tokens(tokens)
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    te.resize_token_embeddings(len(tokenizer))
+    emb = te.get_input_embeddings().weight
+    with torch.no_grad():
+        for i in ids:
+            emb[i] = emb[init].mean(0)
+    emb.requires_grad_(True)
+    keep = torch.ones(emb.shape[0], dtype=torch.bool)
+    keep[ids] = False
+    return ids, emb.detach().clone(), keep
+
+
+def restore_rows(te, original: torch.Tensor, keep: torch.Tensor) -> None:
+    """Put back every embedding row but the learned ones: weight decay and Adam must not move them."""
+    emb = te.get_input_embeddings().weight
+    with torch.no_grad():
+        emb[keep] = original[keep].to(emb.device, emb.dtype)
+
+
 class TextualInversion(Method):
     name = "textual-inversion"
 
@@ -99,31 +124,18 @@ class TextualInversion(Method):
         self.ids, self.original, self.keep = [], [], []
         groups = []
         for tokenizer, te in self._pairs(comps):
-            tokenizer.add_tokens(tokens)
-            init_id = tokenizer.encode(self.cfg.initializer_token, add_special_tokens=False)[0]
-            ids = tokenizer.convert_tokens_to_ids(tokens)
-            te.resize_token_embeddings(len(tokenizer))
             te.to(torch.float32)  # it trains (through its input): fp32 under mixed precision
             te.requires_grad_(False)
-            emb = te.get_input_embeddings().weight
-            with torch.no_grad():
-                for i in ids:
-                    emb[i] = emb[init_id]
-            emb.requires_grad_(True)
-            keep = torch.ones(emb.shape[0], dtype=torch.bool)
-            keep[ids] = False
+            ids, original, keep = learnable_tokens(tokenizer, te, tokens, self.cfg.initializer_token)
             self.ids.append(ids)
-            self.original.append(emb.detach().clone())
+            self.original.append(original)
             self.keep.append(keep)
-            groups.append({"params": [emb], "lr": self.cfg.learning_rate})
+            groups.append({"params": [te.get_input_embeddings().weight], "lr": self.cfg.learning_rate})
         return groups
 
     def after_step(self, comps: Components) -> None:
-        """Put back every row but the new ones: weight decay and Adam must not move them."""
         for (_, te), original, keep in zip(self._pairs(comps), self.original, self.keep):
-            emb = te.get_input_embeddings().weight
-            with torch.no_grad():
-                emb[keep] = original[keep].to(emb.device)
+            restore_rows(te, original, keep)
 
     def learned(self, comps: Components, which: int = 0) -> torch.Tensor:
         te = self._pairs(comps)[which][1]

@@ -303,6 +303,7 @@ def _instance_examples(cfg: TrainConfig, cp, stream: int, comps: Components, met
         prompt_of = [prompts.index(c) for c in cp.captions]
         n = sum(c != cp.concept.instance_prompt for c in cp.captions)
         log.info("%s: training with %d per-image captions", cp.concept.instance_dir, n)
+    prompts = [method.rewrite_prompt(p) for p in prompts]
     drawn = len(prompts)
     if cfg.caption_dropout > 0:
         prompts = [*prompts, ""]  # the empty prompt, of dropped captions
