@@ -113,12 +113,16 @@ def test_class_images_are_split_across_processes_without_duplicates(two_process_
 def test_resume_needs_the_same_number_of_processes_and_then_equals_an_uninterrupted_run(
     two_process_run, tiny_model, tmp_path
 ):
+    import shutil
+
     from dreambooth.demo import example_subject
 
     root, _ = two_process_run
-    out = tmp_path / "run"
-    first = _train(tiny_model, example_subject(), out, root / "class", "--max-steps", "2", "--num-processes", "2")
-    assert first.returncode == 0, first.stderr[-3000:]
+    out = tmp_path / "run"  # the 2-process run as it was when killed after its step-2 checkpoint
+    shutil.copytree(root / "run2", out)
+    shutil.rmtree(out / "checkpoints" / "step-4")
+    for name in ("run.json", "pytorch_lora_weights.safetensors"):
+        (out / name).unlink()
     wrong = _train(tiny_model, example_subject(), out, root / "class", "--max-steps", "4", "--resume", "latest",
                    "--num-processes", "1")  # fmt: skip
     assert wrong.returncode == 2
