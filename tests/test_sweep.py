@@ -134,3 +134,35 @@ def test_on_the_toy_world_the_sweep_ranks_a_far_too_low_learning_rate_below_a_go
     best = {r["run"]: r["best"] for r in report["runs"]}
     assert best["learning-rate-0.001"]["fidelity"] >= best["learning-rate-1e-06"]["fidelity"] + 0.3
     assert report["recommended"]["run"] == "learning-rate-0.001"
+
+
+def test_a_failed_run_does_not_stop_the_others_and_the_report_says_why(base_config, tmp_path):
+    import shutil
+
+    from dreambooth.demo import example_subject
+    from dreambooth.sweep import SweepConfig, plan, train_all
+
+    gone = tmp_path / "photos-b"
+    shutil.copytree(example_subject(), gone)
+    vary = [f"instance-dir={example_subject()},{gone}", "learning-rate=1e-3"]
+    cfg = SweepConfig(config=str(base_config), output_dir=str(tmp_path / "sweep"), vary=vary)
+    planned = plan(cfg)  # checked while both folders are there
+    shutil.rmtree(gone)  # then one goes missing before its run starts
+    status = train_all(cfg, planned)
+    first, second = (status[p.name] for p in planned)
+    assert first == "finished"
+    assert second.startswith("failed (exit 2): error: --instance-dir") and "no such folder" in second
+
+
+def test_the_learning_rate_is_refused_above_1(base_config, tmp_path, capsys):
+    args = [
+        "sweep",
+        "--config",
+        str(base_config),
+        "--output-dir",
+        str(tmp_path / "s"),
+        "--vary",
+        "learning-rate=1e-3,1e38",
+    ]
+    assert main(args) == 2
+    assert "--learning-rate: must be > 0 and at most 1, got 1e+38" in capsys.readouterr().err

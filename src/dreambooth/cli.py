@@ -321,7 +321,10 @@ def main(argv: list[str] | None = None) -> int:
             from .sweep import SweepConfig, run_sweep
 
             fields = {f.name for f in dataclasses.fields(SweepConfig)}
-            run_sweep(SweepConfig(**{k: v for k, v in vars(ns).items() if k in fields}))
+            failed = run_sweep(SweepConfig(**{k: v for k, v in vars(ns).items() if k in fields}))
+            if failed:
+                print(f"{len(failed)} run(s) failed: {', '.join(failed)} (their logs: logs/NAME.log)", file=sys.stderr)
+                return 1
         elif ns.command == "demo":
             from .demo import run_demo
 

@@ -263,8 +263,12 @@ class TrainConfig:
         _check_required(self, skip=("instance_dir", "instance_prompt") if self.concepts else ())
         checks = [
             (self.rank >= 1, "--rank", f"must be at least 1, got {self.rank}"),
-            (self.learning_rate > 0, "--learning-rate", f"must be > 0, got {self.learning_rate}"),
-            (self.text_encoder_lr > 0, "--text-encoder-lr", f"must be > 0, got {self.text_encoder_lr}"),
+            (0 < self.learning_rate <= 1, "--learning-rate", f"must be > 0 and at most 1, got {self.learning_rate}"),
+            (
+                0 < self.text_encoder_lr <= 1,
+                "--text-encoder-lr",
+                f"must be > 0 and at most 1, got {self.text_encoder_lr}",
+            ),
             (
                 self.text_encoder_2_lr is None or self.text_encoder_2_lr > 0,
                 "--text-encoder-2-lr",
@@ -295,7 +299,7 @@ class TrainConfig:
                 "--train-identifier-embedding",
                 "for --method lora with one concept (Textual Inversion learns a token by itself)",
             ),
-            (self.identifier_lr > 0, "--identifier-lr", f"must be > 0, got {self.identifier_lr}"),
+            (0 < self.identifier_lr <= 1, "--identifier-lr", f"must be > 0 and at most 1, got {self.identifier_lr}"),
             (0 <= self.caption_dropout < 1, "--caption-dropout", f"must be in [0, 1), got {self.caption_dropout}"),
             (self.snr_gamma is None or self.snr_gamma > 0, "--snr-gamma", f"must be > 0, got {self.snr_gamma}"),
             (self.noise_offset >= 0, "--noise-offset", f"must be >= 0, got {self.noise_offset}"),

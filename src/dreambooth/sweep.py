@@ -210,8 +210,11 @@ def train_all(cfg: SweepConfig, planned: list[Planned]) -> dict[str, str]:
 
 
 def _last_line(path: Path) -> str:
-    lines = [ln for ln in path.read_text(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else ""
+    """What a failed run's log says went wrong: its error line, else its last line that is no progress bar."""
+    lines = [ln.strip() for ln in path.read_text(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
+    said = [ln for ln in lines if ln.startswith(("error:", "interrupted:")) or re.match(r"^\w+(Error|Exception)\b", ln)]
+    rest = [ln for ln in lines if not re.search(r"\d+/\d+ \[|it/s|s/it|step/s", ln)]
+    return (said or rest or lines or [""])[-1][:300]
 
 
 def metrics_kind(cfg: SweepConfig, planned: list[Planned]) -> str:
@@ -276,6 +279,7 @@ def evaluate_oracle(cfg: SweepConfig, p: Planned, engine) -> list[dict]:
 
 
 def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[str]:
+    """Train, score and report; the names of the runs that failed."""
     from .evaluation.select import objective_values, pareto_front, parse_objective
 
     planned = plan(cfg)
@@ -317,6 +321,7 @@ def _final_loss(run: Path) -> float | None:
 
 
 def write_report(cfg, planned: list[Planned], status: dict, rows: list[dict], metrics: tuple) -> list[str]:
+    """DIR/sweep.md (printed), sweep.json, sweep.csv, the plots and the grid; the runs that failed."""
     out = Path(cfg.output_dir)
     axes = list(planned[0].overrides)
     best_of_run = {}
@@ -368,7 +373,7 @@ def write_report(cfg, planned: list[Planned], status: dict, rows: list[dict], me
         _plots(out, rows, metrics)
         _grid(cfg, out, planned, best_of_run)
     print(md)
-    return []
+    return [p.name for p in planned if status.get(p.name) != "finished"]
 
 
 def _fmt(v) -> str:
