@@ -199,6 +199,11 @@ class TrainConfig:
     resolution: int | None = _f(
         None, "training resolution in pixels, divisible by 8 (default: the model's native size, 512 for SD 1.x)"
     )
+    buckets: bool = _f(
+        False,
+        "aspect-ratio bucketing: each photo trains at about --resolution^2 pixels in the shape nearest its own "
+        "(sides from half to twice --resolution), not cropped to a square; batches come from one bucket",
+    )
     random_crop: bool = _f(False, "random instead of centre crops (needs --no-cache)")
     random_flip: bool = _f(False, "flip images horizontally at random")
     no_cache: bool = _f(False, "run the VAE and text encoder every step instead of caching (for comparison)")

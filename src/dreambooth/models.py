@@ -229,6 +229,20 @@ def native_size(model: str) -> int:
     return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
+def size_step(model: str) -> int:
+    """The pixel step image sides must be multiples of: the VAE's factor times the UNet's downsampling
+    (64 for SD 1.x/2.x, 32 for SDXL, 16 for the toy world), read from the configs only."""
+    from diffusers import AutoencoderKL
+
+    path = resolve(model)
+    try:
+        vae = AutoencoderKL.load_config(path, subfolder="vae")
+    except (OSError, ValueError) as e:
+        raise UserError(f"--model {model}: could not read its configs ({str(e).splitlines()[0]})") from None
+    unet = unet_config(model) or {}
+    return 2 ** (len(vae["block_out_channels"]) - 1) * 2 ** (len(unet.get("block_out_channels", (0,))) - 1)
+
+
 def unet_config(model: str) -> dict | None:
     """The model's UNet config (read from its configs only), or None when it cannot be read."""
     from diffusers import UNet2DConditionModel

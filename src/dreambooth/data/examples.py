@@ -31,10 +31,12 @@ def epoch_order(n: int, seed: int, stream: int, k: int) -> int:
     return int(perm[k % n])
 
 
-def to_pixels(path: Path, resolution: int, flip: bool, crop_xy: tuple[float, float] = (0.5, 0.5)) -> torch.Tensor:
-    """(3, R, R) in [-1, 1]."""
-    im = resize_and_crop(load_rgb(path), resolution, crop_xy)
-    x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(resolution, resolution, 3)
+def to_pixels(
+    path: Path, target: int | tuple[int, int], flip: bool, crop_xy: tuple[float, float] = (0.5, 0.5)
+) -> torch.Tensor:
+    """(3, H, W) in [-1, 1]: the image resized and cropped to the target (a side, or (W, H))."""
+    im = resize_and_crop(load_rgb(path), target, crop_xy)
+    x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(im.height, im.width, 3)
     x = x.permute(2, 0, 1).float() / 127.5 - 1.0
     return x.flip(-1) if flip else x
 
@@ -68,6 +70,7 @@ class ExampleSet:
     prompt_of: list[int] | None = None  # image index -> its prompt row (captions); else drawn at random
     drawn_prompts: int | None = None  # rows drawn from (the empty prompt of caption dropout is the last row)
     caption_dropout: float = 0.0
+    targets: list[tuple[int, int]] | None = None  # each image's (width, height) bucket (--buckets); else square
     _latent_cache: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict)
     _embedding_cache: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (P, L, D), pooled (P, D2)
     _sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # image index -> (width, height)
@@ -123,7 +126,7 @@ class TrainingData:
             for f in ((False, True) if self.flip else (False,))
         ]
         for s, i, f in tqdm(jobs, desc="caching latents", unit="img", disable=not progress):
-            s._latent_cache[(i, f)] = self._encode(vae, [s.paths[i]], [f], [(0.5, 0.5)])[0].cpu()
+            s._latent_cache[(i, f)] = self._encode(vae, [s.paths[i]], [f], [(0.5, 0.5)], [self._target(s, i)])[0].cpu()
 
     @torch.no_grad()
     def cache_embeddings(self, text_encoders) -> None:
@@ -131,8 +134,12 @@ class TrainingData:
             emb, pooled = encode_prompt(text_encoders, s.prompt_ids, s.prompt_ids_2, text_encoders[0].device)
             s._embedding_cache = (emb.cpu(), None if pooled is None else pooled.cpu())
 
-    def _encode(self, vae, paths, flips, crops) -> torch.Tensor:
-        pixels = torch.stack([to_pixels(p, self.resolution, f, c) for p, f, c in zip(paths, flips, crops)])
+    def _target(self, s: ExampleSet, i: int):
+        return s.targets[i] if s.targets is not None else self.resolution
+
+    def _encode(self, vae, paths, flips, crops, targets=None) -> torch.Tensor:
+        targets = targets or [self.resolution] * len(paths)
+        pixels = torch.stack([to_pixels(p, t, f, c) for p, t, f, c in zip(paths, targets, flips, crops)])
         pixels = pixels.to(vae.device, vae.dtype)  # (B, 3, R, R)
         return vae.encode(pixels).latent_dist.parameters  # (B, 8, R/8, R/8)
 
@@ -152,7 +159,12 @@ class TrainingData:
         with part=(lo, hi) only those of examples first_k + lo .. first_k + hi - 1, drawing the same random
         numbers as for all n (how processes split a global batch)."""
         lo, hi = part or (0, n)
-        idx = [epoch_order(len(s.paths), self.seed, s.stream, first_k + j) for j in range(n)]
+        if s.targets is not None:  # a batch from one bucket: all of one size
+            from .buckets import batch_of
+
+            idx = batch_of(s.targets, n, self.seed, s.stream, first_k // n)
+        else:
+            idx = [epoch_order(len(s.paths), self.seed, s.stream, first_k + j) for j in range(n)]
         flips = [bool(torch.rand((), generator=generator) < 0.5) if self.flip else False for _ in idx]
         crops = [tuple(torch.rand(2, generator=generator).tolist()) if self.random_crop else (0.5, 0.5) for _ in idx]
         n_prompts = s.drawn_prompts or s.prompt_ids.shape[0]
@@ -167,7 +179,7 @@ class TrainingData:
             params = torch.stack([s._latent_cache[(i, f)] for i, f in zip(idx, flips)])
         else:
             with torch.no_grad():
-                params = self._encode(vae, [s.paths[i] for i in idx], flips, crops)
+                params = self._encode(vae, [s.paths[i] for i in idx], flips, crops, [self._target(s, i) for i in idx])
         cfg = vae.config
         shift = getattr(cfg, "shift_factor", None) or 0.0
         latents = sample_latents(params, generator, cfg.scaling_factor, shift, rows=(lo, n))
@@ -182,7 +194,7 @@ class TrainingData:
             emb, pooled = encode_prompt(text_encoders, s.prompt_ids[which], ids_2, device)
         added = None
         if pooled is not None:
-            sizes = [micro_conditioning(s.size(i), self.resolution, c, f) for i, c, f in zip(idx, crops, flips)]
+            sizes = [micro_conditioning(s.size(i), self._target(s, i), c, f) for i, c, f in zip(idx, crops, flips)]
             added = {"text_embeds": pooled.to(device), "time_ids": torch.tensor(sizes, dtype=torch.float32).to(device)}
         return latents.to(device), emb.to(device), added
 

@@ -307,10 +307,20 @@ def _instance_examples(cfg: TrainConfig, cp, stream: int, comps: Components, met
     drawn = len(prompts)
     if cfg.caption_dropout > 0:
         prompts = [*prompts, ""]  # the empty prompt, of dropped captions
+    targets = None
+    if cfg.buckets:
+        from ..data.buckets import bucket_sizes, nearest_bucket
+        from ..data.images import load_rgb
+        from ..models import size_step
+
+        buckets = bucket_sizes(cfg.resolution, size_step(cfg.model))
+        targets = [nearest_bucket(load_rgb(p).size, buckets) for p in cp.paths]
+        log.info("buckets: %s", ", ".join(f"{w}x{h}: {targets.count((w, h))}" for w, h in sorted(set(targets))))
     return ExampleSet(
         cp.paths,
         torch.cat([tokenize(comps.tokenizer, p) for p in prompts]),
         stream=stream,
+        targets=targets,
         prompt_ids_2=torch.cat([tokenize(comps.tokenizer_2, p) for p in prompts]) if comps.is_sdxl else None,
         prompt_of=prompt_of,
         drawn_prompts=drawn,
@@ -373,6 +383,16 @@ def training_step(run: Run, step: int, micro: int) -> tuple[torch.Tensor, torch.
     sets, turn = data.sets_of_micro_batch(step * cfg.gradient_accumulation + micro)
     k = turn * cfg.batch_size * world  # the global batch's first example (of its concept)
     parts = [_noised(run, s, k, torch.Generator().manual_seed(mix_seed(cfg.seed, step, micro, s.stream))) for s in sets]
+    if len({p[0].shape for p in parts}) > 1:  # a bucket's photos beside square class images: one pass each
+        (inst, _, _), (klass, _, _) = (_losses(run, [p]) for p in parts)
+        return inst + cfg.prior_loss_weight * klass, inst, klass
+    return _losses(run, parts, cfg.prior_loss_weight)
+
+
+def _losses(run: Run, parts: list, prior_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The UNet on the parts' examples in one batch; the DreamBooth loss of the first part (instance)
+    and the rest (class)."""
+    cfg = run.cfg
     noisy, timesteps, emb, target = (torch.cat(t) for t in list(zip(*parts))[:4])  # (B or 2B, ...)
     added = None
     if parts[0][4] is not None:  # SDXL: pooled text embeddings and micro-conditioning sizes
@@ -384,7 +404,7 @@ def training_step(run: Run, step: int, micro: int) -> tuple[torch.Tensor, torch.
 
         sched = run.comps.noise_scheduler
         weights = min_snr_weights(compute_snr(sched, timesteps), cfg.snr_gamma, sched.config.prediction_type)
-    return prior_preservation_loss(pred, target, cfg.batch_size, cfg.prior_loss_weight, weights)
+    return prior_preservation_loss(pred, target, parts[0][0].shape[0], prior_weight, weights)
 
 
 def _noised(run: Run, s: ExampleSet, k: int, g: torch.Generator):

@@ -69,6 +69,11 @@ def preflight(cfg: TrainConfig) -> Plan:
     get_method(cfg).check()
     concepts = [_concept_plan(cfg, c, i) for i, c in enumerate(concepts_of(cfg), start=1)]
     _check_hardware(cfg)
+    if cfg.buckets and cfg.num_processes > 1 and any(c.concept.class_prompt for c in concepts):
+        raise UserError(
+            "--buckets: with prior preservation on several processes not yet supported (a bucket's photos and "
+            "the square class images take two UNet passes, which DDP does not synchronise); use one process"
+        )
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output-dir {out}: is a file, not a folder")
