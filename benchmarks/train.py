@@ -139,8 +139,10 @@ def run_variant(args) -> dict:
     )
     if args.variant in ("a", "b"):
         out = train(cfg, progress=False)
-        rows = (out / "train_log.csv").read_text().splitlines()[1:]
-        times = [float(r.split(",")[-1]) for r in rows][args.warmup :]
+        import csv
+
+        with open(out / "train_log.csv", newline="") as f:
+            times = [float(r["seconds"]) for r in csv.DictReader(f)][args.warmup :]
     else:
         run = setup(cfg, preflight(cfg), progress=False)
         unet, opt, dev = run.unet, run.optimizer, run.accelerator.device
