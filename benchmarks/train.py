@@ -4,7 +4,9 @@ Times LoRA DreamBooth training with prior preservation (one instance + one class
   (a) the trainer with its defaults (latents and prompt embeddings cached),
   (b) the trainer with --no-cache (VAE and text encoder every step, as the reference scripts do),
   (c) the floor: UNet forward + backward + optimizer step alone, on pre-made tensors of the same
-      shapes, with the same LoRA.
+      shapes, with the same LoRA;
+  and, in one more process, (a)'s step and (c) alternately: the a/c ratio free of the differences
+  between processes on a shared CPU (separate processes are kept for the memory figures).
 Each variant runs in its own process so that its peak memory (RSS on CPU, max allocated on GPU) is
 its own. Prints a Markdown table for BENCHMARKS.md and writes the figures as JSON.
 
@@ -26,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("a", "b", "c")
+VARIANTS = ("a", "b", "c", "i")  # i: (a)'s step and (c) alternately in one process, for the ratio
 
 
 def build_model(arch: str, out: Path) -> Path:
@@ -157,25 +159,51 @@ def run_variant(args) -> dict:
             dtype=run.weight_dtype,
         )
         t = torch.randint(0, 1000, (2,), device=dev)
-        times = []
-        for i in range(args.warmup + args.steps):
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
+
+        def floor():
             loss = torch.nn.functional.mse_loss(unet(noisy, t, emb).sample.float(), target)
             run.accelerator.backward(loss)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
+
+        def trainer(i):
+            from dreambooth.training.loop import _optimizer_step
+
+            _optimizer_step(run, i, [run.unet], [p for g in opt.param_groups for p in g["params"]])
+
+        times, trainer_times = [], []
+        for i in range(args.warmup + args.steps):
+            if args.variant == "i":
+                dt = _timed(lambda i=i: trainer(i), dev)
+                if i >= args.warmup:
+                    trainer_times.append(dt)
+            dt = _timed(floor, dev)
             if i >= args.warmup:
-                times.append(time.perf_counter() - t0)
+                times.append(dt)
+        if args.variant == "i":
+            return {
+                "variant": "i",
+                "trainer_s_per_step": statistics.median(trainer_times),
+                "floor_s_per_step": statistics.median(times),
+            }
     return {
         "variant": args.variant,
         "median_s_per_step": statistics.median(times),
         "steps": len(times),
         "peak_mb": peak_memory_mb(),
     }
+
+
+def _timed(fn, dev) -> float:
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -223,7 +251,8 @@ def main() -> None:
             ] + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             results[v] = json.loads(out.strip().splitlines()[-1])
-    a, b, c = (results[v] for v in VARIANTS)
+    a, b, c, inter = (results[v] for v in VARIANTS)
+    a_over_c_one_process = inter["trainer_s_per_step"] / inter["floor_s_per_step"]
     summary = {
         "arch": args.arch,
         "resolution": args.resolution,
@@ -233,13 +262,16 @@ def main() -> None:
         "a_over_c": a["median_s_per_step"] / c["median_s_per_step"],
         "b_over_a": b["median_s_per_step"] / a["median_s_per_step"],
         "peak_a_le_b": a["peak_mb"] <= b["peak_mb"],
+        "a_over_c_one_process": a_over_c_one_process,
+        "interleaved": inter,
         "class_images_per_s": class_rate,
     }
     print(
         f"| {args.arch} {args.resolution}px {args.precision} gc={args.gradient_checkpointing} "
         f"| (a) {a['median_s_per_step']:.3f} s, {a['peak_mb']:.0f} MB | (b) {b['median_s_per_step']:.3f} s, "
         f"{b['peak_mb']:.0f} MB | (c) {c['median_s_per_step']:.3f} s, {c['peak_mb']:.0f} MB "
-        f"| a/c {summary['a_over_c']:.2f} | b/a {summary['b_over_a']:.2f} "
+        f"| a/c {summary['a_over_c']:.2f} (one process, interleaved: {a_over_c_one_process:.2f}) "
+        f"| b/a {summary['b_over_a']:.2f} "
         f"| class images {class_rate:.2f}/s (batch {CLASS_IMAGES}, 1 step) |"
     )
     if args.json:
