@@ -25,22 +25,10 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def class_dir(tmp_path_factory, tiny_model) -> Path:
     """Four class images generated once by the tiny model (tests copy it when they add to it)."""
-    from dreambooth.data.prior import generate_class_images
-    from dreambooth.models import load_pipeline
+    from helpers import dog_class_images
 
     d = tmp_path_factory.mktemp("class") / "dog"
-    generate_class_images(
-        load_pipeline(str(tiny_model)),
-        "a photo of a dog",
-        d,
-        [0, 1, 2, 3],
-        seed=0,
-        steps=2,
-        guidance=7.5,
-        batch_size=4,
-        resolution=64,
-        progress=False,
-    )
+    dog_class_images(tiny_model, d, range(4))
     return d
 
 

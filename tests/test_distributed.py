@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import lora_weights, max_abs_diff
+from helpers import dog_class_images, lora_weights, max_abs_diff
 
 TOL = 2e-5
 
@@ -85,25 +85,12 @@ def test_two_processes_of_batch_1_train_what_one_process_of_batch_2_does(two_pro
 
 
 def test_class_images_are_split_across_processes_without_duplicates(two_process_run, tiny_model):
-    from dreambooth.data.prior import generate_class_images
-    from dreambooth.models import load_pipeline
 
     root, _ = two_process_run
     names = sorted(p.name for p in (root / "class").iterdir())
     assert names == [f"class-{i:05d}.png" for i in range(5)]  # each index written once, none missing
     alone = root / "class-alone"  # what one process makes: the same images (image i from seed + i)
-    generate_class_images(
-        load_pipeline(str(tiny_model)),
-        "a photo of a dog",
-        alone,
-        list(range(5)),
-        seed=0,
-        steps=2,
-        guidance=7.5,
-        batch_size=4,
-        resolution=64,
-        progress=False,
-    )
+    dog_class_images(tiny_model, alone, range(5))
     for name in names:
         a = np.asarray(Image.open(root / "class" / name), dtype=np.int16)
         b = np.asarray(Image.open(alone / name), dtype=np.int16)
