@@ -166,3 +166,16 @@ def test_the_learning_rate_is_refused_above_1(base_config, tmp_path, capsys):
     ]
     assert main(args) == 2
     assert "--learning-rate: must be > 0 and at most 1, got 1e+38" in capsys.readouterr().err
+
+
+def test_evaluate_on_a_concepts_config_is_refused_before_anything_starts(base_config, tmp_path, capsys):
+    data = yaml.safe_load(base_config.read_text())
+    data = {k: v for k, v in data.items() if k not in ("instance_dir", "instance_prompt")}
+    data["concepts"] = str(tmp_path / "concepts.yaml")
+    base_config.write_text(yaml.safe_dump(data))
+    out = tmp_path / "sweep"
+    args = ["sweep", "--config", str(base_config), "--output-dir", str(out), "--vary", "rank=2,4", "--evaluate"]
+    assert main(args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: --evaluate:") and "several concepts" in line
+    assert not out.exists()

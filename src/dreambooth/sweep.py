@@ -118,6 +118,11 @@ def plan(cfg: SweepConfig) -> list[Planned]:
     if cfg.parallel < 1:
         raise UserError(f"--parallel: must be at least 1, got {cfg.parallel}")
     base = load_yaml(cfg.config, TrainConfig)
+    if cfg.evaluate and base.get("concepts"):
+        raise UserError(
+            f"--evaluate: --config {cfg.config} trains several concepts, and scoring takes one subject; "
+            "sweep without --evaluate, then `dreambooth select` each run with --identifier, --class-noun, --real"
+        )
     for key in ("output_dir", "resume", "overwrite"):
         base.pop(key, None)
     axes = parse_axes(cfg.vary)
