@@ -13,16 +13,26 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,ui]'
 	touch $(STAMP)
+
+# The web UI's tests drive Debian's chromium (headless) through Playwright; install it where missing.
+BROWSER := /usr/bin/chromium
+$(BROWSER):
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  (DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	   ($$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null)) \
+	  || { echo "make: could not install chromium (apt); the browser tests need it at $(BROWSER)" >&2; exit 1; }
 
 install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/dreambooth demo --overwrite
 
-test: install
-	$(PY) -m pytest -q
+# Two workers (pytest-xdist; CI has 2 cores), one test file per worker at a time, one thread each.
+TEST_WORKERS ?= 2
+test: install $(BROWSER)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: install
 	$(PY) -m benchmarks.train

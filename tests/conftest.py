@@ -10,6 +10,8 @@ import pytest
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one thread each (before torch)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from dreambooth.config import TrainConfig  # noqa: E402
 from dreambooth.demo import example_subject  # noqa: E402

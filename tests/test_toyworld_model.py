@@ -113,18 +113,19 @@ def test_the_vae_keeps_what_the_oracle_and_the_subject_need(toy_pipe):
 def test_the_model_follows_prompts_on_held_out_combinations(toy_pipe):
     from dreambooth.toyworld.evaluate import prompt_following
 
-    result = prompt_following(toy_pipe, steps=20)
+    result = prompt_following(toy_pipe, steps=10)  # measured 0.91 (held-out 0.96) at 10 steps, 0.88 at 20
     assert result["all"]["all_three"] >= 0.8, result
     assert result["held_out"]["all_three"] >= 0.6, result
 
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
-    """A short version of `dreambooth demo`: fewer steps and images than the demo's defaults."""
+    """A short version of `dreambooth demo`: fewer training and denoising steps and images than the demo's
+    defaults, and no Textual Inversion row (nothing here asserts on it)."""
     from dreambooth.toyworld.experiment import ExperimentConfig, run_experiment
 
     out = tmp_path_factory.mktemp("toy") / "demo"
-    cfg = ExperimentConfig(output_dir=out, max_steps=SHORT_STEPS, ti_steps=SHORT_STEPS, images=8, num_class_images=32)
+    cfg = ExperimentConfig(output_dir=out, max_steps=SHORT_STEPS, ti_steps=0, images=8, num_class_images=32, steps=12)
     return out, run_experiment(cfg, progress=False)
 
 
@@ -135,7 +136,8 @@ def test_a_short_experiment_shows_what_the_paper_claims(experiment):
     """Measured with the demo's settings at 1000 steps (README): DreamBooth without prior learns the
     subject's outline (1.00) and "a heart" becomes it (leakage 0.77); with prior the class stays (0.10)
     while the outline and dots are learned (1.00, 1.00). The short run here checks the same directions;
-    at 300 steps the outline is learned without prior (measured 0.62) but not yet with it (0.12)."""
+    at 300 steps (12 denoising steps) the outline is learned without prior (measured 0.62) but not yet with
+    it (0.00)."""
     out, summary = experiment
     r = summary["results"]
     print(summary["table"])

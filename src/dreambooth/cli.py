@@ -198,6 +198,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_local_files_only(sw)
 
+    u = sub.add_parser(
+        "ui",
+        help="a local web page to generate, compare in grids, train (stop, resume) and see a run's scores",
+        description="Open the web UI (Gradio) at http://127.0.0.1:PORT. It lists and starts runs in --projects, "
+        "trains each as its own `dreambooth train` process, and reads and writes nothing outside that folder. "
+        "Only this machine can reach it unless --host or --share is given.",
+    )
+    u.add_argument("--port", type=_positive_int, default=7860, help="port (7860)")
+    u.add_argument(
+        "--projects",
+        default="dreambooth-projects",
+        help="folder of the runs it lists and starts (./dreambooth-projects)",
+    )
+    u.add_argument("--model", help="the default base model of its forms: hub id or local folder")
+    u.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (127.0.0.1: this machine only; 0.0.0.0: every network, with a warning)",
+    )
+    u.add_argument("--share", action="store_true", help="also make a public gradio.live link (with a warning)")
+    u.add_argument("--auth", metavar="USER:PASSWORD", help="ask for this user name and password")
+    u.add_argument(
+        "--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"), help="generation precision (auto)"
+    )
+    _add_local_files_only(u)
+
     d = sub.add_parser(
         "demo",
         help="DreamBooth (with and without prior) and Textual Inversion on the toy-world model, measured",
@@ -325,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
             if failed:
                 print(f"{len(failed)} run(s) failed: {', '.join(failed)} (their logs: logs/NAME.log)", file=sys.stderr)
                 return 1
+        elif ns.command == "ui":
+            from .ui.app import UIConfig, run_ui
+
+            fields = {f.name for f in dataclasses.fields(UIConfig)}
+            run_ui(UIConfig(**{k: v for k, v in vars(ns).items() if k in fields}))
         elif ns.command == "demo":
             from .demo import run_demo
 

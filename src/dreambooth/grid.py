@@ -132,21 +132,50 @@ def _axes(cfg: GridConfig) -> list[Axis]:
     return axes
 
 
-def run_grid(cfg: GridConfig, progress: bool = True) -> Path:
-    """Generate (or take from the cache) every cell, then write the grids and index.html."""
-    from PIL import Image
-    from tqdm.auto import tqdm
+@dataclass
+class GridPlan:
+    """Every cell's settings and its cached image's path, keyed by (z, y, x)."""
 
-    from .generation import Engine, image_settings, labelled_grid, save_image
+    axes: tuple[Axis, Axis, Axis]
+    cells: dict[tuple[int, int, int], object]
+    paths: dict[tuple[int, int, int], Path]
+
+    def todo(self) -> list[tuple[tuple[int, int, int], object]]:
+        """The cells not in the cache yet, in the order that changes the pipeline least."""
+        return sorted(
+            ((k, s) for k, s in self.cells.items() if not self.paths[k].exists()), key=lambda kv: _order(kv[1])
+        )
+
+    def image(self, zi: int = 0):
+        """Grid z as it stands: cells not generated yet are left blank."""
+        from .generation import labelled_grid
+
+        ax, ay, az = self.axes
+        rows = [
+            [_load(p) if (p := self.paths[(zi, yi, xi)]).exists() else None for xi in range(len(ax.values))]
+            for yi in range(len(ay.values))
+        ]
+        title = _labels(az)[zi] if az.name else None
+        return labelled_grid(rows, _labels(ax), _labels(ay) if ay.name else None, title)
+
+
+def _load(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def plan_grid(cfg: GridConfig, engine) -> GridPlan:
+    """Check the axes and work out every cell (nothing generated; the cache folder is created)."""
+    from .generation import image_settings
     from .models import check_model
-    from .pnginfo import a1111_text
 
     cfg.validate()
     if cfg.model:
         check_model(cfg.model, config=cfg.model_config, allow_pickle=cfg.allow_pickle)
     ax, ay, az = _axes(cfg)
     where = {a.name: a.where for a in (ax, ay, az)}
-    engine = Engine(cfg.dtype, fuse=False)  # scales change from cell to cell: adapters stay unfused
     cells: dict[tuple[int, int, int], object] = {}
     for zi, zv in enumerate(az.values):
         for yi, yv in enumerate(ay.values):
@@ -162,34 +191,56 @@ def run_grid(cfg: GridConfig, progress: bool = True) -> Path:
                 prompt = over.pop("prompt", cfg.prompt[0] if cfg.prompt else "")
                 seed = over.pop("seed", cfg.seed)
                 cells[(zi, yi, xi)] = image_settings(cfg, engine, prompt, seed, **over)
-    out = Path(cfg.output_dir)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cells"
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.output_dir) / "cells"
     cache.mkdir(parents=True, exist_ok=True)
-    paths = {k: cache / f"{cell_key(s)}.png" for k, s in cells.items()}
-    todo = sorted(
-        {p: s for k, s in cells.items() if not (p := paths[k]).exists()}.items(), key=lambda kv: _order(kv[1])
-    )
+    return GridPlan((ax, ay, az), cells, {k: cache / f"{cell_key(s)}.png" for k, s in cells.items()})
+
+
+def fill_grid(plan: GridPlan, engine):
+    """Generate the cells the cache lacks, one at a time, yielding each cell's key once it is written."""
+    from .generation import save_image
+
+    todo = plan.todo()
     engine.check([s for _, s in todo])
-    bar = tqdm(total=len(todo), desc="grid cells", unit="cell", disable=not progress)
-    for path, s in todo:
-        save_image(engine.render([s])[0], s, path)
+    for key, s in todo:
+        save_image(engine.render([s])[0], s, plan.paths[key])
+        yield key
+
+
+def run_grid(cfg: GridConfig, progress: bool = True) -> Path:
+    """Generate (or take from the cache) every cell, then write the grids and index.html."""
+    from tqdm.auto import tqdm
+
+    from .generation import Engine
+
+    engine = Engine(cfg.dtype, fuse=False)  # scales change from cell to cell: adapters stay unfused
+    plan = plan_grid(cfg, engine)
+    bar = tqdm(total=len(plan.todo()), desc="grid cells", unit="cell", disable=not progress)
+    for _ in fill_grid(plan, engine):
         bar.update(1)
     bar.close()
+    return write_grids(cfg, plan)
+
+
+def write_grids(cfg: GridConfig, plan: GridPlan) -> Path:
+    """grid.png (grid-NN.png per z value) and index.html, from a filled plan."""
+    from .pnginfo import a1111_text
+
+    ax, ay, az = plan.axes
+    out = Path(cfg.output_dir)
     grids = []
     for zi in range(len(az.values)):
-        rows = [[Image.open(paths[(zi, yi, xi)]) for xi in range(len(ax.values))] for yi in range(len(ay.values))]
         title = _labels(az)[zi] if az.name else None
-        grid = labelled_grid(rows, _labels(ax), _labels(ay) if ay.name else None, title)
         name = "grid.png" if len(az.values) == 1 else f"grid-{zi:02d}.png"
         with io.atomic_path(out / name) as tmp:
-            grid.save(tmp, format="PNG")
+            plan.image(zi).save(tmp, format="PNG")
         grids.append(
             (
                 name,
                 title,
                 [
                     [
-                        (paths[(zi, yi, xi)], a1111_text(dataclasses.asdict(cells[(zi, yi, xi)])))
+                        (plan.paths[(zi, yi, xi)], a1111_text(dataclasses.asdict(plan.cells[(zi, yi, xi)])))
                         for xi in range(len(ax.values))
                     ]
                     for yi in range(len(ay.values))

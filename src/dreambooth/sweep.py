@@ -200,7 +200,7 @@ def train_all(cfg: SweepConfig, planned: list[Planned]) -> dict[str, str]:
                     status[name] = "finished"
                     log.info("[%d/%d] %s: finished in %.0f s", done, len(planned), name, time.monotonic() - t0)
                 else:
-                    last = _last_line(out / "logs" / f"{name}.log")
+                    last = last_error_line(out / "logs" / f"{name}.log")
                     status[name] = f"failed (exit {code}): {last}"
                     log.warning("[%d/%d] %s: %s", done, len(planned), name, status[name])
             if stop["signal"] is not None and not running:
@@ -214,7 +214,7 @@ def train_all(cfg: SweepConfig, planned: list[Planned]) -> dict[str, str]:
     return status
 
 
-def _last_line(path: Path) -> str:
+def last_error_line(path: Path) -> str:
     """What a failed run's log says went wrong: its error line, else its last line that is no progress bar."""
     lines = [ln.strip() for ln in path.read_text(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
     said = [ln for ln in lines if ln.startswith(("error:", "interrupted:")) or re.match(r"^\w+(Error|Exception)\b", ln)]

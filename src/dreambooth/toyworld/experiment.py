@@ -52,7 +52,7 @@ def subject_dir() -> Path:
 class ExperimentConfig:
     output_dir: Path
     max_steps: int = 1000  # DreamBooth LoRA
-    ti_steps: int = 1000
+    ti_steps: int = 1000  # 0: no Textual Inversion row
     images: int = 16  # per prompt (recontextualisation: half of it per background)
     num_class_images: int = 64
     guidance: float = 5.0
@@ -91,7 +91,7 @@ def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
         train_text_encoder=True,
         text_encoder_lr=5e-4,
     )
-    return {
+    configs = {
         "dreambooth": TrainConfig(**lora, output_dir=str(out / "runs" / "dreambooth")),
         "dreambooth_prior": TrainConfig(
             **lora,
@@ -114,6 +114,9 @@ def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
             lr_scheduler="constant",
         ),
     }
+    if cfg.ti_steps == 0:
+        del configs["textual_inversion"]
+    return configs
 
 
 def prompts_of(row: str, n: int) -> list[tuple[str, str, list[int]]]:
@@ -188,14 +191,12 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict:
 
     engine = Engine()
     sampling = SamplingConfig(model=MODEL, steps=cfg.steps, guidance=cfg.guidance)
-    extra = {
-        "base": {},
-        "dreambooth": {"lora": trainings["dreambooth"].output_dir},
-        "dreambooth_prior": {"lora": trainings["dreambooth_prior"].output_dir},
-        "textual_inversion": {"embedding": trainings["textual_inversion"].output_dir},
+    extra = {"base": {}} | {
+        row: {"embedding" if row == "textual_inversion" else "lora": t.output_dir} for row, t in trainings.items()
     }
+    rows = [row for row in ROWS if row == "base" or row in trainings]
     results, grid_rows, col_labels = {}, [], []
-    for row in ROWS:
+    for row in rows:
         readings, firsts = {}, []
         for kind, prompt, seeds in prompts_of(row, cfg.images):
             batch = [image_settings(sampling, engine, prompt, cfg.seed + s, **extra[row]) for s in seeds]
@@ -218,7 +219,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict:
     grid = labelled_grid(
         [photos] + grid_rows,
         col_labels=col_labels,
-        row_labels=["training photos"] + [ROW_LABELS[r] for r in ROWS],
+        row_labels=["training photos"] + [ROW_LABELS[r] for r in rows],
         title=f"DreamBooth in the toy world: '{IDENTIFIER} {NOUN}' (TI: '{TI_TOKEN}'), guidance {cfg.guidance}",
         cell=96,
         label_width=150,

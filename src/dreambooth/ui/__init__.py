@@ -1,0 +1,1 @@
+"""`dreambooth ui`: the local web UI (Gradio). projects and supervisor import no Gradio."""

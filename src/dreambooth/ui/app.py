@@ -1,0 +1,741 @@
+"""`dreambooth ui`: a local web page for the whole workflow (Gradio, as the field's web UIs are).
+
+    dreambooth ui [--port 7860] [--projects ./dreambooth-projects] [--model M] [--host H] [--share] [--auth U:P]
+
+Tabs: Generate (every setting, a run and its checkpoint, images with their settings, any image back into
+the form), Grid (X/Y over any setting, filled in as it is generated), Train (a new run's photos and
+settings; its progress, loss and validation images while it trains; stop with a checkpoint, resume) and
+Evaluate (a run's `dreambooth select` table, plots and recommendation).
+
+The page reaches files only through ui.projects.Projects (nothing outside the projects folder) and
+training only through the config it writes and the process it starts (ui.supervisor).
+"""
+
+import dataclasses
+import logging
+import os
+import re
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import SCHEDULER_NAMES, GenerateConfig, GridConfig, build
+from ..errors import UserError
+from .projects import MAX_UPLOAD_BYTES, Projects, TrainForm, default_prompts, view, weights_choices, weights_path
+from .supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+NONE = "(none)"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+GRID_AXES = (
+    "guidance",
+    "lora_scale_unet",
+    "lora_scale_text_encoder",
+    "steps",
+    "seed",
+    "scheduler",
+    "checkpoint",
+    "prompt",
+    "negative_prompt",
+    "lora",
+    "width",
+    "height",
+)
+
+
+@dataclass
+class UIConfig:
+    port: int = 7860
+    projects: str = "dreambooth-projects"
+    model: str | None = None
+    host: str = "127.0.0.1"
+    share: bool = False
+    auth: str | None = None
+    dtype: str = "auto"
+
+
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    if text is None:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise UserError("--auth: give user:password (both non-empty)")
+    return user, password
+
+
+def exposure_warning(host: str, share: bool, auth: tuple | None) -> str | None:
+    """What to print when the page is reachable from other machines."""
+    where = []
+    if host not in LOOPBACK:
+        where.append(f"every machine that can reach {host}")
+    if share:
+        where.append("anyone with the public gradio.live link")
+    if not where:
+        return None
+    return (
+        f"warning: the UI is open to {' and '.join(where)}: they can generate and train on this machine and "
+        "read the projects folder" + ("" if auth else "; add --auth user:password")
+    )
+
+
+class Backend:
+    """What the page's events do, without Gradio: every function takes and returns plain values, raises
+    UserError for bad input, and reaches files only through `projects`."""
+
+    def __init__(self, projects: Projects, model: str | None, supervisor: Supervisor, dtype: str = "auto"):
+        self.projects = projects
+        self.model = model
+        self.supervisor = supervisor
+        self.dtype = dtype
+        self._engine = None
+        self.lock = threading.Lock()  # one generation at a time (one model in memory)
+
+    # -- paths and names from the page ------------------------------------------------------------------
+    def runs(self) -> list[str]:
+        return self.projects.runs()
+
+    def check_model(self, model: str) -> str:
+        """A base model the page may use: the one given with --model, a built-in, a hub id, or a folder
+        inside the projects folder (never another local path)."""
+        from ..models import builtin_path
+
+        model = (model or "").strip()
+        if not model:
+            raise UserError("model: empty (a hub id, or a folder inside the projects folder)")
+        if model == self.model or builtin_path(model) is not None:
+            return model
+        if HUB_ID.match(model) and not Path(model).exists():
+            return model
+        try:
+            return str(self.projects.path(model, "model"))
+        except UserError:
+            raise UserError(
+                f"model {model!r}: give a hub id (owner/name), the UI's --model, or a folder inside the projects folder"
+            ) from None
+
+    def weights(self, run: str, checkpoint: str) -> dict:
+        """The sampling settings a run and checkpoint choice stands for (lora, embedding or model)."""
+        if not run or run == NONE:
+            return {}
+        from .projects import saved_config
+
+        folder = self.projects.run(run)
+        path = weights_path(folder, checkpoint or "final")
+        cfg = saved_config(folder)
+        method = cfg.method if cfg else "lora"
+        if method == "full":
+            return {"model": str(path)}
+        if method == "textual-inversion":
+            return {"embedding": str(path)}
+        return {"lora": str(path)}
+
+    # -- generation --------------------------------------------------------------------------------------
+    @property
+    def engine(self):
+        if self._engine is None:
+            from ..generation import Engine
+
+            self._engine = Engine(self.dtype, fuse=False)  # scales change between requests: keep unfused
+        return self._engine
+
+    def sampling(self, form: dict, cls=GenerateConfig, **extra) -> object:
+        """A GenerateConfig (or GridConfig) from the generate form's values, validated."""
+        model = self.check_model(form["model"])
+        values = dict(
+            model=model,
+            prompt=[form["prompt"]] if form.get("prompt", "").strip() else [],
+            negative_prompt=form.get("negative_prompt") or "",
+            lora_scale_unet=float(form["lora_scale_unet"]),
+            lora_scale_text_encoder=float(form["lora_scale_text_encoder"]),
+            guidance=float(form["guidance"]),
+            steps=int(form["steps"]),
+            scheduler=form["scheduler"],
+            width=int(form.get("width") or 0) or None,
+            height=int(form.get("height") or 0) or None,
+            dtype=self.dtype,
+        )
+        values.update(self.weights(form.get("run"), form.get("checkpoint")))
+        values.update(extra)
+        cfg = build(cls, values)
+        cfg.validate()
+        return cfg
+
+    def generate(self, form: dict) -> list[dict]:
+        """Generate num_images images (seed, seed+1, ...; seed -1 draws one) into PROJECTS/outputs; each
+        record: path, settings (as in the PNG), run and checkpoint (to send back to the form)."""
+        import random
+
+        from ..generation import image_settings, next_number, save_image
+        from ..models import check_model
+
+        cfg = self.sampling(form)
+        n = int(form.get("num_images") or 1)
+        if not 1 <= n <= 64:
+            raise UserError(f"number of images: 1 to 64, got {n}")
+        seed = int(form.get("seed") if form.get("seed") not in (None, "") else -1)
+        if seed < 0:
+            seed = random.randrange(2**32 - 64)
+        out = self.projects.root / "outputs"
+        with self.lock:
+            check_model(cfg.model, allow_pickle=False)
+            engine = self.engine
+            todo = [image_settings(cfg, engine, cfg.prompt[0], seed + i) for i in range(n)]
+            engine.check(todo)
+            out.mkdir(parents=True, exist_ok=True)
+            records = []
+            for s in todo:
+                image = engine.render([s])[0]
+                path = out / f"{next_number(out):05d}-{s.seed}.png"
+                save_image(image, s, path)
+                records.append(
+                    {
+                        "path": str(path),
+                        "settings": dataclasses.asdict(s),
+                        "run": form.get("run") or NONE,
+                        "checkpoint": form.get("checkpoint") or "",
+                        "model": form["model"],
+                        "prompt": form["prompt"],
+                    }
+                )
+        return records
+
+    def grid_config(self, form: dict, x: tuple[str, str], y: tuple[str, str]) -> GridConfig:
+        specs = []
+        for axis, (name, values) in (("X", x), ("Y", y)):
+            if not name or name == NONE:
+                specs.append(None)
+                continue
+            if name not in GRID_AXES:
+                raise UserError(f"{axis} axis {name!r}: not one of {', '.join(GRID_AXES)}")
+            if not (values or "").strip():
+                raise UserError(f"{axis} values: empty")
+            if name == "lora":  # run names of the projects folder, or none
+                sep = "|" if "|" in values else ","
+                names = [v.strip() for v in values.split(sep) if v.strip()]
+                values = sep.join("none" if v in ("none", NONE) else str(self.projects.run(v)) for v in names)
+            if name == "checkpoint":
+                values = ",".join(v.strip().removeprefix("step-") for v in values.split(",") if v.strip())
+                if not form.get("run") or form["run"] == NONE:
+                    raise UserError(f"{axis} axis checkpoint: pick a run in the form first")
+            specs.append(f"{name}={values}")
+        if specs[0] is None:
+            raise UserError("X axis: pick a setting")
+        over = {}
+        if form.get("run") and form["run"] != NONE and "checkpoint" in (x[0], y[0]):
+            over = {"lora": str(self.projects.run(form["run"]))}
+        return self.sampling(
+            form,
+            GridConfig,
+            x=specs[0],
+            y=specs[1],
+            output_dir=str(self.projects.root / "grids"),
+            cache_dir=str(self.projects.root / "grids" / "cells"),
+            seed=max(0, int(form.get("seed") or 0)),
+            **over,
+        )
+
+    def grid(self, form: dict, x: tuple[str, str], y: tuple[str, str]):
+        """Yield (image, done, total) as the grid fills in; the finished grid is written to PROJECTS/grids."""
+        from ..grid import fill_grid, plan_grid, write_grids
+
+        cfg = self.grid_config(form, x, y)
+        with self.lock:
+            plan = plan_grid(cfg, self.engine)
+            total, done = len(plan.cells), len(plan.cells) - len(plan.todo())
+            if total > 400:
+                raise UserError(f"grid: {total} cells; at most 400")
+            yield plan.image(), done, total
+            for _ in fill_grid(plan, self.engine):
+                done += 1
+                yield plan.image(), done, total
+            write_grids(cfg, plan)
+
+    # -- training ----------------------------------------------------------------------------------------
+    def start_training(self, form: TrainForm, model: str, uploads: list[str]) -> str:
+        from .projects import write_train_config
+
+        model = self.check_model(model)
+        config = write_train_config(self.projects, form, model, uploads)
+        self.supervisor.start(config.parent)
+        return self.projects.rel(config.parent)
+
+    def stop(self, run: str) -> None:
+        self.supervisor.stop(self.projects.run(run))
+
+    def resume(self, run: str) -> None:
+        folder = self.projects.run(run)
+        v = view(folder, self.supervisor.state(folder))
+        if v.status in ("training", "stopping"):
+            raise UserError(f"run {run}: is training already")
+        if v.finished:
+            raise UserError(f"run {run}: finished; start a new run to train more")
+        self.supervisor.start(folder, resume=bool(v.checkpoints))
+
+    def status(self, run: str):
+        folder = self.projects.run(run)
+        return folder, view(folder, self.supervisor.state(folder))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The page
+
+
+def loss_plot(losses: list[tuple[int, float]], title: str):
+    """The loss over steps with its running mean (Pillow; no plotting library)."""
+    from ..evaluation.plot import line_plot
+
+    window = max(1, len(losses) // 20)
+    smooth = []
+    for i in range(len(losses)):
+        part = losses[max(0, i - window + 1) : i + 1]
+        smooth.append((losses[i][0], sum(v for _, v in part) / len(part)))
+    series = {"loss": losses} if len(losses) <= 50 else {f"loss (mean of {window})": smooth}
+    return line_plot(series, title, "step")
+
+
+def status_line(name: str, v) -> str:
+    total = v.max_steps or 0
+    pct = f" ({100 * v.step / total:.0f} %)" if total else ""
+    last = f", loss {v.losses[-1][1]:.4f}" if v.losses else ""
+    ckpt = f", checkpoints at {', '.join(str(s) for s in v.checkpoints)}" if v.checkpoints else ""
+    return f"**{name}**: {v.status} · step {v.step}/{total or '?'}{pct}{last}{ckpt}"
+
+
+def caption(s: dict) -> str:
+    lora = f", LoRA {s['lora_name']} {s['lora_scale_unet']:g}/{s['lora_scale_text_encoder']:g}" if s.get("lora") else ""
+    return f"seed {s['seed']}, guidance {s['guidance']:g}, {s['steps']} steps, {s['scheduler']}{lora}"
+
+
+def build_app(backend: Backend):
+    import gradio as gr
+
+    runs = backend.runs()
+    run_choices = [NONE, *runs]
+    with gr.Blocks(title="dreambooth") as app:
+        gr.Markdown(f"## dreambooth · projects: `{backend.projects.root}`")
+        with gr.Tab("Generate", id="generate"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    prompt = gr.Textbox(label="Prompt", lines=2, elem_id="gen-prompt")
+                    negative = gr.Textbox(label="Negative prompt", elem_id="gen-negative")
+                    model = gr.Textbox(label="Base model", value=backend.model or "", elem_id="gen-model")
+                    with gr.Row():
+                        run = gr.Dropdown(run_choices, value=NONE, label="Trained run", elem_id="gen-run")
+                        checkpoint = gr.Dropdown([], label="Checkpoint", elem_id="gen-checkpoint")
+                        refresh_runs = gr.Button("↻", scale=0, min_width=40, elem_id="gen-refresh-runs")
+                    scale_unet = gr.Slider(
+                        0, 2, value=1.0, step=0.05, label="LoRA scale UNet", elem_id="gen-scale-unet"
+                    )
+                    scale_te = gr.Slider(
+                        0, 2, value=1.0, step=0.05, label="LoRA scale text encoder", elem_id="gen-scale-te"
+                    )
+                    guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance", elem_id="gen-guidance")
+                    steps = gr.Slider(1, 150, value=30, step=1, label="Steps", elem_id="gen-steps")
+                    scheduler = gr.Dropdown(
+                        list(SCHEDULER_NAMES), value="dpm++2m-karras", label="Scheduler", elem_id="gen-scheduler"
+                    )
+                    with gr.Row():
+                        width = gr.Number(0, label="Width (0: the model's)", precision=0, elem_id="gen-width")
+                        height = gr.Number(0, label="Height (0: the model's)", precision=0, elem_id="gen-height")
+                    with gr.Row():
+                        seed = gr.Number(-1, label="Seed (-1: random)", precision=0, elem_id="gen-seed")
+                        random_seed = gr.Button("🎲 random", scale=0, elem_id="gen-random")
+                        reuse_seed = gr.Button("♻ reuse last", scale=0, elem_id="gen-reuse")
+                    num_images = gr.Slider(1, 16, value=1, step=1, label="Number of images", elem_id="gen-n")
+                    generate = gr.Button("Generate", variant="primary", elem_id="gen-button")
+                with gr.Column(scale=1):
+                    gallery = gr.Gallery(label="Images", columns=2, elem_id="gen-gallery", allow_preview=True)
+                    info = gr.Textbox(label="Settings of the selected image", lines=6, elem_id="gen-info")
+                    send = gr.Button("Send the selected image's settings to the form", elem_id="gen-send")
+            records = gr.State([])
+            selected = gr.State(None)
+            last_seed = gr.State(None)
+
+        form_inputs = [
+            prompt,
+            negative,
+            model,
+            run,
+            checkpoint,
+            scale_unet,
+            scale_te,
+            guidance,
+            steps,
+            scheduler,
+            width,
+            height,
+            seed,
+        ]
+        form_keys = [
+            "prompt",
+            "negative_prompt",
+            "model",
+            "run",
+            "checkpoint",
+            "lora_scale_unet",
+            "lora_scale_text_encoder",
+            "guidance",
+            "steps",
+            "scheduler",
+            "width",
+            "height",
+            "seed",
+        ]
+
+        def form_of(values) -> dict:
+            return dict(zip(form_keys, values))
+
+        def on_run(name):
+            if not name or name == NONE:
+                return gr.update(choices=[], value=None)
+            try:
+                choices = weights_choices(backend.projects.run(name))
+            except UserError as e:
+                raise gr.Error(str(e)) from None
+            return gr.update(choices=choices, value=choices[0] if choices else None)
+
+        run.change(on_run, run, checkpoint)
+
+        def on_generate(*values):
+            *form_values, n = values
+            form = form_of(form_values)
+            form["num_images"] = n
+            try:
+                recs = backend.generate(form)
+            except UserError as e:
+                raise gr.Error(str(e)) from None
+            items = [(r["path"], caption(r["settings"])) for r in recs]
+            first = recs[0]["settings"]
+            return items, recs, 0, first["seed"], settings_text(recs[0])
+
+        def settings_text(rec: dict) -> str:
+            from ..pnginfo import a1111_text
+
+            return a1111_text(rec["settings"])
+
+        generate.click(
+            on_generate,
+            [*form_inputs, num_images],
+            [gallery, records, selected, last_seed, info],
+            concurrency_id="engine",
+            concurrency_limit=1,
+        )
+
+        def on_select(recs, evt: gr.SelectData):
+            i = evt.index if isinstance(evt.index, int) else evt.index[0]
+            return i, settings_text(recs[i]) if 0 <= i < len(recs) else ""
+
+        gallery.select(on_select, records, [selected, info])
+
+        def on_send(recs, i):
+            if i is None or not recs or not 0 <= i < len(recs):
+                raise gr.Error("select an image first")
+            r, s = recs[i], recs[i]["settings"]
+            runs_now = [NONE, *backend.runs()]
+            ckpts = [] if r["run"] == NONE else weights_choices(backend.projects.run(r["run"]))
+            return (
+                r["prompt"],
+                s["negative_prompt"],
+                r["model"],
+                gr.update(choices=runs_now, value=r["run"]),
+                gr.update(choices=ckpts, value=r["checkpoint"] or None),
+                s["lora_scale_unet"],
+                s["lora_scale_text_encoder"],
+                s["guidance"],
+                s["steps"],
+                s["scheduler"],
+                s["width"],
+                s["height"],
+                s["seed"],
+            )
+
+        send.click(on_send, [records, selected], form_inputs)
+        random_seed.click(lambda: -1, None, seed)
+        reuse_seed.click(lambda s: -1 if s is None else s, last_seed, seed)
+        refresh_runs.click(lambda: gr.update(choices=[NONE, *backend.runs()]), None, run)
+
+        with gr.Tab("Grid", id="grid"):
+            gr.Markdown(
+                "X/Y grid over any setting; the other settings come from the Generate tab. Values: `3,5,7.5`, "
+                "ranges `0-3` or `1-2:0.5`, prompts separated by `|`, checkpoints `final,step-500`."
+            )
+            with gr.Row():
+                x_name = gr.Dropdown(list(GRID_AXES), value="guidance", label="X", elem_id="grid-x")
+                x_values = gr.Textbox(label="X values", value="3,5,7.5", elem_id="grid-x-values")
+                y_name = gr.Dropdown([NONE, *GRID_AXES], value=NONE, label="Y", elem_id="grid-y")
+                y_values = gr.Textbox(label="Y values", elem_id="grid-y-values")
+            grid_button = gr.Button("Make grid", variant="primary", elem_id="grid-button")
+            grid_status = gr.Markdown(elem_id="grid-status")
+            grid_image = gr.Image(label="Grid", type="pil", elem_id="grid-image")
+
+        def on_grid(xn, xv, yn, yv, *values):
+            form = form_of(values)
+            try:
+                for image, done, total in backend.grid(form, (xn, xv), (yn, yv)):
+                    yield image, f"{done}/{total} cells" + (" · done" if done == total else "")
+            except UserError as e:
+                raise gr.Error(str(e)) from None
+
+        grid_button.click(
+            on_grid,
+            [x_name, x_values, y_name, y_values, *form_inputs],
+            [grid_image, grid_status],
+            concurrency_id="engine",
+            concurrency_limit=1,
+        )
+
+        with gr.Tab("Train", id="train"):
+            with gr.Row():
+                with gr.Column():
+                    t_name = gr.Textbox(label="Run name", elem_id="train-name")
+                    t_photos = gr.File(
+                        label="Photos of the subject (3-5)",
+                        file_count="multiple",
+                        file_types=["image"],
+                        elem_id="train-photos",
+                    )
+                    t_folder = gr.Textbox(
+                        label="...or a folder of photos inside the projects folder", elem_id="train-folder"
+                    )
+                    t_model = gr.Textbox(label="Base model", value=backend.model or "", elem_id="train-model")
+                    with gr.Row():
+                        t_identifier = gr.Textbox(value="sks", label="Identifier", elem_id="train-identifier")
+                        t_class = gr.Textbox(label="Class noun", placeholder="cat", elem_id="train-class")
+                    t_instance_prompt = gr.Textbox(label="Instance prompt", elem_id="train-instance-prompt")
+                    t_class_prompt = gr.Textbox(label="Class prompt", elem_id="train-class-prompt")
+                    t_method = gr.Radio(
+                        ["lora", "full", "textual-inversion"], value="lora", label="Method", elem_id="train-method"
+                    )
+                    with gr.Row():
+                        t_steps = gr.Number(1000, label="Steps", precision=0, elem_id="train-steps")
+                        t_lr = gr.Number(1e-4, label="Learning rate", elem_id="train-lr")
+                    with gr.Row():
+                        t_prior = gr.Checkbox(True, label="Prior preservation", elem_id="train-prior")
+                        t_num_class = gr.Number(100, label="Class images", precision=0, elem_id="train-num-class")
+                    with gr.Accordion("More", open=False):
+                        t_resolution = gr.Number(
+                            0, label="Resolution (0: the model's)", precision=0, elem_id="train-res"
+                        )
+                        t_every = gr.Number(
+                            0, label="Checkpoint every (0: a quarter of the steps)", precision=0, elem_id="train-every"
+                        )
+                        t_te = gr.Checkbox(False, label="Train the text encoder (LoRA)", elem_id="train-te")
+                    t_start = gr.Button("Start training", variant="primary", elem_id="train-start")
+                    t_message = gr.Markdown(elem_id="train-message")
+                with gr.Column():
+                    with gr.Row():
+                        m_run = gr.Dropdown(runs, value=runs[0] if runs else None, label="Run", elem_id="run-select")
+                        m_refresh = gr.Button("↻", scale=0, min_width=40, elem_id="run-refresh")
+                    m_status = gr.Markdown(elem_id="run-status")
+                    with gr.Row():
+                        m_stop = gr.Button("Stop (with a checkpoint)", elem_id="run-stop")
+                        m_resume = gr.Button("Resume", elem_id="run-resume")
+                    m_loss = gr.Image(label="Loss", type="pil", elem_id="run-loss")
+                    m_validation = gr.Gallery(label="Validation images", columns=4, elem_id="run-validation")
+                    m_log = gr.Textbox(label="Log (last lines)", lines=6, elem_id="run-log")
+            shown = gr.State(None)  # what the monitor shows, so a tick changes only what changed
+
+        def fill_prompts(identifier, noun):
+            return default_prompts(identifier, noun)
+
+        t_identifier.change(fill_prompts, [t_identifier, t_class], [t_instance_prompt, t_class_prompt])
+        t_class.change(fill_prompts, [t_identifier, t_class], [t_instance_prompt, t_class_prompt])
+
+        def on_start(
+            name, photos, folder, model_, identifier, noun, ip, cp, method, steps_, lr, prior, ncls, res, every, te
+        ):
+            form = TrainForm(
+                name=name or "",
+                identifier=identifier or "",
+                class_noun=noun or "",
+                instance_prompt=ip or "",
+                class_prompt=cp or "",
+                photos_folder=folder or "",
+                method=method,
+                max_steps=int(steps_ or 0),
+                learning_rate=float(lr or 0),
+                prior=bool(prior),
+                num_class_images=int(ncls or 0),
+                resolution=int(res or 0) or None,
+                checkpoint_every=int(every or 0) or None,
+                train_text_encoder=bool(te),
+            )
+            uploads = [p if isinstance(p, str) else getattr(p, "name", str(p)) for p in photos or []]
+            try:
+                started = backend.start_training(form, model_, uploads)
+            except UserError as e:
+                return f"⚠️ {e}", gr.update(), gr.update()
+            choices = backend.runs()
+            return f"started **{started}**", gr.update(choices=choices, value=started), None
+
+        t_start.click(
+            on_start,
+            [
+                t_name,
+                t_photos,
+                t_folder,
+                t_model,
+                t_identifier,
+                t_class,
+                t_instance_prompt,
+                t_class_prompt,
+                t_method,
+                t_steps,
+                t_lr,
+                t_prior,
+                t_num_class,
+                t_resolution,
+                t_every,
+                t_te,
+            ],
+            [t_message, m_run, shown],
+        )
+
+        def monitor(name, before):
+            if not name:
+                return "no run selected", gr.update(), gr.update(), gr.update(), before
+            try:
+                folder, v = backend.status(name)
+            except UserError as e:
+                return f"⚠️ {e}", gr.update(), gr.update(), gr.update(), before
+            key = (name, len(v.losses), v.validation_step, len(v.validation_images))
+            log_text = _tail(folder / "train.log")
+            if before == key:
+                return status_line(name, v), gr.update(), gr.update(), log_text, before
+            plot = loss_plot(v.losses, f"loss · {name}") if len(v.losses) >= 2 else None
+            images = [(str(p), f"step {v.validation_step} · {p.stem}") for p in v.validation_images]
+            return status_line(name, v), plot, images, log_text, key
+
+        monitor_out = [m_status, m_loss, m_validation, m_log, shown]
+        m_run.change(lambda n: monitor(n, None), m_run, monitor_out)
+        m_refresh.click(lambda: gr.update(choices=backend.runs()), None, m_run)
+        timer = gr.Timer(1.0)
+        timer.tick(monitor, [m_run, shown], monitor_out, show_progress="hidden")
+
+        def on_stop(name):
+            try:
+                backend.stop(name)
+            except UserError as e:
+                return f"⚠️ {e}"
+            return f"stopping **{name}** after its step (it saves a checkpoint)"
+
+        def on_resume(name):
+            try:
+                backend.resume(name)
+            except UserError as e:
+                return f"⚠️ {e}"
+            return f"resumed **{name}**"
+
+        m_stop.click(on_stop, m_run, t_message)
+        m_resume.click(on_resume, m_run, t_message)
+
+        with gr.Tab("Evaluate", id="evaluate"):
+            gr.Markdown(
+                "A run's scores from `dreambooth select --run RUN` (DINO, CLIP-I, CLIP-T, PRES of every checkpoint) "
+                "and the checkpoint and settings it recommends."
+            )
+            with gr.Row():
+                e_run = gr.Dropdown(runs, label="Run", elem_id="eval-run")
+                e_refresh = gr.Button("↻", scale=0, min_width=40, elem_id="eval-refresh")
+            e_best = gr.Markdown(elem_id="eval-best")
+            e_table = gr.Markdown(elem_id="eval-table")
+            e_plots = gr.Gallery(label="Metrics over steps", columns=2, elem_id="eval-plots")
+
+        def on_eval(name):
+            from ..evaluation.select import selected
+
+            if not name:
+                return "", "", []
+            try:
+                folder = backend.projects.run(name)
+            except UserError as e:
+                return f"⚠️ {e}", "", []
+            sel = selected(folder)
+            if sel is None:
+                return f"**{name}** has no scores yet: run `dreambooth select --run {folder}`", "", []
+            m = sel["metrics"]
+            best = (
+                f"Recommended: **step {sel['step']}**, LoRA scale {sel['lora_scale_unet']:g}, guidance "
+                f"{sel['guidance']:g} · DINO {m['dino']:.3f}, CLIP-I {m['clip_i']:.3f}, CLIP-T {m['clip_t']:.3f}"
+            )
+            table_file = folder / "selection" / "selection.md"
+            table = table_file.read_text(encoding="utf-8") if table_file.is_file() else ""
+            plots = [(str(p), p.stem) for p in sorted((folder / "selection").glob("*.png"))]
+            return best, table, plots
+
+        e_run.change(on_eval, e_run, [e_best, e_table, e_plots])
+        e_refresh.click(lambda: gr.update(choices=backend.runs()), None, e_run)
+    return app
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    parts = [p for p in text.replace("\r", "\n").splitlines() if p.strip()]
+    return "\n".join(parts[-lines:])
+
+
+def theme():
+    import gradio as gr
+
+    # System fonts: the default theme fetches Google Fonts, and a local tool calls no one.
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+
+
+def run_ui(cfg: UIConfig, block: bool = True):
+    """Start the UI; with block, serve until Ctrl-C (which stops running trainings with a checkpoint)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own requests to itself
+    auth = parse_auth(cfg.auth)
+    if not 0 < cfg.port < 65536:
+        raise UserError(f"--port: must be 1-65535, got {cfg.port}")
+    root = Path(cfg.projects).expanduser()
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--projects {root}: is a file, not a folder")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UserError("ui: needs Gradio: pip install 'dreambooth[ui]'") from None
+    root.mkdir(parents=True, exist_ok=True)
+    projects = Projects(root)
+    backend = Backend(projects, cfg.model, Supervisor(), cfg.dtype)
+    warning = exposure_warning(cfg.host, cfg.share, auth)
+    if warning:
+        print(warning, file=sys.stderr)
+    app = build_app(backend)
+    app.queue(default_concurrency_limit=None)
+    app.launch(
+        server_name=cfg.host,
+        server_port=cfg.port,
+        share=cfg.share,
+        auth=auth,
+        max_file_size=MAX_UPLOAD_BYTES,
+        allowed_paths=[str(projects.root)],
+        theme=theme(),
+        prevent_thread_lock=True,
+        quiet=True,
+        show_error=True,
+    )
+    print(
+        f"dreambooth ui: http://{'127.0.0.1' if cfg.host == '0.0.0.0' else cfg.host}:{cfg.port} (projects: {projects.root})"
+    )
+    if not block:
+        return app, backend
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        running = backend.supervisor.running()
+        if running:
+            print(f"stopping {len(running)} training run(s) with a checkpoint...", file=sys.stderr)
+        backend.supervisor.stop_all()
+        app.close()
+        raise
+    return app, backend

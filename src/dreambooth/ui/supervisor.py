@@ -1,0 +1,154 @@
+"""Training runs started from the page, each as its own `dreambooth train` process.
+
+The UI talks to training only through the config file it writes, the process it starts and the files
+the run writes: a run that crashes, is killed or runs out of memory ends its own process, never the
+page. Stopping sends the process SIGINT, as Ctrl-C does: training finishes its step, saves a
+checkpoint and exits (130); resuming starts `dreambooth train --config ... --resume latest`.
+
+Each started process is recorded in RUN/ui-process.json (pid and command), so a UI started again
+still sees, and can stop, a run that an earlier UI started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import io
+from ..errors import UserError
+from ..sweep import last_error_line
+from .projects import LOG, UI_CONFIG
+
+PROCESS_FILE = "ui-process.json"
+
+
+@dataclass
+class Job:
+    proc: subprocess.Popen | None  # None: started by an earlier UI (known by its pid only)
+    pid: int
+    stopping: bool = False
+
+
+def _alive(pid: int) -> bool:
+    """A process with this pid runs and is a dreambooth training (pids are reused)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc (macOS): trust the pid
+    if any(b"defunct" in part for part in cmdline) or not cmdline or cmdline == [b""]:
+        return False
+    return b"dreambooth" in b" ".join(cmdline) and b"train" in cmdline
+
+
+class Supervisor:
+    def __init__(self, env: dict[str, str] | None = None):
+        self.jobs: dict[Path, Job] = {}
+        self.ended: dict[Path, str] = {}  # run -> what its last process ended as (this UI's)
+        self.env = env
+        self.lock = threading.Lock()
+
+    def start(self, run: Path, resume: bool = False) -> None:
+        """Start training the run from its ui-train.yaml (with --resume latest to continue it)."""
+        run = Path(run)
+        config = run / UI_CONFIG
+        if not config.is_file():
+            raise UserError(f"run {run.name}: was not started from the UI (no {UI_CONFIG}); train it with the CLI")
+        with self.lock:
+            if self.state(run) in ("training", "stopping"):
+                raise UserError(f"run {run.name}: is training already")
+            argv = [sys.executable, "-m", "dreambooth", "train", "--config", str(config)]
+            if resume:
+                argv += ["--resume", "latest"]
+            log = open(run / LOG, "a", encoding="utf-8")
+            log.write(f"\n$ dreambooth train --config {config.name}{' --resume latest' if resume else ''}\n")
+            log.flush()
+            env = dict(self.env if self.env is not None else os.environ)
+            env.setdefault("PYTHONUNBUFFERED", "1")
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=str(run),
+                    env=env,
+                    start_new_session=True,  # the UI's Ctrl-C reaches it through stop_all(), once
+                )
+            finally:
+                log.close()
+            self.jobs[run] = Job(proc, proc.pid)
+            self.ended.pop(run, None)
+            io.write_text(
+                run / PROCESS_FILE, json.dumps({"pid": proc.pid, "started": time.time(), "argv": argv}, indent=2)
+            )
+
+    def _job(self, run: Path) -> Job | None:
+        job = self.jobs.get(run)
+        if job is None and (run / PROCESS_FILE).is_file():
+            try:
+                pid = int(json.loads((run / PROCESS_FILE).read_text())["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+            if _alive(pid):
+                job = self.jobs[run] = Job(None, pid)
+        return job
+
+    def state(self, run: Path) -> str | None:
+        """'training', 'stopping', 'stopped', 'finished', 'failed (exit N): why', or None (no process
+        of this UI's, none running)."""
+        run = Path(run)
+        job = self._job(run)
+        if job is None:
+            return self.ended.get(run)
+        code = job.proc.poll() if job.proc is not None else (None if _alive(job.pid) else 0)
+        if code is None:
+            return "stopping" if job.stopping else "training"
+        del self.jobs[run]
+        if job.proc is None:
+            self.ended[run] = None  # not ours: its files tell how it ended
+            return None
+        if code == 0:
+            self.ended[run] = "finished"
+        elif code in (130, -signal.SIGINT) or job.stopping:
+            self.ended[run] = "stopped"
+        else:
+            self.ended[run] = f"failed (exit {code}): {last_error_line(run / LOG)}"
+        return self.ended[run]
+
+    def stop(self, run: Path) -> None:
+        """Ask the run to stop after its step, with a checkpoint (SIGINT, as Ctrl-C)."""
+        run = Path(run)
+        with self.lock:
+            if self.state(run) not in ("training", "stopping"):
+                raise UserError(f"run {run.name}: is not training")
+            job = self.jobs[run]
+            job.stopping = True
+            try:
+                os.kill(job.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+    def running(self) -> list[Path]:
+        return [run for run in list(self.jobs) if self.state(run) in ("training", "stopping")]
+
+    def stop_all(self, wait: float = 120.0) -> None:
+        """Stop every run this UI started (each saves a checkpoint), waiting up to `wait` seconds."""
+        for run in self.running():
+            try:
+                self.stop(run)
+            except UserError:
+                pass
+        deadline = time.monotonic() + wait
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.2)

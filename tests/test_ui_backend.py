@@ -1,0 +1,168 @@
+"""The web UI's logic without a browser (issue 10): paths never leave the projects folder, uploads are
+checked as training checks photos, the train form becomes a run config, and runs are supervised as
+their own processes (a crash ends the run, not the UI)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dreambooth.errors import UserError
+from dreambooth.ui.projects import UI_CONFIG, Projects, TrainForm, save_uploads, view, write_train_config
+
+
+@pytest.fixture
+def projects(tmp_path) -> Projects:
+    (tmp_path / "projects").mkdir()
+    return Projects(tmp_path / "projects")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["../x", "/etc/passwd", "a/../../x", "a/../b", "~/.ssh", "a\\..\\b", "", ".", "a//b", "C:/Windows", "x\x00y"],
+)
+def test_no_path_from_the_page_leaves_the_projects_folder(projects, bad):
+    with pytest.raises(UserError):
+        projects.path(bad, "run")
+
+
+def test_a_link_pointing_out_of_the_projects_folder_is_refused(projects, tmp_path):
+    (tmp_path / "secret").mkdir()
+    (projects.root / "link").symlink_to(tmp_path / "secret")
+    with pytest.raises(UserError, match="outside"):
+        projects.path("link", "run")
+    assert projects.path("a/b", "run") == projects.root / "a" / "b"
+
+
+def test_runs_lists_ui_and_cli_runs_and_refuses_other_names(projects):
+    for rel in ("mine", "sweep1/runs/lr-1", "cli-run", "outputs/not-a-run"):
+        (projects.root / rel).mkdir(parents=True)
+    (projects.root / "mine" / UI_CONFIG).write_text("{}")
+    (projects.root / "sweep1/runs/lr-1/config.yaml").write_text("{}")
+    (projects.root / "cli-run/config.yaml").write_text("{}")
+    (projects.root / "outputs/not-a-run/config.yaml").write_text("{}")
+    assert projects.runs() == ["cli-run", "mine", "sweep1/runs/lr-1"]
+    assert projects.run("sweep1/runs/lr-1") == projects.root / "sweep1/runs/lr-1"
+    for bad in ("../projects/mine", "sweep1", "nothing", "/abs"):
+        with pytest.raises(UserError):
+            projects.run(bad)
+    for bad in ("../evil", "a/b", "outputs", "-x", "x" * 65):
+        with pytest.raises(UserError, match="run name"):
+            projects.new_run_dir(bad)
+
+
+def _photos(tmp_path) -> list[Path]:
+    from dreambooth.demo import example_subject
+
+    d = tmp_path / "upload"
+    if not d.exists():
+        shutil.copytree(example_subject(), d)
+    return sorted(p for p in d.iterdir() if p.suffix in (".jpg", ".png"))
+
+
+def test_uploads_are_checked_like_training_photos_and_land_inside_the_run(projects, tmp_path):
+    photos = _photos(tmp_path)
+    evil = tmp_path / "up2" / "..%2F..%2Fevil.png"
+    evil.parent.mkdir()
+    shutil.copyfile(photos[0], evil)
+    run = projects.new_run_dir("r1")
+    saved = save_uploads(projects, run, [*photos, evil])
+    assert all(p.parent == run / "photos" for p in saved) and len(saved) == len(photos) + 1
+    assert not (projects.root.parent / "evil.png").exists()
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image at all")
+    run2 = projects.new_run_dir("r2")
+    with pytest.raises(UserError, match="photo broken.png: not an image"):
+        save_uploads(projects, run2, [photos[0], broken])
+    assert not (run2 / "photos").exists()  # nothing copied unless every file passes
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(UserError, match="not an image file name"):
+        save_uploads(projects, run2, [text])
+
+
+def test_upload_size_limit(projects, tmp_path, monkeypatch):
+    import dreambooth.ui.projects as p
+
+    monkeypatch.setattr(p, "MAX_UPLOAD_BYTES", 100)
+    with pytest.raises(UserError, match="over the 0 MB limit"):
+        save_uploads(projects, projects.new_run_dir("r"), _photos(tmp_path)[:1])
+
+
+def _form(**kw) -> TrainForm:
+    base = dict(
+        name="cat1",
+        identifier="sks",
+        class_noun="dog",
+        method="lora",
+        max_steps=6,
+        learning_rate=1e-3,
+        prior=False,
+        resolution=64,
+        checkpoint_every=3,
+    )
+    base.update(kw)
+    return TrainForm(**base)
+
+
+def test_the_train_form_becomes_a_run_config(projects, tiny_model, tmp_path):
+    config = write_train_config(projects, _form(prior=True, num_class_images=2), str(tiny_model), _photos(tmp_path))
+    cfg = yaml.safe_load(config.read_text())
+    run = projects.root / "cat1"
+    assert config == run / UI_CONFIG
+    assert cfg["instance_prompt"] == "a photo of sks dog" and cfg["class_prompt"] == "a photo of a dog"
+    assert cfg["instance_dir"] == str(run / "photos") and cfg["class_dir"] == str(run / "class-images")
+    assert cfg["output_dir"] == str(run) and cfg["max_steps"] == 6 and cfg["num_class_images"] == 2
+    assert cfg["validation_prompt"] == ["a photo of sks dog"]
+    assert projects.runs() == ["cat1"]
+    with pytest.raises(UserError, match="already holds a run"):
+        write_train_config(projects, _form(), str(tiny_model), _photos(tmp_path))
+
+    # A refusal leaves nothing behind: here training's own check of the settings
+    with pytest.raises(UserError, match="--learning-rate"):
+        write_train_config(projects, _form(name="cat2", learning_rate=5.0), str(tiny_model), _photos(tmp_path))
+    assert not (projects.root / "cat2").exists()
+    with pytest.raises(UserError, match="photos folder"):
+        write_train_config(projects, _form(name="cat3", photos_folder="../x"), str(tiny_model), [])
+    ti = write_train_config(projects, _form(name="ti", method="textual-inversion"), str(tiny_model), _photos(tmp_path))
+    assert yaml.safe_load(ti.read_text())["token"] == "<sks-dog>"
+
+
+def _wait(supervisor, run, until=("finished", "stopped"), timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = supervisor.state(run)
+        if state is not None and (state in until or state.startswith("failed")):
+            return state
+        time.sleep(0.2)
+    raise AssertionError(f"{run}: still {supervisor.state(run)} after {timeout} s")
+
+
+def test_supervised_runs_finish_and_a_crash_ends_only_its_run(projects, tiny_model, tmp_path):
+    from dreambooth.ui.supervisor import Supervisor
+
+    sup = Supervisor()
+    ok = write_train_config(projects, _form(name="ok"), str(tiny_model), _photos(tmp_path)).parent
+    model2 = tmp_path / "model2"
+    shutil.copytree(tiny_model, model2)
+    crash = write_train_config(projects, _form(name="crash"), str(model2), _photos(tmp_path)).parent
+    (model2 / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"torn")  # breaks after the checks
+    sup.start(ok)
+    sup.start(crash)
+    with pytest.raises(UserError, match="is training already"):
+        sup.start(ok)
+    assert _wait(sup, crash).startswith("failed (exit")
+    assert _wait(sup, ok) == "finished"
+    v = view(ok, sup.state(ok))
+    assert v.status == "finished" and v.step == 6 and v.finished and len(v.losses) == 6
+    assert v.validation_step == 6 and len(v.validation_images) == 2
+    assert json.loads((ok / "ui-process.json").read_text())["pid"] > 0
+    assert "finished:" in (ok / "train.log").read_text()
+    with pytest.raises(UserError, match="is not training"):
+        sup.stop(ok)
