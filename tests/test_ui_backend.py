@@ -166,3 +166,86 @@ def test_supervised_runs_finish_and_a_crash_ends_only_its_run(projects, tiny_mod
     assert "finished:" in (ok / "train.log").read_text()
     with pytest.raises(UserError, match="is not training"):
         sup.stop(ok)
+
+
+def test_a_later_ui_sees_and_stops_a_run_an_earlier_one_started_and_a_killed_run_is_reported(
+    projects, tiny_model, tmp_path
+):
+    import os
+    import signal
+
+    from dreambooth.training.checkpoint import list_checkpoints
+    from dreambooth.ui.supervisor import Supervisor
+
+    first = Supervisor()
+    run = write_train_config(
+        projects, _form(name="long", max_steps=5000, checkpoint_every=5000), str(tiny_model), _photos(tmp_path)
+    ).parent
+    first.start(run)
+    deadline = time.monotonic() + 120
+    while not view(run).losses:
+        assert time.monotonic() < deadline and first.state(run) == "training", (run / "train.log").read_text()
+        time.sleep(0.2)
+    later = Supervisor()  # the UI restarted: it knows the run by its pid only
+    assert later.state(run) == "training"
+    later.stop(run)
+    deadline = time.monotonic() + 60
+    while later.state(run) in ("training", "stopping"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert first.state(run) == "stopped"  # Ctrl-C semantics: exit 130 after a checkpoint
+    assert list_checkpoints(run) and view(run).status == "stopped"
+
+    first.start(run, resume=True)
+    while not (run / "train.log").read_text().count("resuming") and first.state(run) == "training":
+        time.sleep(0.2)
+    os.kill(first.jobs[run].pid, signal.SIGKILL)
+    assert _wait(first, run).startswith(f"failed (exit {-signal.SIGKILL})")
+    assert view(run, first.state(run)).status.startswith("failed")
+
+
+def test_the_ui_command_refuses_bad_input_in_one_line(tmp_path, capsys):
+    from dreambooth.cli import main
+
+    (tmp_path / "file").write_text("x")
+    for args, flag in (
+        (["--auth", "nopassword"], "--auth"),
+        (["--projects", str(tmp_path / "file")], "--projects"),
+    ):
+        rc = main(["ui", *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and flag in err[0], err
+
+
+def test_exposing_the_ui_warns_and_auth_guards_it(tmp_path, tiny_model, capsys):
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from dreambooth.ui.app import UIConfig, exposure_warning, run_ui
+
+    assert exposure_warning("127.0.0.1", False, None) is None
+    assert "0.0.0.0" in exposure_warning("0.0.0.0", False, None) and "--auth" in exposure_warning(
+        "0.0.0.0", False, None
+    )
+    assert "gradio.live" in exposure_warning("127.0.0.1", True, ("u", "p"))
+
+    from test_ui_browser import _free_port
+
+    port = _free_port()
+    cfg = UIConfig(port=port, projects=str(tmp_path / "p"), model=str(tiny_model), auth="ann:secret")
+    app, backend = run_ui(cfg, block=False)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{base}/config", timeout=10)
+        assert e.value.code == 401
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        data = urllib.parse.urlencode({"username": "ann", "password": "wrong"}).encode()
+        with pytest.raises(urllib.error.HTTPError):
+            opener.open(f"{base}/login", data=data, timeout=10)
+        data = urllib.parse.urlencode({"username": "ann", "password": "secret"}).encode()
+        opener.open(f"{base}/login", data=data, timeout=10)
+        assert opener.open(f"{base}/config", timeout=10).status == 200
+    finally:
+        app.close()

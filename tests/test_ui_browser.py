@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -96,8 +97,10 @@ def number(page, elem_id: str) -> str:
 
 
 def pick(page, elem_id: str, option: str) -> None:
-    page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option, exact=True).click()
+    box = page.locator(f"#{elem_id} input")
+    box.click()
+    listbox = box.get_attribute("aria-controls")
+    page.locator(f"#{listbox}").get_by_role("option", name=option, exact=True).click()
 
 
 def test_generate_shows_images_with_their_settings_and_sends_them_back_to_the_form(page, ui):
@@ -137,3 +140,135 @@ def test_generate_shows_images_with_their_settings_and_sends_them_back_to_the_fo
     expect(page.locator("#gen-seed input")).to_have_value("8")
     expect(page.locator("#gen-prompt textarea")).to_have_value("a photo of sks dog")
     assert float(number(page, "gen-guidance")) == 5.0 and int(number(page, "gen-steps")) == 3
+
+
+def fill(page, elem_id: str, text: str) -> None:
+    page.locator(f"#{elem_id} :is(textarea, input)").first.fill(text)
+
+
+def tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def test_train_from_the_page_shows_progress_stops_with_a_checkpoint_and_resumes(page, ui, tmp_path):
+    from playwright.sync_api import expect
+
+    from dreambooth.demo import example_subject
+
+    _, projects = ui
+    photos = sorted(str(p) for p in example_subject().iterdir() if p.suffix in (".jpg", ".png"))
+    tab(page, "Train")
+    message = page.locator("#train-message")
+
+    # Bad input gets a message in the page, and nothing is started or written
+    fill(page, "train-name", "../evil")
+    fill(page, "train-class", "dog")
+    page.locator("#train-photos input[type=file]").set_input_files(photos)
+    page.click("#train-start")
+    expect(message).to_contain_text("run name '../evil'")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    page.reload()
+    page.wait_for_selector("#gen-prompt textarea")
+    tab(page, "Train")
+    fill(page, "train-name", "mydog")
+    fill(page, "train-class", "dog")
+    page.locator("#train-photos input[type=file]").set_input_files([photos[0], str(broken)])
+    page.click("#train-start")
+    expect(message).to_contain_text("photo broken.png:")
+    assert not (projects / "mydog").exists() and not (projects.parent / "evil").exists()
+
+    # A real run: the class noun fills the prompts; progress, loss and validation images appear
+    page.reload()
+    page.wait_for_selector("#gen-prompt textarea")
+    tab(page, "Train")
+    fill(page, "train-name", "mydog")
+    page.locator("#train-photos input[type=file]").set_input_files(photos)
+    fill(page, "train-class", "dog")
+    expect(page.locator("#train-instance-prompt :is(textarea, input)").first).to_have_value("a photo of sks dog")
+    set_number(page, "train-steps", 150)
+    set_number(page, "train-lr", 0.001)
+    page.locator("#train-prior input[type=checkbox]").uncheck()
+    page.get_by_text("More").click()
+    set_number(page, "train-res", 64)
+    set_number(page, "train-every", 50)
+    page.click("#train-start")
+    expect(message).to_contain_text("started mydog")
+    status = page.locator("#run-status")
+    expect(status).to_contain_text("mydog: training")
+    expect(page.locator("#run-validation .thumbnail-item").first).to_be_visible()  # step 0's
+    expect(page.locator("#run-loss img")).to_be_visible()
+
+    page.click("#run-stop")
+    expect(status).to_contain_text("mydog: stopped")
+    run = projects / "mydog"
+    stopped_at = sorted(int(p.name[5:]) for p in (run / "checkpoints").glob("step-*"))
+    assert stopped_at and stopped_at[-1] < 150, stopped_at
+
+    page.click("#run-resume")
+    expect(status).to_contain_text("mydog: finished")
+    expect(status).to_contain_text("step 150/150")
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    assert "--resume latest" in (run / "train.log").read_text()
+    expect(page.locator("#run-validation .thumbnail-item")).to_have_count(2)  # the last step's two seeds
+
+
+@pytest.fixture(scope="module")
+def scored_run(ui, lora_with_te, extractors) -> str:
+    """A LoRA run in the projects folder, scored by `dreambooth select` (checkpoints at steps 2 and 4)."""
+    from dreambooth.cli import main
+
+    run = ui[1] / "scored"
+    shutil.copytree(lora_with_te, run)
+    dino, clip = extractors
+    args = ["select", "--run", str(run), "--dino-model", str(dino), "--clip-model", str(clip), "--prompts", "2"]
+    assert main([*args, "--images-per-prompt", "1", "--num-class-images", "0", "--steps", "2"]) == 0
+    return "scored"
+
+
+def test_a_run_and_its_checkpoint_in_generate_grid_and_evaluate(page, ui, scored_run):
+    from playwright.sync_api import expect
+
+    pick(page, "gen-run", scored_run)
+    expect(page.locator("#gen-checkpoint input")).to_have_value("final")
+    pick(page, "gen-checkpoint", "step-2")
+    page.locator("#gen-prompt textarea").fill("a photo of sks dog")
+    set_number(page, "gen-steps", 2)
+    set_number(page, "gen-seed", 3)
+    set_number(page, "gen-scale-unet", 0.5)
+    page.click("#gen-button")
+    info = page.locator("#gen-info textarea")
+    expect(info).to_have_value(re.compile(r"Lora: scored-step-2:0\.5:1\.0"))
+
+    # The grid fills in over the run's checkpoints and the LoRA scale
+    tab(page, "Grid")
+    pick(page, "grid-x", "checkpoint")
+    fill(page, "grid-x-values", "step-2,final")
+    pick(page, "grid-y", "lora_scale_unet")
+    fill(page, "grid-y-values", "0,1")
+    page.click("#grid-button")
+    expect(page.locator("#grid-status")).to_contain_text("4/4 cells · done")
+    expect(page.locator("#grid-image img")).to_be_visible()
+    assert (ui[1] / "grids" / "grid.png").is_file() and len(list((ui[1] / "grids" / "cells").glob("*.png"))) == 4
+
+    # Evaluate: the selection's table, plots and recommendation
+    tab(page, "Evaluate")
+    pick(page, "eval-run", scored_run)
+    expect(page.locator("#eval-best")).to_contain_text("Recommended: step")
+    expect(page.locator("#eval-table")).to_contain_text("CLIP-T")
+    expect(page.locator("#eval-plots .thumbnail-item").first).to_be_visible()
+
+
+def test_paths_from_the_page_never_leave_the_projects_folder(ui):
+    """The page's dropdowns offer only listed runs, but anyone can post any value to the server."""
+    from gradio_client import Client
+
+    from dreambooth.ui.app import NONE  # noqa: F401 (the names the page sends)
+
+    url, projects = ui
+    client = Client(url, verbose=False)
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert "/on_eval" in endpoints and "/on_run" in endpoints
+    for bad in ("../..", "/etc", "..%2F..", "scored/../../x"):
+        best, _, plots = client.predict(bad, api_name="/on_eval")
+        assert best.startswith("⚠️") and plots == [], (bad, best)

@@ -668,6 +668,12 @@ def build_app(backend: Backend):
 
         e_run.change(on_eval, e_run, [e_best, e_table, e_plots])
         e_refresh.click(lambda: gr.update(choices=backend.runs()), None, e_run)
+
+        def on_load():  # the runs as they are when the page opens, not when the UI started
+            now = backend.runs()
+            return gr.update(choices=[NONE, *now]), gr.update(choices=now), gr.update(choices=now)
+
+        app.load(on_load, None, [run, m_run, e_run])
     return app
 
 
