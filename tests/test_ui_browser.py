@@ -259,16 +259,34 @@ def test_a_run_and_its_checkpoint_in_generate_grid_and_evaluate(page, ui, scored
     expect(page.locator("#eval-plots .thumbnail-item").first).to_be_visible()
 
 
-def test_paths_from_the_page_never_leave_the_projects_folder(ui):
-    """The page's dropdowns offer only listed runs, but anyone can post any value to the server."""
+def test_paths_from_the_page_never_leave_the_projects_folder(ui, tiny_model, tmp_path):
+    """The page offers only what is inside the projects folder, but anyone can post any value to the
+    server: every path-like field is checked there too."""
     from gradio_client import Client
-
-    from dreambooth.ui.app import NONE  # noqa: F401 (the names the page sends)
+    from gradio_client.exceptions import AppError
 
     url, projects = ui
+    outside = tmp_path / "outside"
+    outside.mkdir()
     client = Client(url, verbose=False)
-    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert "/on_eval" in endpoints and "/on_run" in endpoints
-    for bad in ("../..", "/etc", "..%2F..", "scored/../../x"):
-        best, _, plots = client.predict(bad, api_name="/on_eval")
-        assert best.startswith("⚠️") and plots == [], (bad, best)
+    for bad in ("../..", "/etc", str(outside), "scored/../../x"):
+        try:  # Gradio refuses what its dropdown never offered; behind it, the projects folder refuses
+            best, _, plots = client.predict(bad, api_name="/on_eval")
+            assert best.startswith("⚠️") and plots == [], (bad, best)
+        except AppError as e:
+            assert "not in the list of choices" in str(e), e
+
+        # Free-text fields: the photos folder and the run name of the train form
+        form = dict(
+            name="ok", photos=None, folder=bad, model_=str(tiny_model), identifier="sks", noun="dog", ip="", cp=""
+        )
+        form |= dict(method="lora", steps_=10, lr=1e-4, prior=False, ncls=0, res=0, every=0, te=False)
+        message, *_ = client.predict(*form.values(), api_name="/on_start")
+        assert message.startswith("⚠️ photos folder"), (bad, message)
+        form |= dict(name=bad, folder="")
+        message, *_ = client.predict(*form.values(), api_name="/on_start")
+        assert message.startswith("⚠️ run name"), (bad, message)
+        # ... and a base model given as a path
+        with pytest.raises(AppError, match="model '.*': give a hub id"):
+            client.predict("a dog", "", bad, "(none)", None, 1, 1, 7.5, 2, "ddim", 0, 0, 0, 1, api_name="/on_generate")
+    assert sorted(p.name for p in projects.iterdir() if p.name == "ok") == [] and not list(outside.iterdir())
