@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from PIL import Image, ImageDraw, ImageFont
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
@@ -33,7 +35,7 @@ def line_plot(series: dict[str, list[tuple[float, float]]], title: str, xlabel: 
         _, py = at(x0, y)
         d.line([left - 4, py, left, py], fill="black")
         d.text((6, py - 7), f"{y:.3f}", fill="black", font=font)
-    for x in sorted(set(xs)):
+    for x in _ticks(sorted(set(xs))):
         px, _ = at(x, y0)
         d.line([px, h - bottom, px, h - bottom + 4], fill="black")
         d.text((px - 10, h - bottom + 6), f"{x:g}", fill="black", font=font)
@@ -43,8 +45,22 @@ def line_plot(series: dict[str, list[tuple[float, float]]], title: str, xlabel: 
         s = sorted(s)
         if len(s) > 1:
             d.line([at(x, y) for x, y in s], fill=color, width=2)
-        for x, y in s:
+        for x, y in s if len(s) <= 40 else []:  # points marked while they can be told apart
             px, py = at(x, y)
             d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=color)
         d.text((w - right + 10, top + 16 * k), label, fill=color, font=font)
     return im
+
+
+def _ticks(xs: list[float], most: int = 8) -> list[float]:
+    """The x values to label: all of a few (checkpoint steps), else about `most` round numbers."""
+    if len(xs) <= most:
+        return xs
+    span = xs[-1] - xs[0]
+    step = 10 ** math.floor(math.log10(span / most))
+    for m in (1, 2, 5, 10):
+        if span / (step * m) <= most:
+            step *= m
+            break
+    first = math.ceil(xs[0] / step) * step
+    return [first + i * step for i in range(int((xs[-1] - first) // step) + 1)]

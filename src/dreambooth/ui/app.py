@@ -342,8 +342,8 @@ def build_app(backend: Backend):
                         height = gr.Number(0, label="Height (0: the model's)", precision=0, elem_id="gen-height")
                     with gr.Row():
                         seed = gr.Number(-1, label="Seed (-1: random)", precision=0, elem_id="gen-seed")
-                        random_seed = gr.Button("🎲 random", scale=0, elem_id="gen-random")
-                        reuse_seed = gr.Button("♻ reuse last", scale=0, elem_id="gen-reuse")
+                        random_seed = gr.Button("Random seed", scale=0, elem_id="gen-random")
+                        reuse_seed = gr.Button("Reuse last seed", scale=0, elem_id="gen-reuse")
                     num_images = gr.Slider(1, 16, value=1, step=1, label="Number of images", elem_id="gen-n")
                     generate = gr.Button("Generate", variant="primary", elem_id="gen-button")
                 with gr.Column(scale=1):
