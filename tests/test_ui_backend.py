@@ -205,7 +205,10 @@ def test_a_later_ui_sees_and_stops_a_run_an_earlier_one_started_and_a_killed_run
 
 
 def test_the_ui_command_refuses_bad_input_in_one_line(tmp_path, capsys):
-    from dreambooth.cli import main
+    from dreambooth.cli import _parser, main
+
+    defaults = _parser().parse_args(["ui"])
+    assert (defaults.host, defaults.port, defaults.projects) == ("127.0.0.1", 7860, "dreambooth-projects")
 
     (tmp_path / "file").write_text("x")
     for args, flag in (
@@ -233,8 +236,9 @@ def test_exposing_the_ui_warns_and_auth_guards_it(tmp_path, tiny_model, capsys):
     from test_ui_browser import _free_port
 
     port = _free_port()
-    cfg = UIConfig(port=port, projects=str(tmp_path / "p"), model=str(tiny_model), auth="ann:secret")
+    cfg = UIConfig(port=port, projects=str(tmp_path / "p"), model=str(tiny_model), auth="ann:secret", host="0.0.0.0")
     app, backend = run_ui(cfg, block=False)
+    assert "warning: the UI is open to every machine that can reach 0.0.0.0" in capsys.readouterr().err
     try:
         base = f"http://127.0.0.1:{port}"
         with pytest.raises(urllib.error.HTTPError) as e:
@@ -249,3 +253,27 @@ def test_exposing_the_ui_warns_and_auth_guards_it(tmp_path, tiny_model, capsys):
         assert opener.open(f"{base}/config", timeout=10).status == 200
     finally:
         app.close()
+
+
+def test_the_grid_fills_in_cell_by_cell_and_a_folder_of_photos_inside_the_projects_folder_trains(
+    projects, tiny_model, tmp_path
+):
+    from dreambooth.ui.app import Backend
+    from dreambooth.ui.supervisor import Supervisor
+
+    backend = Backend(projects, str(tiny_model), Supervisor())
+    form = dict(prompt="a photo of a dog", model=str(tiny_model), run="(none)", checkpoint=None)
+    form |= dict(lora_scale_unet=1, lora_scale_text_encoder=1, guidance=5, steps=2, scheduler="ddim", seed=0)
+    seen = [
+        (done, total, image.size) for image, done, total in backend.grid(form, ("seed", "0-2"), ("guidance", "1,5"))
+    ]
+    assert [d for d, _, _ in seen] == [0, 1, 2, 3, 4, 5, 6] and {t for _, t, _ in seen} == {6}
+    assert len({size for _, _, size in seen}) == 1  # blank cells keep the grid's shape
+    assert (projects.root / "grids" / "grid.png").is_file()
+    again = list(backend.grid(form, ("seed", "0-2"), ("guidance", "1,5")))
+    assert [d for _, d, _ in again] == [6]  # every cell from the cache
+
+    shutil.copytree(_photos(tmp_path)[0].parent, projects.root / "shared-photos")
+    config = write_train_config(projects, _form(name="from-folder", photos_folder="shared-photos"), str(tiny_model), [])
+    assert yaml.safe_load(config.read_text())["instance_dir"] == str(projects.root / "shared-photos")
+    assert not (config.parent / "photos").exists()
