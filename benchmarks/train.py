@@ -136,6 +136,7 @@ def run_variant(args) -> dict:
         checkpoint_every=10**9,
         mixed_precision=args.precision,
         gradient_checkpointing=args.gradient_checkpointing,
+        adam_8bit=args.adam_8bit,
         no_cache=args.variant == "b",
         overwrite=True,
     )
@@ -212,6 +213,12 @@ def main() -> None:
     p.add_argument("--resolution", type=int, default=None, help="default: 64 (tiny), 256 (sd15)")
     p.add_argument("--precision", choices=("no", "fp16", "bf16"), default="no")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--adam-8bit", action="store_true", help="8-bit AdamW (bitsandbytes; CUDA only)")
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="which to run (a,b,c,i); the GPU matrix runs a,c for the memory options",
+    )
     p.add_argument("--steps", type=int, default=5, help="timed steps after warm-up")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", default=None, help="write the figures here")
@@ -229,7 +236,8 @@ def main() -> None:
         # includes them; batched, as `train` makes them, and timed.
         class_rate = class_images(Path(work), args)
         results = {}
-        for v in VARIANTS:
+        chosen = [v for v in VARIANTS if v in args.variants.split(",")]
+        for v in chosen:
             cmd = [
                 sys.executable,
                 "-m",
@@ -248,30 +256,42 @@ def main() -> None:
                 str(args.steps),
                 "--warmup",
                 str(args.warmup),
-            ] + (["--gradient-checkpointing"] if args.gradient_checkpointing else [])
+            ]
+            cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
+            cmd += ["--adam-8bit"] if args.adam_8bit else []
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             results[v] = json.loads(out.strip().splitlines()[-1])
-    a, b, c, inter = (results[v] for v in VARIANTS)
-    a_over_c_one_process = inter["trainer_s_per_step"] / inter["floor_s_per_step"]
+    a, b, c, inter = (results.get(v) for v in VARIANTS)
+
+    def ratio(x, y, key="median_s_per_step"):
+        return x[key] / y[key] if x and y else None
+
     summary = {
         "arch": args.arch,
         "resolution": args.resolution,
         "precision": args.precision,
         "gradient_checkpointing": args.gradient_checkpointing,
+        "adam_8bit": args.adam_8bit,
         "results": results,
-        "a_over_c": a["median_s_per_step"] / c["median_s_per_step"],
-        "b_over_a": b["median_s_per_step"] / a["median_s_per_step"],
-        "peak_a_le_b": a["peak_mb"] <= b["peak_mb"],
-        "a_over_c_one_process": a_over_c_one_process,
+        "a_over_c": ratio(a, c),
+        "b_over_a": ratio(b, a),
+        "peak_a_le_b": a["peak_mb"] <= b["peak_mb"] if a and b else None,
+        "a_over_c_one_process": inter["trainer_s_per_step"] / inter["floor_s_per_step"] if inter else None,
         "interleaved": inter,
         "class_images_per_s": class_rate,
     }
+
+    def cell(name, r):
+        return f"({name}) {r['median_s_per_step']:.3f} s, {r['peak_mb']:.0f} MB" if r else f"({name}) -"
+
+    def fmt(x):
+        return "-" if x is None else f"{x:.2f}"
+
     print(
         f"| {args.arch} {args.resolution}px {args.precision} gc={args.gradient_checkpointing} "
-        f"| (a) {a['median_s_per_step']:.3f} s, {a['peak_mb']:.0f} MB | (b) {b['median_s_per_step']:.3f} s, "
-        f"{b['peak_mb']:.0f} MB | (c) {c['median_s_per_step']:.3f} s, {c['peak_mb']:.0f} MB "
-        f"| a/c {summary['a_over_c']:.2f} (one process, interleaved: {a_over_c_one_process:.2f}) "
-        f"| b/a {summary['b_over_a']:.2f} "
+        f"8bit={args.adam_8bit} | {cell('a', a)} | {cell('b', b)} | {cell('c', c)} "
+        f"| a/c {fmt(summary['a_over_c'])} (one process, interleaved: {fmt(summary['a_over_c_one_process'])}) "
+        f"| b/a {fmt(summary['b_over_a'])} "
         f"| class images {class_rate:.2f}/s (batch {CLASS_IMAGES}, 1 step) |"
     )
     if args.json:
