@@ -277,3 +277,29 @@ def test_the_grid_fills_in_cell_by_cell_and_a_folder_of_photos_inside_the_projec
     config = write_train_config(projects, _form(name="from-folder", photos_folder="shared-photos"), str(tiny_model), [])
     assert yaml.safe_load(config.read_text())["instance_dir"] == str(projects.root / "shared-photos")
     assert not (config.parent / "photos").exists()
+
+
+def test_scoring_from_the_page_is_refused_for_runs_without_weights_and_extractors_outside(
+    projects, tiny_model, tmp_path
+):
+    from dreambooth.ui.app import Backend
+    from dreambooth.ui.supervisor import Supervisor
+
+    backend = Backend(projects, str(tiny_model), Supervisor())
+    (projects.root / "empty").mkdir()
+    (projects.root / "empty" / UI_CONFIG).write_text("{}")
+    with pytest.raises(UserError, match="no checkpoint and no final weights"):
+        backend.score("empty", "facebook/dino-vits16", "openai/clip-vit-base-patch32", 2, 1, 2)
+    write_train_config(
+        projects, _form(name="done", max_steps=2, checkpoint_every=1), str(tiny_model), _photos(tmp_path)
+    )
+    from dreambooth.training.loop import train
+    from dreambooth.ui.projects import saved_config
+
+    train(saved_config(projects.root / "done"), progress=False)
+    for bad in ("/etc", "../x", str(tmp_path)):
+        with pytest.raises(UserError, match="DINO model"):
+            backend.score("done", bad, "openai/clip-vit-base-patch32", 2, 1, 2)
+    with pytest.raises(UserError, match="--prompts"):
+        backend.score("done", "facebook/dino-vits16", "openai/clip-vit-base-patch32", 99, 1, 2)
+    assert backend.scoring.state(projects.root / "done") is None  # nothing started

@@ -215,14 +215,12 @@ def test_train_from_the_page_shows_progress_stops_with_a_checkpoint_and_resumes(
 
 @pytest.fixture(scope="module")
 def scored_run(ui, lora_with_te, extractors) -> str:
-    """A LoRA run in the projects folder, scored by `dreambooth select` (checkpoints at steps 2 and 4)."""
-    from dreambooth.cli import main
-
+    """A LoRA run in the projects folder (checkpoints at steps 2 and 4), and the tiny DINO and CLIP
+    extractors beside it (the page takes extractors from the hub or the projects folder)."""
     run = ui[1] / "scored"
     shutil.copytree(lora_with_te, run)
-    dino, clip = extractors
-    args = ["select", "--run", str(run), "--dino-model", str(dino), "--clip-model", str(clip), "--prompts", "2"]
-    assert main([*args, "--images-per-prompt", "1", "--num-class-images", "0", "--steps", "2"]) == 0
+    for src, name in zip(extractors, ("dino", "clip")):
+        shutil.copytree(src, ui[1] / "extractors" / name)
     return "scored"
 
 
@@ -251,9 +249,18 @@ def test_a_run_and_its_checkpoint_in_generate_grid_and_evaluate(page, ui, scored
     expect(page.locator("#grid-image img")).to_be_visible()
     assert (ui[1] / "grids" / "grid.png").is_file() and len(list((ui[1] / "grids" / "cells").glob("*.png"))) == 4
 
-    # Evaluate: the selection's table, plots and recommendation
+    # Evaluate: score the checkpoints from the page (`dreambooth select` in its own process), then the
+    # table, plots and recommendation appear
     tab(page, "Evaluate")
     pick(page, "eval-run", scored_run)
+    expect(page.locator("#eval-best")).to_contain_text("no scores yet")
+    page.get_by_text("Score the run's checkpoints").click()
+    fill(page, "eval-dino", "extractors/dino")
+    fill(page, "eval-clip", "extractors/clip")
+    for elem_id, value in (("eval-prompts", 2), ("eval-images", 1), ("eval-steps", 2)):
+        set_number(page, elem_id, value)
+    page.click("#eval-score")
+    expect(page.locator("#eval-status")).to_contain_text("scoring scored: finished")
     expect(page.locator("#eval-best")).to_contain_text("Recommended: step")
     expect(page.locator("#eval-table")).to_contain_text("CLIP-T")
     expect(page.locator("#eval-plots .thumbnail-item").first).to_be_visible()

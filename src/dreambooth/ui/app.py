@@ -89,6 +89,7 @@ class Backend:
         self.projects = projects
         self.model = model
         self.supervisor = supervisor
+        self.scoring = Supervisor(command="select")  # `dreambooth select` runs, one per run at a time
         self.dtype = dtype
         self._engine = None
         self.lock = threading.Lock()  # one generation at a time (one model in memory)
@@ -97,24 +98,29 @@ class Backend:
     def runs(self) -> list[str]:
         return self.projects.runs()
 
-    def check_model(self, model: str) -> str:
-        """A base model the page may use: the one given with --model, a built-in, a hub id, or a folder
-        inside the projects folder (never another local path)."""
+    def check_model(self, model: str, what: str = "model") -> str:
+        """A base model (or extractor) the page may use: the one given with --model, a built-in, a hub
+        id, or a folder inside the projects folder (never another local path)."""
         from ..models import builtin_path
 
         model = (model or "").strip()
         if not model:
-            raise UserError("model: empty (a hub id, or a folder inside the projects folder)")
-        if model == self.model or builtin_path(model) is not None:
-            return model
-        if HUB_ID.match(model) and not Path(model).exists():
+            raise UserError(f"{what}: empty (a hub id, or a folder inside the projects folder)")
+        if (what == "model" and model == self.model) or builtin_path(model) is not None:
             return model
         try:
-            return str(self.projects.path(model, "model"))
+            inside = self.projects.path(model, what)
         except UserError:
-            raise UserError(
-                f"model {model!r}: give a hub id (owner/name), the UI's --model, or a folder inside the projects folder"
-            ) from None
+            inside = None
+        if inside is not None and inside.exists():  # a folder of the projects folder comes first
+            return str(inside)
+        if HUB_ID.match(model) and not Path(model).exists():
+            return model
+        if inside is not None:
+            return str(inside)  # (not there: loading says so, naming it)
+        raise UserError(
+            f"{what} {model!r}: give a hub id (owner/name), the UI's --model, or a folder inside the projects folder"
+        )
 
     def weights(self, run: str, checkpoint: str) -> dict:
         """The sampling settings a run and checkpoint choice stands for (lora, embedding or model)."""
@@ -274,6 +280,33 @@ class Backend:
             raise UserError(f"run {run}: finished; start a new run to train more")
         self.supervisor.start(folder, resume=bool(v.checkpoints))
 
+    def score(self, run: str, dino: str, clip: str, prompts: int, images: int, steps: int) -> None:
+        """Start `dreambooth select` on the run (its own process; RUN/select.log)."""
+        from ..config import SelectConfig
+
+        folder = self.projects.run(run)
+        v = view(folder, self.supervisor.state(folder))
+        if v.status in ("training", "stopping"):
+            raise UserError(f"run {run}: is training; score it once it has stopped or finished")
+        if not v.checkpoints and not v.finished:
+            raise UserError(f"run {run}: has no checkpoint and no final weights to score yet")
+        cfg = SelectConfig(
+            run=str(folder),
+            dino_model=self.check_model(dino, "DINO model"),
+            clip_model=self.check_model(clip, "CLIP model"),
+            prompts=int(prompts),
+            images_per_prompt=int(images),
+            steps=int(steps),
+            dtype=self.dtype,
+        )
+        cfg.validate()
+        if cfg.steps < 1:
+            raise UserError(f"denoising steps: must be at least 1, got {cfg.steps}")
+        args = ["--run", str(folder), "--dino-model", cfg.dino_model, "--clip-model", cfg.clip_model]
+        args += ["--prompts", str(cfg.prompts), "--images-per-prompt", str(cfg.images_per_prompt)]
+        args += ["--steps", str(cfg.steps), "--dtype", cfg.dtype]
+        self.scoring.start(folder, args=args)
+
     def status(self, run: str):
         folder = self.projects.run(run)
         return folder, view(folder, self.supervisor.state(folder))
@@ -314,7 +347,8 @@ def build_app(backend: Backend):
 
     runs = backend.runs()
     run_choices = [NONE, *runs]
-    with gr.Blocks(title="dreambooth") as app:
+    # Gradio keeps every image it sends in its cache: files older than an hour go, checked every 30 minutes
+    with gr.Blocks(title="dreambooth", delete_cache=(1800, 3600)) as app:
         gr.Markdown(f"## dreambooth · projects: `{backend.projects.root}`")
         with gr.Tab("Generate", id="generate"):
             with gr.Row():
@@ -601,7 +635,9 @@ def build_app(backend: Backend):
                 folder, v = backend.status(name)
             except UserError as e:
                 return f"⚠️ {e}", gr.update(), gr.update(), gr.update(), before
-            key = (name, len(v.losses), v.validation_step, len(v.validation_images))
+            # The loss plot is redrawn about 200 times over a run (each image sent is a file in Gradio's cache)
+            every = max(1, (v.max_steps or 1000) // 200)
+            key = (name, v.status, len(v.losses) // every, v.validation_step, len(v.validation_images))
             log_text = _tail(folder / "train.log")
             if before == key:
                 return status_line(name, v), gr.update(), gr.update(), log_text, before
@@ -640,9 +676,20 @@ def build_app(backend: Backend):
             with gr.Row():
                 e_run = gr.Dropdown(runs, label="Run", elem_id="eval-run")
                 e_refresh = gr.Button("↻", scale=0, min_width=40, elem_id="eval-refresh")
+            with gr.Accordion("Score the run's checkpoints", open=False):
+                with gr.Row():
+                    e_dino = gr.Textbox("facebook/dino-vits16", label="DINO model", elem_id="eval-dino")
+                    e_clip = gr.Textbox("openai/clip-vit-base-patch32", label="CLIP model", elem_id="eval-clip")
+                with gr.Row():
+                    e_prompts = gr.Number(5, label="DreamBench prompts", precision=0, elem_id="eval-prompts")
+                    e_images = gr.Number(4, label="Images per prompt", precision=0, elem_id="eval-images")
+                    e_steps = gr.Number(30, label="Denoising steps", precision=0, elem_id="eval-steps")
+                e_score = gr.Button("Score checkpoints (dreambooth select)", elem_id="eval-score")
+            e_status = gr.Markdown(elem_id="eval-status")
             e_best = gr.Markdown(elem_id="eval-best")
             e_table = gr.Markdown(elem_id="eval-table")
             e_plots = gr.Gallery(label="Metrics over steps", columns=2, elem_id="eval-plots")
+            e_shown = gr.State(None)
 
         def on_eval(name):
             from ..evaluation.select import selected
@@ -668,6 +715,38 @@ def build_app(backend: Backend):
 
         e_run.change(on_eval, e_run, [e_best, e_table, e_plots])
         e_refresh.click(lambda: gr.update(choices=backend.runs()), None, e_run)
+
+        def on_score(name, dino, clip, n_prompts, n_images, n_steps):
+            try:
+                backend.score(name, dino, clip, n_prompts or 0, n_images or 0, n_steps or 0)
+            except UserError as e:
+                return f"⚠️ {e}"
+            return f"scoring **{name}**: `dreambooth select` started (its log: select.log)"
+
+        e_score.click(on_score, [e_run, e_dino, e_clip, e_prompts, e_images, e_steps], e_status)
+
+        def eval_tick(name, before):
+            """While a run is scored: its state and last log line; the table once its selection changes."""
+            if not name:
+                return gr.update(), gr.update(), gr.update(), gr.update(), before
+            try:
+                folder = backend.projects.run(name)
+            except UserError:
+                return gr.update(), gr.update(), gr.update(), gr.update(), before
+            state = backend.scoring.state(folder)
+            selection = folder / "selection.json"
+            key = (name, selection.stat().st_mtime_ns if selection.is_file() else None)
+            status = gr.update()
+            if state in ("training", "stopping"):
+                status = f"scoring **{name}** · {_tail(folder / 'select.log', 1)}"
+            elif state:
+                status = f"scoring **{name}**: {state}"
+            if key == before or before is None:
+                return status, gr.update(), gr.update(), gr.update(), key
+            return status, *on_eval(name), key
+
+        timer.tick(eval_tick, [e_run, e_shown], [e_status, e_best, e_table, e_plots, e_shown], show_progress="hidden")
+        e_run.change(lambda n: (None, ""), e_run, [e_shown, e_status])
 
         def on_load():  # the runs as they are when the page opens, not when the UI started
             now = backend.runs()
@@ -741,6 +820,7 @@ def run_ui(cfg: UIConfig, block: bool = True):
         running = backend.supervisor.running()
         if running:
             print(f"stopping {len(running)} training run(s) with a checkpoint...", file=sys.stderr)
+        backend.scoring.stop_all(wait=10)
         backend.supervisor.stop_all()
         app.close()
         raise

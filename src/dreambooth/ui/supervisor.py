@@ -1,4 +1,4 @@
-"""Training runs started from the page, each as its own `dreambooth train` process.
+"""Training runs (and their scoring) started from the page, each as its own `dreambooth` process.
 
 The UI talks to training only through the config file it writes, the process it starts and the files
 the run writes: a run that crashes, is killed or runs out of memory ends its own process, never the
@@ -6,7 +6,8 @@ page. Stopping sends the process SIGINT, as Ctrl-C does: training finishes its s
 checkpoint and exits (130); resuming starts `dreambooth train --config ... --resume latest`.
 
 Each started process is recorded in RUN/ui-process.json (pid and command), so a UI started again
-still sees, and can stop, a run that an earlier UI started.
+still sees, and can stop, a run that an earlier UI started. `dreambooth select` (scoring a run's
+checkpoints) is supervised the same way by a second Supervisor (RUN/select.log, RUN/ui-select.json).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class Job:
     stopping: bool = False
 
 
-def _alive(pid: int) -> bool:
-    """A process with this pid runs and is a dreambooth training (pids are reused)."""
+def _alive(pid: int, command: str = "train") -> bool:
+    """A process with this pid runs and is a dreambooth `command` (pids are reused)."""
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, PermissionError):
@@ -48,30 +49,39 @@ def _alive(pid: int) -> bool:
         return True  # no /proc (macOS): trust the pid
     if any(b"defunct" in part for part in cmdline) or not cmdline or cmdline == [b""]:
         return False
-    return b"dreambooth" in b" ".join(cmdline) and b"train" in cmdline
+    return b"dreambooth" in b" ".join(cmdline) and command.encode() in cmdline
 
 
 class Supervisor:
-    def __init__(self, env: dict[str, str] | None = None):
+    """One process at a time per run, of one command: `train` (from RUN/ui-train.yaml) or `select`."""
+
+    def __init__(self, env: dict[str, str] | None = None, command: str = "train"):
+        self.command = command
+        self.log_name = LOG if command == "train" else f"{command}.log"
+        self.process_file = PROCESS_FILE if command == "train" else f"ui-{command}.json"
         self.jobs: dict[Path, Job] = {}
         self.ended: dict[Path, str] = {}  # run -> what its last process ended as (this UI's)
         self.env = env
         self.lock = threading.Lock()
 
-    def start(self, run: Path, resume: bool = False) -> None:
-        """Start training the run from its ui-train.yaml (with --resume latest to continue it)."""
+    def start(self, run: Path, resume: bool = False, args: list[str] | None = None) -> None:
+        """Start the command on the run: training from its ui-train.yaml (with --resume latest to
+        continue it), or `select` with `args`."""
         run = Path(run)
-        config = run / UI_CONFIG
-        if not config.is_file():
-            raise UserError(f"run {run.name}: was not started from the UI (no {UI_CONFIG}); train it with the CLI")
+        if self.command == "train":
+            config = run / UI_CONFIG
+            if not config.is_file():
+                raise UserError(f"run {run.name}: was not started from the UI (no {UI_CONFIG}); train it with the CLI")
+            args = ["--config", str(config)] + (["--resume", "latest"] if resume else [])
         with self.lock:
             if self.state(run) in ("training", "stopping"):
-                raise UserError(f"run {run.name}: is training already")
-            argv = [sys.executable, "-m", "dreambooth", "train", "--config", str(config)]
-            if resume:
-                argv += ["--resume", "latest"]
-            log = open(run / LOG, "a", encoding="utf-8")
-            log.write(f"\n$ dreambooth train --config {config.name}{' --resume latest' if resume else ''}\n")
+                raise UserError(
+                    f"run {run.name}: is {'training' if self.command == 'train' else 'being scored'} already"
+                )
+            argv = [sys.executable, "-m", "dreambooth", self.command, *(args or [])]
+            log = open(run / self.log_name, "a", encoding="utf-8")
+            shown = " ".join(a if a != str(run / UI_CONFIG) else UI_CONFIG for a in argv[3:])
+            log.write(f"\n$ dreambooth {shown}\n")
             log.flush()
             env = dict(self.env if self.env is not None else os.environ)
             env.setdefault("PYTHONUNBUFFERED", "1")
@@ -90,17 +100,18 @@ class Supervisor:
             self.jobs[run] = Job(proc, proc.pid)
             self.ended.pop(run, None)
             io.write_text(
-                run / PROCESS_FILE, json.dumps({"pid": proc.pid, "started": time.time(), "argv": argv}, indent=2)
+                run / self.process_file,
+                json.dumps({"pid": proc.pid, "started": time.time(), "argv": argv}, indent=2),
             )
 
     def _job(self, run: Path) -> Job | None:
         job = self.jobs.get(run)
-        if job is None and (run / PROCESS_FILE).is_file():
+        if job is None and (run / self.process_file).is_file():
             try:
-                pid = int(json.loads((run / PROCESS_FILE).read_text())["pid"])
+                pid = int(json.loads((run / self.process_file).read_text())["pid"])
             except (OSError, ValueError, KeyError, TypeError):
                 return None
-            if _alive(pid):
+            if _alive(pid, self.command):
                 job = self.jobs[run] = Job(None, pid)
         return job
 
@@ -111,7 +122,7 @@ class Supervisor:
         job = self._job(run)
         if job is None:
             return self.ended.get(run)
-        code = job.proc.poll() if job.proc is not None else (None if _alive(job.pid) else 0)
+        code = job.proc.poll() if job.proc is not None else (None if _alive(job.pid, self.command) else 0)
         if code is None:
             return "stopping" if job.stopping else "training"
         del self.jobs[run]
@@ -123,7 +134,7 @@ class Supervisor:
         elif code in (130, -signal.SIGINT) or job.stopping:
             self.ended[run] = "stopped"
         else:
-            self.ended[run] = f"failed (exit {code}): {last_error_line(run / LOG)}"
+            self.ended[run] = f"failed (exit {code}): {last_error_line(run / self.log_name)}"
         return self.ended[run]
 
     def stop(self, run: Path) -> None:
