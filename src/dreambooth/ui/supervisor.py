@@ -62,7 +62,7 @@ class Supervisor:
         self.jobs: dict[Path, Job] = {}
         self.ended: dict[Path, str] = {}  # run -> what its last process ended as (this UI's)
         self.env = env
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # the page's events run in threads
 
     def start(self, run: Path, resume: bool = False, args: list[str] | None = None) -> None:
         """Start the command on the run: training from its ui-train.yaml (with --resume latest to
@@ -118,7 +118,10 @@ class Supervisor:
     def state(self, run: Path) -> str | None:
         """'training', 'stopping', 'stopped', 'finished', 'failed (exit N): why', or None (no process
         of this UI's, none running)."""
-        run = Path(run)
+        with self.lock:
+            return self._state(Path(run))
+
+    def _state(self, run: Path) -> str | None:
         job = self._job(run)
         if job is None:
             return self.ended.get(run)
