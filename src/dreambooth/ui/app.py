@@ -652,18 +652,10 @@ def build_app(backend: Backend):
         timer.tick(monitor, [m_run, shown], monitor_out, show_progress="hidden")
 
         def on_stop(name):
-            try:
-                backend.stop(name)
-            except UserError as e:
-                return f"⚠️ {e}"
-            return f"stopping **{name}** after its step (it saves a checkpoint)"
+            return said(lambda: backend.stop(name), f"stopping **{name}** after its step (it saves a checkpoint)")
 
         def on_resume(name):
-            try:
-                backend.resume(name)
-            except UserError as e:
-                return f"⚠️ {e}"
-            return f"resumed **{name}**"
+            return said(lambda: backend.resume(name), f"resumed **{name}**")
 
         m_stop.click(on_stop, m_run, t_message)
         m_resume.click(on_resume, m_run, t_message)
@@ -717,11 +709,10 @@ def build_app(backend: Backend):
         e_refresh.click(lambda: gr.update(choices=backend.runs()), None, e_run)
 
         def on_score(name, dino, clip, n_prompts, n_images, n_steps):
-            try:
-                backend.score(name, dino, clip, n_prompts or 0, n_images or 0, n_steps or 0)
-            except UserError as e:
-                return f"⚠️ {e}"
-            return f"scoring **{name}**: `dreambooth select` started (its log: select.log)"
+            return said(
+                lambda: backend.score(name, dino, clip, n_prompts or 0, n_images or 0, n_steps or 0),
+                f"scoring **{name}**: `dreambooth select` started (its log: select.log)",
+            )
 
         e_score.click(on_score, [e_run, e_dino, e_clip, e_prompts, e_images, e_steps], e_status)
 
@@ -754,6 +745,15 @@ def build_app(backend: Backend):
 
         app.load(on_load, None, [run, m_run, e_run])
     return app
+
+
+def said(action, done: str) -> str:
+    """What the page says after an action: `done`, or the UserError's line."""
+    try:
+        action()
+    except UserError as e:
+        return f"⚠️ {e}"
+    return done
 
 
 def _tail(path: Path, lines: int = 8) -> str:
