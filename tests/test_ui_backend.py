@@ -305,3 +305,11 @@ def test_scoring_from_the_page_is_refused_for_runs_without_weights_and_extractor
     with pytest.raises(UserError, match="--prompts"):
         backend.score("done", "facebook/dino-vits16", "openai/clip-vit-base-patch32", 99, 1, 2)
     assert backend.scoring.state(projects.root / "done") is None  # nothing started
+
+
+def test_the_loss_curve_is_a_running_mean():
+    from dreambooth.ui.app import loss_plot, running_mean
+
+    assert running_mean([1, 2, 3, 4, 5], 2) == [1, 1.5, 2.5, 3.5, 4.5]
+    assert running_mean([4.0], 10) == [4.0] and running_mean([], 3) == []
+    assert loss_plot([(i, 1.0 / i) for i in range(1, 500)], "loss").size == (640, 400)

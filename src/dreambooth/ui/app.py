@@ -12,6 +12,7 @@ training only through the config it writes and the process it starts (ui.supervi
 """
 
 import dataclasses
+import itertools
 import logging
 import os
 import re
@@ -316,15 +317,21 @@ class Backend:
 # The page
 
 
+def running_mean(values: list[float], window: int) -> list[float]:
+    """Mean of each value and the window - 1 before it (fewer at the start)."""
+    sums = list(itertools.accumulate(values, initial=0.0))
+    return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(window, i + 1) for i in range(len(values))]
+
+
 def loss_plot(losses: list[tuple[int, float]], title: str):
     """The loss over steps with its running mean (Pillow; no plotting library)."""
     from ..evaluation.plot import line_plot
 
     window = max(1, len(losses) // 20)
-    smooth = []
-    for i in range(len(losses)):
-        part = losses[max(0, i - window + 1) : i + 1]
-        smooth.append((losses[i][0], sum(v for _, v in part) / len(part)))
+    sums = list(itertools.accumulate((v for _, v in losses), initial=0.0))
+    smooth = [
+        (step, (sums[i + 1] - sums[max(0, i + 1 - window)]) / min(window, i + 1)) for i, (step, _) in enumerate(losses)
+    ]
     series = {"loss": losses} if len(losses) <= 50 else {f"loss (mean of {window})": smooth}
     return line_plot(series, title, "step")
 
