@@ -202,7 +202,8 @@ def _parser() -> argparse.ArgumentParser:
         "ui",
         help="a local web page to generate, compare in grids, train (stop, resume) and see a run's scores",
         description="Open the web UI (Gradio) at http://127.0.0.1:PORT. It lists and starts runs in --projects, "
-        "trains each as its own `dreambooth train` process, and reads and writes nothing outside that folder. "
+        "trains each as its own `dreambooth train` process; no path the page names can lead outside that folder "
+        "(models: --model, hub ids, or folders inside it). "
         "Only this machine can reach it unless --host or --share is given.",
     )
     u.add_argument("--port", type=_positive_int, default=7860, help="port (7860)")
