@@ -213,13 +213,21 @@ def test_the_ui_command_refuses_bad_input_in_one_line(tmp_path, capsys):
     assert (defaults.host, defaults.port, defaults.projects) == ("127.0.0.1", 7860, "dreambooth-projects")
 
     (tmp_path / "file").write_text("x")
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = str(taken.getsockname()[1])
     for args, flag in (
+        (["--port", port, "--projects", str(tmp_path / "p")], f"--port {port}"),
         (["--auth", "nopassword"], "--auth"),
         (["--projects", str(tmp_path / "file")], "--projects"),
     ):
         rc = main(["ui", *args])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and flag in err[0], err
+    taken.close()
 
 
 def test_exposing_the_ui_warns_and_auth_guards_it(tmp_path, tiny_model, capsys):

@@ -804,18 +804,23 @@ def run_ui(cfg: UIConfig, block: bool = True):
         print(warning, file=sys.stderr)
     app = build_app(backend)
     app.queue(default_concurrency_limit=None)
-    app.launch(
-        server_name=cfg.host,
-        server_port=cfg.port,
-        share=cfg.share,
-        auth=auth,
-        max_file_size=MAX_UPLOAD_BYTES,
-        allowed_paths=[str(projects.root)],
-        theme=theme(),
-        prevent_thread_lock=True,
-        quiet=True,
-        show_error=True,
-    )
+    try:
+        app.launch(
+            server_name=cfg.host,
+            server_port=cfg.port,
+            share=cfg.share,
+            auth=auth,
+            max_file_size=MAX_UPLOAD_BYTES,
+            allowed_paths=[str(projects.root)],
+            theme=theme(),
+            prevent_thread_lock=True,
+            quiet=True,
+            show_error=True,
+        )
+    except OSError as e:  # Gradio's "Cannot find empty port", or an address this machine does not have
+        raise UserError(
+            f"--port {cfg.port} / --host {cfg.host}: cannot listen there ({str(e).split('.')[0]})"
+        ) from None
     print(
         f"dreambooth ui: http://{'127.0.0.1' if cfg.host == '0.0.0.0' else cfg.host}:{cfg.port} (projects: {projects.root})"
     )
