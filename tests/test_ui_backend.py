@@ -321,3 +321,29 @@ def test_the_loss_curve_is_a_running_mean():
     assert running_mean([1, 2, 3, 4, 5], 2) == [1, 1.5, 2.5, 3.5, 4.5]
     assert running_mean([4.0], 10) == [4.0] and running_mean([], 3) == []
     assert loss_plot([(i, 1.0 / i) for i in range(1, 500)], "loss").size == (640, 400)
+
+
+def test_a_png_brings_back_its_run_checkpoint_and_settings(projects, tiny_model, lora_with_te, tmp_path):
+    from dreambooth.ui.app import Backend
+    from dreambooth.ui.supervisor import Supervisor
+
+    shutil.copytree(lora_with_te, projects.root / "r")
+    backend = Backend(projects, str(tiny_model), Supervisor())
+    form = dict(prompt="a photo of sks dog", negative_prompt="blurry", model=str(tiny_model), run="r")
+    form |= dict(checkpoint="step-2", lora_scale_unet=0.7, lora_scale_text_encoder=0.3, guidance=4, steps=2)
+    form |= dict(scheduler="euler", seed=11, width=0, height=0, num_images=1)
+    (record,) = backend.generate(form)
+    back, note = backend.form_of_png(record["path"])
+    assert note == ""
+    for key in ("prompt", "negative_prompt", "model", "run", "checkpoint", "scheduler", "seed", "steps"):
+        assert back[key] == form[key], key
+    assert (back["guidance"], back["lora_scale_unet"], back["lora_scale_text_encoder"]) == (4, 0.7, 0.3)
+
+    # The same image's run moved out of the projects folder: the rest still loads, and the page says so
+    moved = tmp_path / "elsewhere"
+    shutil.move(projects.root / "r", moved)
+    back, note = backend.form_of_png(record["path"])
+    assert back["run"] == "(none)" and back["seed"] == 11 and "not a run of the projects folder" in note
+    (tmp_path / "plain.png").write_bytes((projects.root / "outputs" / Path(record["path"]).name).read_bytes()[:8])
+    with pytest.raises(UserError):
+        backend.form_of_png(str(tmp_path / "plain.png"))

@@ -238,6 +238,18 @@ def test_a_run_and_its_checkpoint_in_generate_grid_and_evaluate(page, ui, scored
     info = page.locator("#gen-info textarea")
     expect(info).to_have_value(re.compile(r"Lora: scored-step-2:0\.5:1\.0"))
 
+    # The PNG, loaded into a fresh page, restores the form: run, checkpoint, scale, seed, steps
+    png = max((ui[1] / "outputs").glob("*.png"), key=lambda p: p.stat().st_mtime)
+    page.reload()
+    page.wait_for_selector("#gen-prompt textarea")
+    page.locator("#gen-png input[type=file]").set_input_files(str(png))
+    expect(page.locator("#gen-png-note")).to_contain_text("settings loaded")
+    expect(page.locator("#gen-run input")).to_have_value(scored_run)
+    expect(page.locator("#gen-checkpoint input")).to_have_value("step-2")
+    expect(page.locator("#gen-seed input")).to_have_value("3")
+    assert float(number(page, "gen-scale-unet")) == 0.5 and int(number(page, "gen-steps")) == 2
+    expect(page.locator("#gen-prompt textarea")).to_have_value("a photo of sks dog")
+
     # The grid fills in over the run's checkpoints and the LoRA scale
     tab(page, "Grid")
     pick(page, "grid-x", "checkpoint")

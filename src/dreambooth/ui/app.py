@@ -209,6 +209,46 @@ class Backend:
                 )
         return records
 
+    def form_of_png(self, path: str) -> tuple[dict, str]:
+        """The generate form's values from a PNG's settings (ours or AUTOMATIC1111's), and a line on
+        what could not be taken over (a model or LoRA outside the projects folder)."""
+        from ..pnginfo import settings_from_image
+        from ..weights import model_identity
+
+        png = settings_from_image(path)
+        form = {k: png[k] for k in ("negative_prompt", "steps", "guidance", "seed", "scheduler") if k in png}
+        form["prompt"] = png["prompt"][0] if png.get("prompt") else ""
+        form["width"], form["height"] = png.get("width") or 0, png.get("height") or 0
+        form["lora_scale_unet"] = png.get("lora_scale_unet", 1.0)
+        form["lora_scale_text_encoder"] = png.get("lora_scale_text_encoder", 1.0)
+        notes = []
+        model = png.get("model")
+        if model:
+            if self.model and model == model_identity(self.model):
+                form["model"] = self.model
+            elif Path(model).is_absolute():
+                inside = Path(model).resolve()
+                if inside.is_relative_to(self.projects.root):
+                    form["model"] = self.projects.rel(inside)
+                else:
+                    notes.append(f"its model {model} is outside the projects folder")
+            else:
+                form["model"] = model
+        form["run"], form["checkpoint"] = NONE, None
+        if png.get("lora"):
+            weights = Path(png["lora"]).resolve()
+            folder = weights.parent
+            checkpoint = "final"
+            if folder.parent.name == "checkpoints":
+                checkpoint, folder = folder.name, folder.parent.parent
+            runs = self.runs()
+            rel = self.projects.rel(folder) if folder.is_relative_to(self.projects.root) else None
+            if rel in runs:
+                form["run"], form["checkpoint"] = rel, checkpoint
+            else:
+                notes.append(f"its LoRA {png['lora']} is not a run of the projects folder")
+        return form, "; ".join(notes)
+
     def grid_config(self, form: dict, x: tuple[str, str], y: tuple[str, str]) -> GridConfig:
         specs = []
         for axis, (name, values) in (("X", x), ("Y", y)):
@@ -391,6 +431,12 @@ def build_app(backend: Backend):
                     gallery = gr.Gallery(label="Images", columns=2, elem_id="gen-gallery", allow_preview=True)
                     info = gr.Textbox(label="Settings of the selected image", lines=6, elem_id="gen-info")
                     send = gr.Button("Send the selected image's settings to the form", elem_id="gen-send")
+                    png = gr.File(
+                        label="Load the settings of a PNG (ours or AUTOMATIC1111's)",
+                        file_types=[".png"],
+                        elem_id="gen-png",
+                    )
+                    png_note = gr.Markdown(elem_id="gen-png-note")
             records = gr.State([])
             selected = gr.State(None)
             last_seed = gr.State(None)
@@ -438,7 +484,7 @@ def build_app(backend: Backend):
                 raise gr.Error(str(e)) from None
             return gr.update(choices=choices, value=choices[0] if choices else None)
 
-        run.change(on_run, run, checkpoint)
+        run.input(on_run, run, checkpoint)  # (not .change: a form filled by send or a PNG sets both)
 
         def on_generate(*values):
             *form_values, n = values
@@ -494,6 +540,26 @@ def build_app(backend: Backend):
             )
 
         send.click(on_send, [records, selected], form_inputs)
+
+        def on_png(file):
+            if file is None:
+                return (*[gr.update()] * len(form_keys), "")
+            try:
+                form, note = backend.form_of_png(file if isinstance(file, str) else file.name)
+            except UserError as e:
+                return (*[gr.update()] * len(form_keys), f"⚠️ {e}")
+            values = []
+            for key in form_keys:
+                if key == "run":
+                    values.append(gr.update(choices=[NONE, *backend.runs()], value=form["run"]))
+                elif key == "checkpoint":
+                    ckpts = [] if form["run"] == NONE else weights_choices(backend.projects.run(form["run"]))
+                    values.append(gr.update(choices=ckpts, value=form["checkpoint"]))
+                else:
+                    values.append(form[key] if key in form else gr.update())
+            return (*values, "settings loaded" + (f" (not taken: {note})" if note else ""))
+
+        png.upload(on_png, png, [*form_inputs, png_note])
         random_seed.click(lambda: -1, None, seed)
         reuse_seed.click(lambda s: -1 if s is None else s, last_seed, seed)
         refresh_runs.click(lambda: gr.update(choices=[NONE, *backend.runs()]), None, run)
