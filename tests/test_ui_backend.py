@@ -268,7 +268,7 @@ def test_exposing_the_ui_warns_and_auth_guards_it(tmp_path, tiny_model, capsys):
 def test_the_grid_fills_in_cell_by_cell_and_a_folder_of_photos_inside_the_projects_folder_trains(
     projects, tiny_model, tmp_path
 ):
-    from dreambooth.ui.app import Backend
+    from dreambooth.ui.backend import Backend
     from dreambooth.ui.supervisor import Supervisor
 
     backend = Backend(projects, str(tiny_model), Supervisor())
@@ -292,7 +292,7 @@ def test_the_grid_fills_in_cell_by_cell_and_a_folder_of_photos_inside_the_projec
 def test_scoring_from_the_page_is_refused_for_runs_without_weights_and_extractors_outside(
     projects, tiny_model, tmp_path
 ):
-    from dreambooth.ui.app import Backend
+    from dreambooth.ui.backend import Backend
     from dreambooth.ui.supervisor import Supervisor
 
     backend = Backend(projects, str(tiny_model), Supervisor())
@@ -316,7 +316,7 @@ def test_scoring_from_the_page_is_refused_for_runs_without_weights_and_extractor
 
 
 def test_the_loss_curve_is_a_running_mean():
-    from dreambooth.ui.app import loss_plot, running_mean
+    from dreambooth.ui.page import loss_plot, running_mean
 
     assert running_mean([1, 2, 3, 4, 5], 2) == [1, 1.5, 2.5, 3.5, 4.5]
     assert running_mean([4.0], 10) == [4.0] and running_mean([], 3) == []
@@ -324,7 +324,7 @@ def test_the_loss_curve_is_a_running_mean():
 
 
 def test_a_png_brings_back_its_run_checkpoint_and_settings(projects, tiny_model, lora_with_te, tmp_path):
-    from dreambooth.ui.app import Backend
+    from dreambooth.ui.backend import Backend
     from dreambooth.ui.supervisor import Supervisor
 
     shutil.copytree(lora_with_te, projects.root / "r")
