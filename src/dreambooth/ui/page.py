@@ -61,8 +61,7 @@ def caption(s: dict) -> str:
 
 def _generate_tab(gr, backend: Backend) -> GenerateForm:
     """The Generate tab; its form is also the base of every grid."""
-    runs = backend.runs()
-    run_choices = [NONE, *runs]
+    run_choices = [NONE, *backend.runs()]
     with gr.Tab("Generate", id="generate"):
         with gr.Row():
             with gr.Column(scale=1):
@@ -231,6 +230,7 @@ def _generate_tab(gr, backend: Backend) -> GenerateForm:
 
 
 def _grid_tab(gr, backend: Backend, form: GenerateForm) -> None:
+    """The Grid tab: X/Y over any setting, the Generate form's values for the rest, filled in cell by cell."""
     form_inputs, form_of = form.inputs, form.of
     with gr.Tab("Grid", id="grid"):
         gr.Markdown(
