@@ -347,3 +347,18 @@ def test_a_png_brings_back_its_run_checkpoint_and_settings(projects, tiny_model,
     (tmp_path / "plain.png").write_bytes((projects.root / "outputs" / Path(record["path"]).name).read_bytes()[:8])
     with pytest.raises(UserError):
         backend.form_of_png(str(tmp_path / "plain.png"))
+
+
+def test_a_run_training_from_the_command_line_shows_as_training(projects):
+    import os
+
+    run = projects.root / "cli"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}")
+    (run / "run.json").write_text('{"status": "training", "max_steps": 100}')
+    (run / "train_log.csv").write_text("step,loss\n1,0.5\n2,0.4\n")
+    v = view(run)
+    assert v.status == "training (started outside this UI)" and v.step == 2 and v.max_steps == 100
+    old = time.time() - 120
+    os.utime(run / "train_log.csv", (old, old))
+    assert view(run).status == "stopped"  # its log stopped moving

@@ -21,6 +21,7 @@ import csv
 import json
 import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from ..training.checkpoint import list_checkpoints
 
 UI_CONFIG = "ui-train.yaml"
 LOG = "train.log"
+PROCESS_FILE = "ui-process.json"  # the pid of the training a UI started (ui.supervisor)
+OUTSIDE_SECONDS = 30  # a run no UI started whose log moved this recently is taken to be training
 PHOTOS = "photos"
 CLASS_IMAGES = "class-images"
 RESERVED = ("outputs", "grids", "uploads")
@@ -178,8 +181,17 @@ def view(run: Path, process: str | None = None) -> RunView:
     checkpoints = [step for step, _ in list_checkpoints(run)]
     finished = record.get("status") == "finished"
     step = record.get("step") if finished else (losses[-1][0] if losses else max(checkpoints, default=0))
+    log = run / "train_log.csv"
     if process in ("training", "stopping"):
         status = process
+    elif (
+        process is None
+        and not finished
+        and not (run / PROCESS_FILE).exists()
+        and log.is_file()
+        and time.time() - log.stat().st_mtime < OUTSIDE_SECONDS
+    ):
+        status = "training (started outside this UI)"
     elif finished:
         status = "finished"
     elif process and process.startswith("failed"):

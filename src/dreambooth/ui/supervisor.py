@@ -25,9 +25,7 @@ from pathlib import Path
 from .. import io
 from ..errors import UserError
 from ..sweep import last_error_line
-from .projects import LOG, UI_CONFIG
-
-PROCESS_FILE = "ui-process.json"
+from .projects import LOG, PROCESS_FILE, UI_CONFIG
 
 
 @dataclass
