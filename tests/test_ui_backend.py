@@ -283,6 +283,12 @@ def test_the_grid_fills_in_cell_by_cell_and_a_folder_of_photos_inside_the_projec
     again = list(backend.grid(form, ("seed", "0-2"), ("guidance", "1,5")))
     assert [d for _, d, _ in again] == [6]  # every cell from the cache
 
+    # A page closed mid-grid leaves its generator suspended: it must not hold generation's lock
+    abandoned = backend.grid(form, ("seed", "3-5"), ("guidance", "1,5"))
+    assert [next(abandoned)[1], next(abandoned)[1]] == [0, 1]
+    assert backend.lock.acquire(blocking=False)
+    backend.lock.release()
+
     shutil.copytree(_photos(tmp_path)[0].parent, projects.root / "shared-photos")
     config = write_train_config(projects, _form(name="from-folder", photos_folder="shared-photos"), str(tiny_model), [])
     assert yaml.safe_load(config.read_text())["instance_dir"] == str(projects.root / "shared-photos")

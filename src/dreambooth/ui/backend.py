@@ -238,14 +238,20 @@ class Backend:
         cfg = self.grid_config(form, x, y)
         with self.lock:
             plan = plan_grid(cfg, self.engine)
-            total, done = len(plan.cells), len(plan.cells) - len(plan.todo())
-            if total > 400:
-                raise UserError(f"grid: {total} cells; at most 400")
+        total, done = len(plan.cells), len(plan.cells) - len(plan.todo())
+        if total > 400:
+            raise UserError(f"grid: {total} cells; at most 400")
+        yield plan.image(), done, total
+        # The lock is held for one cell at a time, never across a yield: a page closed mid-grid leaves
+        # this generator suspended, and must not keep every other generation waiting.
+        cells = fill_grid(plan, self.engine)
+        while True:
+            with self.lock:
+                if next(cells, None) is None:
+                    break
+            done += 1
             yield plan.image(), done, total
-            for _ in fill_grid(plan, self.engine):
-                done += 1
-                yield plan.image(), done, total
-            write_grids(cfg, plan)
+        write_grids(cfg, plan)
 
     # -- training ----------------------------------------------------------------------------------------
     def start_training(self, form: TrainForm, model: str, uploads: list[str]) -> str:
