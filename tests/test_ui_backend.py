@@ -358,15 +358,57 @@ def test_a_png_brings_back_its_run_checkpoint_and_settings(projects, tiny_model,
 
 
 def test_a_run_training_from_the_command_line_shows_as_training(projects):
-    import os
+    from dreambooth.training import runlock
+    from dreambooth.ui.projects import OUTSIDE
 
     run = projects.root / "cli"
     run.mkdir()
     (run / "config.yaml").write_text("{}")
     (run / "run.json").write_text('{"status": "training", "max_steps": 100}')
     (run / "train_log.csv").write_text("step,loss\n1,0.5\n2,0.4\n")
-    v = view(run)
-    assert v.status == "training (started outside this UI)" and v.step == 2 and v.max_steps == 100
-    old = time.time() - 120
-    os.utime(run / "train_log.csv", (old, old))
-    assert view(run).status == "stopped"  # its log stopped moving
+    with runlock.hold(run):  # as `dreambooth train` holds its folder
+        v = view(run)
+        assert v.status == OUTSIDE == "training (started outside this UI)" and v.step == 2 and v.max_steps == 100
+    assert view(run).status == "stopped"  # its process ended: no lock, however fresh its log
+
+
+def test_the_ui_sees_and_stops_a_run_started_from_the_command_line(projects, tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    from dreambooth.training import runlock
+    from dreambooth.ui.projects import OUTSIDE
+    from dreambooth.ui.supervisor import Supervisor
+
+    config = write_train_config(
+        projects, _form(name="cli", max_steps=5000, checkpoint_every=5000), str(tiny_model), _photos(tmp_path)
+    )
+    run = config.parent
+    argv = [sys.executable, "-m", "dreambooth", "train", "--config", str(config)]
+    with open(tmp_path / "cli.log", "w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not view(run).losses:
+            assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "cli.log").read_text()
+            time.sleep(0.2)
+        second = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert f"dreambooth train (pid {proc.pid}) is training into it now" in second.stderr.strip().splitlines()[-1]
+
+        sup = Supervisor()
+        assert sup.state(run) == OUTSIDE and view(run, sup.state(run)).status == OUTSIDE
+        assert sup.running() == []  # the UI's Ctrl-C leaves it alone
+        with pytest.raises(UserError, match="is training already"):
+            sup.start(run, resume=True)
+        sup.stop(run)
+        assert proc.wait(timeout=120) == 130  # stopped after its step, with a checkpoint
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 10
+    while sup.state(run) is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert runlock.holder(run) is None and view(run).status == "stopped" and view(run).checkpoints

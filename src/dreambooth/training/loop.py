@@ -7,6 +7,7 @@ uninterrupted run sees, and cached and uncached runs train on the same examples.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -26,7 +27,7 @@ from ..data.prior import class_images, generate_class_images, missing_class_indi
 from ..errors import ProcessesFailed, TrainingInterrupted, UserError
 from ..methods import Method, get_method
 from ..models import Components, load_components
-from . import validation
+from . import runlock, validation
 from .checkpoint import (
     checkpoints_dir,
     list_checkpoints,
@@ -147,41 +148,42 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     plan = preflight(cfg)
     group.wait_for_everyone()  # every process has read the folder before the main one changes it
     out = Path(cfg.output_dir)
-    cfg = resolved(cfg)
-    if main:
-        if plan.clear_previous:
-            for name in ("checkpoints", RUN_FILE, "train_log.csv"):
-                p = out / name
-                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
-        io.write_text(out / "config.yaml", to_yaml(cfg))
-        # Until the final weights are written, the run is not finished (also when it continues one that was).
-        io.write_text(out / RUN_FILE, json.dumps({"status": "training", "max_steps": cfg.max_steps}, indent=2))
-    group.wait_for_everyone()
-    run = setup(cfg, plan, progress and main)
-    fit(run, progress and main)
-    if main:
-        files = run.method.save(run.comps, out)
-        if run.ema is not None:
-            from .checkpoint import EMA_DIR
+    with runlock.hold(out) if main else contextlib.nullcontext():  # one run per folder
+        cfg = resolved(cfg)
+        if main:
+            if plan.clear_previous:
+                for name in ("checkpoints", RUN_FILE, "train_log.csv"):
+                    p = out / name
+                    shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            out.mkdir(parents=True, exist_ok=True)
+            io.write_text(out / "config.yaml", to_yaml(cfg))
+            # Until the final weights are written, the run is not finished (also when it continues one that was).
+            io.write_text(out / RUN_FILE, json.dumps({"status": "training", "max_steps": cfg.max_steps}, indent=2))
+        group.wait_for_everyone()
+        run = setup(cfg, plan, progress and main)
+        fit(run, progress and main)
+        if main:
+            files = run.method.save(run.comps, out)
+            if run.ema is not None:
+                from .checkpoint import EMA_DIR
 
-            files += run.save_ema(out / EMA_DIR)
-        io.write_text(
-            out / RUN_FILE,
-            json.dumps(
-                {
-                    "status": "finished",
-                    "step": cfg.max_steps,
-                    "method": cfg.method,
-                    "files": [Path(f).relative_to(out).as_posix() for f in files],
-                },
-                indent=2,
-            ),
-        )
-        from ..card import write_card
+                files += run.save_ema(out / EMA_DIR)
+            io.write_text(
+                out / RUN_FILE,
+                json.dumps(
+                    {
+                        "status": "finished",
+                        "step": cfg.max_steps,
+                        "method": cfg.method,
+                        "files": [Path(f).relative_to(out).as_posix() for f in files],
+                    },
+                    indent=2,
+                ),
+            )
+            from ..card import write_card
 
-        write_card(out)
-        log.info("finished: %s", ", ".join(str(f) for f in files))
+            write_card(out)
+            log.info("finished: %s", ", ".join(str(f) for f in files))
     group.wait_for_everyone()
     return out
 

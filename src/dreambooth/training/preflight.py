@@ -14,6 +14,7 @@ from ..data.images import instance_images
 from ..data.prior import check_class_dir
 from ..errors import UserError
 from ..models import check_model
+from . import runlock
 from .checkpoint import checkpoint_step, is_checkpoint, list_checkpoints
 
 RUN_FILE = "run.json"
@@ -77,6 +78,8 @@ def preflight(cfg: TrainConfig) -> Plan:
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output-dir {out}: is a file, not a folder")
+    if (info := runlock.holder(out)) is not None:
+        raise UserError(runlock.busy_message(out, info))
     _check_room(cfg, out)
     status = run_status(out)
     resume_from = None

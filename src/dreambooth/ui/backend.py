@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import GenerateConfig, GridConfig, build
 from ..errors import UserError
-from .projects import Projects, TrainForm, view, weights_path
+from .projects import Projects, TrainForm, active, view, weights_path
 from .supervisor import Supervisor
 
 NONE = "(none)"
@@ -268,7 +268,7 @@ class Backend:
     def resume(self, run: str) -> None:
         folder = self.projects.run(run)
         v = view(folder, self.supervisor.state(folder))
-        if v.status in ("training", "stopping"):
+        if active(v.status):
             raise UserError(f"run {run}: is training already")
         if v.finished:
             raise UserError(f"run {run}: finished; start a new run to train more")
@@ -280,7 +280,7 @@ class Backend:
 
         folder = self.projects.run(run)
         v = view(folder, self.supervisor.state(folder))
-        if v.status in ("training", "stopping"):
+        if active(v.status):
             raise UserError(f"run {run}: is training; score it once it has stopped or finished")
         if not v.checkpoints and not v.finished:
             raise UserError(f"run {run}: has no checkpoint and no final weights to score yet")

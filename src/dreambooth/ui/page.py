@@ -15,7 +15,7 @@ from pathlib import Path
 from ..config import SCHEDULER_NAMES
 from ..errors import UserError
 from .backend import GRID_AXES, NONE, Backend
-from .projects import TrainForm, default_prompts, weights_choices
+from .projects import TrainForm, active, default_prompts, weights_choices
 
 
 @dataclass
@@ -475,7 +475,7 @@ def _evaluate_tab(gr, backend: Backend, timer):
         selection = folder / "selection.json"
         key = (name, selection.stat().st_mtime_ns if selection.is_file() else None)
         status = gr.update()
-        if state in ("training", "stopping"):
+        if active(state):
             status = f"scoring **{name}** · {_tail(folder / 'select.log', 1)}"
         elif state:
             status = f"scoring **{name}**: {state}"

@@ -27,12 +27,21 @@ from pathlib import Path
 
 from ..config import TrainConfig, build, load_yaml, to_yaml
 from ..errors import UserError
+from ..training import runlock
 from ..training.checkpoint import list_checkpoints
 
 UI_CONFIG = "ui-train.yaml"
 LOG = "train.log"
 PROCESS_FILE = "ui-process.json"  # the pid of the training a UI started (ui.supervisor)
-OUTSIDE_SECONDS = 30  # a run no UI started whose log moved this recently is taken to be training
+OUTSIDE = "training (started outside this UI)"
+OUTSIDE_SECONDS = 30  # without file locks (Windows): a run whose log moved this recently is taken to be training
+
+
+def active(state: str | None) -> bool:
+    """A run's (or scoring's) state says its process runs now."""
+    return state is not None and state.split(" ", 1)[0] in ("training", "stopping")
+
+
 PHOTOS = "photos"
 CLASS_IMAGES = "class-images"
 RESERVED = ("outputs", "grids", "uploads")
@@ -182,16 +191,19 @@ def view(run: Path, process: str | None = None) -> RunView:
     finished = record.get("status") == "finished"
     step = record.get("step") if finished else (losses[-1][0] if losses else max(checkpoints, default=0))
     log = run / "train_log.csv"
-    if process in ("training", "stopping"):
+    if active(process):
         status = process
+    elif process is None and runlock.holder(run) is not None:
+        status = OUTSIDE
     elif (
-        process is None
+        runlock.fcntl is None
+        and process is None
         and not finished
         and not (run / PROCESS_FILE).exists()
         and log.is_file()
         and time.time() - log.stat().st_mtime < OUTSIDE_SECONDS
     ):
-        status = "training (started outside this UI)"
+        status = OUTSIDE
     elif finished:
         status = "finished"
     elif process and process.startswith("failed"):

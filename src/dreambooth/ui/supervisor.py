@@ -25,14 +25,16 @@ from pathlib import Path
 from .. import io
 from ..errors import UserError
 from ..sweep import last_error_line
-from .projects import LOG, PROCESS_FILE, UI_CONFIG
+from ..training import runlock
+from .projects import LOG, OUTSIDE, PROCESS_FILE, UI_CONFIG, active
 
 
 @dataclass
 class Job:
-    proc: subprocess.Popen | None  # None: started by an earlier UI (known by its pid only)
+    proc: subprocess.Popen | None  # None: started by an earlier UI or outside any UI (known by its pid only)
     pid: int
     stopping: bool = False
+    outside: bool = False  # a `dreambooth train` no UI started (found holding the run's lock)
 
 
 def _alive(pid: int, command: str = "train") -> bool:
@@ -72,7 +74,7 @@ class Supervisor:
                 raise UserError(f"run {run.name}: was not started from the UI (no {UI_CONFIG}); train it with the CLI")
             args = ["--config", str(config)] + (["--resume", "latest"] if resume else [])
         with self.lock:
-            if self.state(run) in ("training", "stopping"):
+            if active(self.state(run)):
                 raise UserError(
                     f"run {run.name}: is {'training' if self.command == 'train' else 'being scored'} already"
                 )
@@ -111,11 +113,20 @@ class Supervisor:
                 return None
             if _alive(pid, self.command):
                 job = self.jobs[run] = Job(None, pid)
+        if job is None and self.command == "train":
+            info = runlock.holder(run)
+            if info and isinstance(info.get("pid"), int):
+                job = self.jobs[run] = Job(None, info["pid"], outside=True)
         return job
 
+    def _running(self, run: Path, job: Job) -> bool:
+        if job.outside:
+            return (runlock.holder(run) or {}).get("pid") == job.pid
+        return _alive(job.pid, self.command)
+
     def state(self, run: Path) -> str | None:
-        """'training', 'stopping', 'stopped', 'finished', 'failed (exit N): why', or None (no process
-        of this UI's, none running)."""
+        """'training', 'training (started outside this UI)', 'stopping', 'stopped', 'finished',
+        'failed (exit N): why', or None (no process of this UI's, none running); see active()."""
         with self.lock:
             return self._state(Path(run))
 
@@ -123,9 +134,9 @@ class Supervisor:
         job = self._job(run)
         if job is None:
             return self.ended.get(run)
-        code = job.proc.poll() if job.proc is not None else (None if _alive(job.pid, self.command) else 0)
+        code = job.proc.poll() if job.proc is not None else (None if self._running(run, job) else 0)
         if code is None:
-            return "stopping" if job.stopping else "training"
+            return "stopping" if job.stopping else OUTSIDE if job.outside else "training"
         del self.jobs[run]
         if job.proc is None:
             self.ended[run] = None  # not ours: its files tell how it ended
@@ -142,7 +153,7 @@ class Supervisor:
         """Ask the run to stop after its step, with a checkpoint (SIGINT, as Ctrl-C)."""
         run = Path(run)
         with self.lock:
-            if self.state(run) not in ("training", "stopping"):
+            if not active(self.state(run)):
                 raise UserError(f"run {run.name}: is not training")
             job = self.jobs[run]
             job.stopping = True
@@ -152,10 +163,12 @@ class Supervisor:
                 pass
 
     def running(self) -> list[Path]:
-        return [run for run in list(self.jobs) if self.state(run) in ("training", "stopping")]
+        """The runs started by a UI (this one or an earlier one) that run now; not those started outside."""
+        with self.lock:
+            return [run for run in list(self.jobs) if active(self.state(run)) and not self.jobs[run].outside]
 
     def stop_all(self, wait: float = 120.0) -> None:
-        """Stop every run this UI started (each saves a checkpoint), waiting up to `wait` seconds."""
+        """Stop every run a UI started (each saves a checkpoint), waiting up to `wait` seconds."""
         for run in self.running():
             try:
                 self.stop(run)
