@@ -154,3 +154,15 @@ def test_ctrl_c_stops_every_process_at_one_step_with_a_checkpoint(two_process_ru
     ((step, path),) = list_checkpoints(out)
     assert load_checkpoint(path)["state"] == {"step": step, "max_steps": 100000, "num_processes": 2}
     assert len(log.read_text().splitlines()) == step + 1  # the log's rows: exactly the steps taken
+
+
+def test_a_process_killed_by_a_signal_ends_the_command_with_128_plus_its_number(tiny_model, tmp_path, monkeypatch):
+    """As a shell reports it (137 for SIGKILL, 134 for an abort), not a negative number wrapped to 247."""
+    from dreambooth.cli import main
+    from dreambooth.demo import example_subject
+    from dreambooth.training import distributed
+
+    monkeypatch.setattr(distributed, "launch", lambda args, n, grace_s=60.0: -signal.SIGKILL)
+    args = ["train", "--model", str(tiny_model), "--instance-dir", str(example_subject())]
+    args += ["--instance-prompt", "a photo of sks dog", "--output-dir", str(tmp_path / "run"), "--num-processes", "2"]
+    assert main(args) == 128 + signal.SIGKILL

@@ -375,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             print(f"interrupted: {e}", file=sys.stderr)
         return 130
-    except ProcessesFailed as e:
-        return e.code
+    except ProcessesFailed as e:  # a process killed by a signal: 128 + its number, as a shell says
+        return e.code if e.code > 0 else 128 - e.code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -144,10 +144,22 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     group = distributed.state()
     if group.num_processes != cfg.num_processes:  # started by accelerate launch or torchrun
         cfg = dataclasses.replace(cfg, num_processes=group.num_processes)
-    main = group.is_main_process
     plan = preflight(cfg)
     group.wait_for_everyone()  # every process has read the folder before the main one changes it
     out = Path(cfg.output_dir)
+    try:
+        _train(cfg, plan, group, out, progress and group.is_main_process)
+    except TrainingInterrupted:  # a stop every process agreed on: none is left in a collective
+        group.destroy_process_group()
+        raise
+    group.wait_for_everyone()
+    # Without this, gloo's threads may outlive the interpreter and abort the process at exit.
+    group.destroy_process_group()
+    return out
+
+
+def _train(cfg: TrainConfig, plan: Plan, group, out: Path, progress: bool) -> None:
+    main = group.is_main_process
     with runlock.hold(out) if main else contextlib.nullcontext():  # one run per folder
         cfg = resolved(cfg)
         if main:
@@ -160,8 +172,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             # Until the final weights are written, the run is not finished (also when it continues one that was).
             io.write_text(out / RUN_FILE, json.dumps({"status": "training", "max_steps": cfg.max_steps}, indent=2))
         group.wait_for_everyone()
-        run = setup(cfg, plan, progress and main)
-        fit(run, progress and main)
+        run = setup(cfg, plan, progress)
+        fit(run, progress)
         if main:
             files = run.method.save(run.comps, out)
             if run.ema is not None:
@@ -184,8 +196,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
             write_card(out)
             log.info("finished: %s", ", ".join(str(f) for f in files))
-    group.wait_for_everyone()
-    return out
 
 
 def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
