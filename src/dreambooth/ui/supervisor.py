@@ -6,7 +6,9 @@ page. Stopping sends the process SIGINT, as Ctrl-C does: training finishes its s
 checkpoint and exits (130); resuming starts `dreambooth train --config ... --resume latest`.
 
 Each started process is recorded in RUN/ui-process.json (pid and command), so a UI started again
-still sees, and can stop, a run that an earlier UI started. `dreambooth select` (scoring a run's
+still sees, and can stop, a run that an earlier UI started. A `dreambooth train` started outside any UI
+is found by the lock it holds on its folder (training.runlock): shown as started outside, stoppable
+the same way, and left running when the UI stops. `dreambooth select` (scoring a run's
 checkpoints) is supervised the same way by a second Supervisor (RUN/select.log, RUN/ui-select.json).
 """
 
