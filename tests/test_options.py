@@ -3,6 +3,8 @@ should on the tiny model."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -100,6 +102,24 @@ def test_dora_trains_magnitudes_generates_and_exports_dora_scale_for_comfyui(mak
     diffusers_file = load_file(out / "pytorch_lora_weights.safetensors")
     magnitudes = {k: v for k, v in diffusers_file.items() if "lora_magnitude_vector" in k}
     assert any(k.startswith("unet.") for k in magnitudes) and any(k.startswith("text_encoder.") for k in magnitudes)
+    # issue 18.4: stock diffusers loads every magnitude of the diffusers file, the text encoder's too
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(cfg.model)
+    pipe.load_lora_weights(str(out))
+    for comp in ("unet", "text_encoder"):
+        loaded = {
+            re.sub(r"\.default(_\d+)?|\.weight$|^text_model\.", "", n): p
+            for n, p in getattr(pipe, comp).named_parameters()
+            if "lora_magnitude_vector" in n
+        }
+        mine = {
+            re.sub(r"\.weight$|^text_model\.", "", k.split(".", 1)[1]): v
+            for k, v in magnitudes.items()
+            if k.startswith(comp + ".")
+        }
+        assert set(loaded) == set(mine), comp
+        assert all(torch.equal(loaded[k].detach(), mine[k]) for k in mine), comp
     (kohya,) = [p for p in out.glob("*.safetensors") if p.name != "pytorch_lora_weights.safetensors"]
     scales = {k: v for k, v in load_file(kohya).items() if k.endswith(".dora_scale")}
     assert len(scales) == len(magnitudes)

@@ -49,3 +49,62 @@ def test_a_pivotal_run_saves_both_loads_both_and_bundles_the_embedding_for_autom
     assert settings["prompt"] == "a photo of <sks> dog" and settings["embedding"].endswith("learned_embeds.safetensors")
     # the kohya file's bundled embedding is for AUTOMATIC1111; here it is refused with a pointer
     assert main([*args, "--lora", str(kohya), "--output-dir", str(tmp_path / "g2")]) == 2
+
+
+def test_pivotal_tuning_with_text_encoder_lora_saves_only_lora_layers_and_exports(make_cfg, tiny_model, tmp_path):
+    """Issue 18.3: the resized token-embedding matrix stayed in the LoRA file, so the kohya file (and the
+    run, with --save-format both) failed at the final save after training."""
+    from diffusers import StableDiffusionPipeline
+
+    cfg = make_cfg(
+        train_identifier_embedding=True, train_text_encoder=True, identifier_lr=1e-2, max_steps=2, save_format="both"
+    )
+    out = train(cfg, progress=False)
+    status = json.loads((out / "run.json").read_text())
+    assert status["status"] == "finished" and "unsaved" not in status
+    state = load_file(out / "pytorch_lora_weights.safetensors")
+    assert all("lora_" in k for k in state), [k for k in state if "lora_" not in k]
+    assert any(k.startswith("text_encoder.") for k in state)
+    kohya = load_file(out / "run.safetensors")
+    assert any(k.startswith("lora_te_") for k in kohya) and "bundle_emb.<sks>.string_to_param.*" in kohya
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_model))
+    pipe.load_lora_weights(str(out))  # stock diffusers: LoRA layers only, nothing unexpected
+    assert set(pipe.get_list_adapters()) == {"unet", "text_encoder"}
+    exported = tmp_path / "exported.safetensors"
+    assert main(["export", "--lora", str(out / "pytorch_lora_weights.safetensors"), str(exported)]) == 0
+    assert set(load_file(exported)) == set(kohya)
+
+
+def test_a_file_that_cannot_be_written_at_the_end_loses_nothing_else(make_cfg, monkeypatch, capsys):
+    """Issue 18.3: a failure at the final save kept run.json at "training" and left no weights. Now the
+    other files are written, run.json says finished and what is missing, and the command exits 1."""
+    import dreambooth.export
+
+    def broken(*args, **kwargs):
+        raise ValueError("disk says no")
+
+    monkeypatch.setattr(dreambooth.export, "write_kohya", broken)
+    cfg = make_cfg(train_identifier_embedding=True, max_steps=2, save_format="both")
+    args = ["train", "--model", cfg.model, "--instance-dir", cfg.instance_dir, "--instance-prompt", cfg.instance_prompt,
+            "--output-dir", cfg.output_dir, "--resolution", "64", "--max-steps", "2", "--rank", "4",
+            "--train-identifier-embedding", "--save-format", "both", "--lr-scheduler", "constant"]  # fmt: skip
+    assert main(args) == 1
+    (err,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert "could not write run.safetensors (kohya's layout): disk says no" in err and "step-2" in err
+    out = tmp_path_of(cfg)
+    status = json.loads((out / "run.json").read_text())
+    assert status["status"] == "finished" and status["files"] == [
+        "pytorch_lora_weights.safetensors",
+        "learned_embeds.safetensors",
+    ]
+    assert status["unsaved"] == ["run.safetensors (kohya's layout): disk says no"]
+    last = out / "checkpoints" / "step-2"
+    assert (last / "checkpoint_complete").is_file() and (last / "trainable.safetensors").is_file()
+    assert json.loads((last / "state.json").read_text())["unsaved"] == status["unsaved"]
+    assert (out / "README.md").is_file()
+
+
+def tmp_path_of(cfg):
+    from pathlib import Path
+
+    return Path(cfg.output_dir)

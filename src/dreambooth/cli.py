@@ -26,7 +26,7 @@ from .config import (
     from_namespace,
     load_yaml,
 )
-from .errors import ProcessesFailed, TrainingInterrupted, UserError
+from .errors import ProcessesFailed, SaveIncomplete, TrainingInterrupted, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -375,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             print(f"interrupted: {e}", file=sys.stderr)
         return 130
+    except SaveIncomplete as e:
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return 1
     except ProcessesFailed as e:  # a process killed by a signal: 128 + its number, as a shell says
         return e.code if e.code > 0 else 128 - e.code
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""The one exception type that the CLI turns into a single line and exit code 2."""
+"""The exceptions the CLI turns into one line and an exit code (UserError: 2)."""
 
 
 class UserError(Exception):
@@ -16,3 +16,18 @@ class ProcessesFailed(Exception):
     def __init__(self, code: int):
         super().__init__(f"training processes exited with code {code}")
         self.code = code
+
+
+class SaveIncomplete(Exception):
+    """Training finished but some of its files could not be written; the message names them, why, and
+    where the trained weights are. The CLI prints it and exits with 1."""
+
+
+class Unsaved(Exception):
+    """A method wrote some of its files and not others: `written` are on disk, `problems` say what was
+    not and why (one line each)."""
+
+    def __init__(self, written: list, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.written = list(written)
+        self.problems = list(problems)

@@ -76,6 +76,8 @@ def _modules(state: dict) -> dict[str, dict[str, object]]:
     for key, value in state.items():
         m = re.match(r"(.+)\.lora_(A|B)(?:\.default)?\.weight$", key)
         dora = re.match(r"(.+)\.lora_magnitude_vector(?:\.default)?(?:\.weight)?$", key)
+        if key.endswith("embeddings.token_embedding.weight"):
+            continue  # a pivotal run's resized embedding matrix (earlier versions saved it here); its token is apart
         if m:
             out.setdefault(m.group(1), {})["down" if m.group(2) == "A" else "up"] = value
         elif dora:  # DoRA's magnitude per output

@@ -45,7 +45,8 @@ class Method:
         """Called after every optimizer step (e.g. to restore what must not change)."""
 
     def save(self, comps: Components, folder: Path) -> list[Path]:
-        """Write the method's user-facing result into folder; return the files written."""
+        """Write the method's user-facing result into folder; return the files written. A method with
+        several files raises errors.Unsaved when some could not be written (the others are on disk)."""
         raise NotImplementedError
 
     def state_dict(self, comps: Components) -> dict[str, torch.Tensor]:

@@ -126,25 +126,38 @@ class LoRA(Method):
             restore_rows(te, original, keep)
 
     def save(self, comps: Components, folder: Path) -> list[Path]:
+        """diffusers' file first (everything else is made from it), then the identifier's embedding and
+        the kohya file, each on its own: one that cannot be written does not take the others with it
+        (Unsaved lists what was written and what was not)."""
+        import dataclasses
+
+        from ..errors import Unsaved
+        from ..export import write_kohya
+
         path = Path(folder) / WEIGHTS_NAME
         write_lora_file(
             path, comps.unet, comps.text_encoder, getattr(comps, "text_encoder_2", None), sdxl=comps.is_sdxl
         )
-        embeds = [self._save_embedding(comps, folder)] if self.pivots else []
-        if self.cfg.save_format == "diffusers":
-            return [path, *embeds]
-        import dataclasses
-
-        from ..export import write_kohya
-
-        # kohya's file is named after the run: AUTOMATIC1111 and ComfyUI list LoRAs by file name.
-        kohya = write_kohya(
-            path, Path(folder) / f"{Path(self.cfg.output_dir).name}.safetensors", dataclasses.asdict(self.cfg)
-        )
-        if self.cfg.save_format == "kohya":
-            path.unlink()
-            return [kohya, *embeds]
-        return [path, kohya, *embeds]
+        written, problems = [path], []
+        if self.pivots:
+            written.append(self._save_embedding(comps, folder))
+        if self.cfg.save_format != "diffusers":
+            # kohya's file is named after the run: AUTOMATIC1111 and ComfyUI list LoRAs by file name.
+            kohya = Path(folder) / f"{Path(self.cfg.output_dir).name}.safetensors"
+            try:
+                write_kohya(path, kohya, dataclasses.asdict(self.cfg))
+            except Exception as e:  # any failure: the diffusers file holds the same weights
+                problems.append(
+                    f"{kohya.name} (kohya's layout): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                )
+            else:
+                written.insert(1, kohya)
+                if self.cfg.save_format == "kohya":
+                    path.unlink()
+                    written.remove(path)
+        if problems:
+            raise Unsaved(written, problems)
+        return written
 
     def _save_embedding(self, comps: Components, folder: Path) -> Path:
         """The identifier's learned embedding in Textual Inversion's file (SD: {token: (1, D)}; SDXL:
@@ -181,7 +194,12 @@ def write_lora_file(path: Path, unet, text_encoder=None, text_encoder_2=None, sd
     def layers(te):
         if te is None or not getattr(te, "peft_config", None):
             return None, None
-        state = get_peft_model_state_dict(te)
+        # Pivotal tuning resizes the token embeddings; peft would then add the whole matrix, which is no
+        # LoRA layer (the new token is saved apart, in learned_embeds.safetensors).
+        state = get_peft_model_state_dict(te, save_embedding_layers=False)
+        # peft writes DoRA's magnitudes without ".weight"; transformers' adapter loading (which
+        # diffusers uses for text encoders) maps only the ".weight" form, and peft reads both.
+        state = {f"{k}.weight" if k.endswith("lora_magnitude_vector") else k: v for k, v in state.items()}
         # transformers 5 flattened CLIPTextModel; keep the text_model. prefix that older diffusers,
         # kohya converters and AUTOMATIC1111 expect (new diffusers strips it).
         if not hasattr(te, "text_model"):
@@ -190,7 +208,7 @@ def write_lora_file(path: Path, unet, text_encoder=None, text_encoder_2=None, sd
 
     te1, te1_meta = layers(text_encoder)
     kw = dict(
-        unet_lora_layers=get_peft_model_state_dict(unet),
+        unet_lora_layers=get_peft_model_state_dict(unet, save_embedding_layers=False),
         text_encoder_lora_layers=te1,
         unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
         text_encoder_lora_adapter_metadata=te1_meta,

@@ -4,6 +4,7 @@ place, with a completion marker written last; a folder without the marker does n
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import shutil
@@ -14,6 +15,8 @@ from ..io import atomic_dir
 MARKER = "checkpoint_complete"
 EMA_DIR = "ema"  # the EMA weights, in the same layout as the raw ones, in this subfolder
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+
+log = logging.getLogger(__name__)
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:
@@ -131,17 +134,36 @@ def save_checkpoint(
 
     path = checkpoints_dir(output_dir) / f"step-{step}"
     with atomic_dir(path) as tmp:
+        # What resumes exactly comes first; the user-facing weights (so any checkpoint can generate) must
+        # not cost the checkpoint when one of their files cannot be written.
         save_file(method.state_dict(comps), tmp / "trainable.safetensors")
-        method.save(comps, tmp)  # the user-facing weights, so any checkpoint can generate
         if ema is not None:
             _write_state(tmp, "ema", ema.state_dict())
-            ema_save(tmp / EMA_DIR)
         _write_state(tmp, "optimizer", optimizer.state_dict())
         _write_state(tmp, "scheduler", lr_scheduler.state_dict())
         _write_state(tmp, "rng", rng_state())
-        (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
+        _, unsaved = save_weights(method.save, comps, tmp)
+        if ema is not None:
+            unsaved += save_weights(lambda _, folder: ema_save(folder), comps, tmp / EMA_DIR)[1]
+        for problem in unsaved:
+            log.warning("checkpoint step-%d: could not write %s", step, problem)
+        state = {"step": step, **extra, **({"unsaved": unsaved} if unsaved else {})}
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
         (tmp / MARKER).write_text("")
     return path
+
+
+def save_weights(save, comps, folder: Path) -> tuple[list[Path], list[str]]:
+    """(files written, what could not be and why) of save(comps, folder), a method's save: a failure
+    is reported, not raised, so that what could be written stays on disk."""
+    from ..errors import Unsaved
+
+    try:
+        return list(save(comps, folder)), []
+    except Unsaved as e:
+        return e.written, e.problems
+    except Exception as e:  # any failure: the trained tensors are in trainable.safetensors
+        return [], [f"the weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"]
 
 
 def load_checkpoint(path: str | Path) -> dict:

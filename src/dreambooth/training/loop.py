@@ -24,7 +24,7 @@ from .. import io
 from ..config import TrainConfig, to_yaml
 from ..data.examples import ExampleSet, TrainingData, mix_seed, tokenize
 from ..data.prior import class_images, generate_class_images, missing_class_indices
-from ..errors import ProcessesFailed, TrainingInterrupted, UserError
+from ..errors import ProcessesFailed, SaveIncomplete, TrainingInterrupted, UserError
 from ..methods import Method, get_method
 from ..models import Components, load_components
 from . import runlock, validation
@@ -147,14 +147,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     plan = preflight(cfg)
     group.wait_for_everyone()  # every process has read the folder before the main one changes it
     out = Path(cfg.output_dir)
+    incomplete = None
     try:
         _train(cfg, plan, group, out, progress and group.is_main_process)
     except TrainingInterrupted:  # a stop every process agreed on: none is left in a collective
         group.destroy_process_group()
         raise
+    except SaveIncomplete as e:  # the main process's files; the others still wait for it below
+        incomplete = e
     group.wait_for_everyone()
     # Without this, gloo's threads may outlive the interpreter and abort the process at exit.
     group.destroy_process_group()
+    if incomplete is not None:
+        raise incomplete
     return out
 
 
@@ -175,27 +180,38 @@ def _train(cfg: TrainConfig, plan: Plan, group, out: Path, progress: bool) -> No
         run = setup(cfg, plan, progress)
         fit(run, progress)
         if main:
-            files = run.method.save(run.comps, out)
-            if run.ema is not None:
-                from .checkpoint import EMA_DIR
+            _finish(run, cfg, out)
 
-                files += run.save_ema(out / EMA_DIR)
-            io.write_text(
-                out / RUN_FILE,
-                json.dumps(
-                    {
-                        "status": "finished",
-                        "step": cfg.max_steps,
-                        "method": cfg.method,
-                        "files": [Path(f).relative_to(out).as_posix() for f in files],
-                    },
-                    indent=2,
-                ),
-            )
-            from ..card import write_card
 
-            write_card(out)
-            log.info("finished: %s", ", ".join(str(f) for f in files))
+def _finish(run: Run, cfg: TrainConfig, out: Path) -> None:
+    """The final weights, run.json and the model card. What cannot be written is said (SaveIncomplete)
+    after everything that can be is on disk: the run is finished either way, and its last checkpoint
+    holds the trained tensors."""
+    from ..card import write_card
+    from .checkpoint import EMA_DIR, save_weights
+
+    files, unsaved = save_weights(run.method.save, run.comps, out)
+    if run.ema is not None:
+        ema_files, ema_unsaved = save_weights(lambda _, folder: run.save_ema(folder), run.comps, out / EMA_DIR)
+        files, unsaved = files + ema_files, unsaved + [f"{EMA_DIR}/{p}" for p in ema_unsaved]
+    status = {
+        "status": "finished",
+        "step": cfg.max_steps,
+        "method": cfg.method,
+        "files": [Path(f).relative_to(out).as_posix() for f in files],
+    }
+    if unsaved:
+        status["unsaved"] = unsaved
+    io.write_text(out / RUN_FILE, json.dumps(status, indent=2))
+    write_card(out)
+    if unsaved:
+        last = checkpoints_dir(out) / f"step-{cfg.max_steps}"
+        raise SaveIncomplete(
+            f"training finished, but could not write {'; '.join(unsaved)}; "
+            + (f"written: {', '.join(status['files'])}; " if files else "")
+            + f"the trained weights are also in {last}"
+        )
+    log.info("finished: %s", ", ".join(str(f) for f in files))
 
 
 def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
