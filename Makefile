@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test test-unpinned bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,18 @@ TEST_WORKERS ?= 2
 test: install $(BROWSER)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
+# What a user gets from `pip install -e .` into their own environment (no constraints.txt: pip takes the
+# newest releases pyproject.toml allows), checked by the smoke tests in a venv of its own. CI runs it.
+UNPINNED := .venv-unpinned
+test-unpinned:
+	rm -rf $(UNPINNED)
+	$(PYTHON) -m venv $(UNPINNED)
+	$(UNPINNED)/bin/python -m pip install -q --upgrade pip
+	$(UNPINNED)/bin/python -m pip install -q torch==2.13.0
+	$(UNPINNED)/bin/python -m pip install -q -e . pytest
+	$(UNPINNED)/bin/python -m pip list 2>/dev/null | grep -iE '^(diffusers|transformers|peft|accelerate|huggingface-hub|safetensors) '
+	$(UNPINNED)/bin/python -m pytest -q -m smoke -p no:cacheprovider
+
 bench: install
 	$(PY) -m benchmarks.train
 
@@ -42,4 +54,4 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) demo-output
+	rm -rf $(VENV) $(UNPINNED) demo-output

@@ -40,7 +40,7 @@ def build_model(arch: str, out: Path) -> Path:
 
 
 def build_sd15(out: Path) -> Path:
-    """SD 1.5's architecture with random weights (configs as published with runwayml/stable-diffusion-v1-5)."""
+    """SD 1.5's architecture with random weights (configs as published with stable-diffusion-v1-5/stable-diffusion-v1-5)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 

@@ -7,10 +7,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from safetensors import safe_open
 
 from dreambooth.cli import main
-from dreambooth.export import sgm_module_name
+from dreambooth.formats.kohya import sgm_module_name
 
 
 def _images(model, lora_path, prompt="a photo of sks dog"):
@@ -52,6 +53,7 @@ def lora_alpha_ne_rank(tmp_path_factory, tiny_model):
     return train(cfg, progress=False)
 
 
+@pytest.mark.smoke
 def test_kohya_export_loads_in_stock_diffusers_to_the_same_images(tiny_model, lora_alpha_ne_rank, tmp_path):
     out = tmp_path / "my-dog.safetensors"
     assert main(["export", "--lora", str(lora_alpha_ne_rank), "--format", "kohya", str(out)]) == 0
@@ -222,3 +224,102 @@ def test_kohya_export_of_a_unet_only_lora_gives_the_same_images(tiny_model, lora
         assert all(k.startswith("lora_unet_") for k in f.keys())
     ours = _images(tiny_model, lora_unet_only / "pytorch_lora_weights.safetensors")
     assert np.abs(ours - _images(tiny_model, out)).max() <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def dora_run(tmp_path_factory, tiny_model):
+    """A DoRA run on linear and conv layers, UNet and text encoder, alpha != rank, with its kohya file."""
+    from dreambooth.config import TrainConfig
+    from dreambooth.demo import example_subject
+    from dreambooth.training.loop import train
+
+    cfg = TrainConfig(
+        model=str(tiny_model),
+        instance_dir=str(example_subject()),
+        instance_prompt="a photo of sks dog",
+        output_dir=str(tmp_path_factory.mktemp("dora") / "run"),
+        resolution=64,
+        max_steps=3,
+        learning_rate=5e-2,
+        text_encoder_lr=5e-2,
+        lr_scheduler="constant",
+        rank=4,
+        lora_alpha=8,
+        lora_targets="attn,conv",
+        use_dora=True,
+        train_text_encoder=True,
+        save_format="both",
+        checkpoint_every=100,
+    )
+    return train(cfg, progress=False)
+
+
+def _peft_merged(model, run):
+    """peft's own merged weights of the run: stock diffusers loads its diffusers file and fuses it."""
+    from diffusers import StableDiffusionPipeline
+
+    base = StableDiffusionPipeline.from_pretrained(str(model))
+    pipe = StableDiffusionPipeline.from_pretrained(str(model))
+    pipe.load_lora_weights(str(run))
+    pipe.fuse_lora(components=["unet", "text_encoder"])
+    pipe.unload_lora_weights()
+    return base, pipe
+
+
+def _merge_errors(model, run, kohya_file, merge):
+    """For every module of the kohya file: |merge(base weight, file) - peft's W'| / |peft's W' - W|."""
+    from safetensors.torch import load_file
+
+    base, fused = _peft_merged(model, run)
+    state = load_file(kohya_file)
+    errors = {}
+    for key in [k for k in state if k.endswith(".dora_scale")]:
+        stem = key[: -len(".dora_scale")]
+        prefix, comp = ("lora_unet_", "unet") if stem.startswith("lora_unet_") else ("lora_te_", "text_encoder")
+        modules = dict(getattr(base, comp).named_modules())
+        (path,) = [p for p in modules if p.replace(".", "_") == stem[len(prefix) :].removeprefix("text_model_")]
+        w = modules[path].weight.detach()
+        w_peft = dict(getattr(fused, comp).named_modules())[path].weight.detach()
+        up, down = state[f"{stem}.lora_up.weight"], state[f"{stem}.lora_down.weight"]
+        merged = merge(w, up, down, float(state[f"{stem}.alpha"]), state[key])
+        errors[f"{comp}.{path}"] = float((merged - w_peft).norm() / (w_peft - w).norm())
+    assert any(k.startswith("text_encoder.") for k in errors) and any("conv" in k for k in errors)
+    return errors
+
+
+def test_dora_kohya_files_merge_to_peft_weights_in_comfyui_and_lycoris_and_a1111_is_refused(
+    tiny_model, dora_run, tmp_path, capsys
+):
+    """Issue 18.2, with independent implementations of each program's published merge (consumers.py):
+    the run's kohya file (--dora-for comfyui, the default) merges to peft's own weights in ComfyUI, an
+    export --dora-for lycoris in LyCORIS; AUTOMATIC1111 merges neither right, so it is refused by name."""
+    from safetensors.torch import load_file
+
+    import consumers
+
+    kohya = dora_run / "run.safetensors"
+    comfy = _merge_errors(tiny_model, dora_run, kohya, consumers.comfyui_merge)
+    assert max(comfy.values()) < 1e-4, comfy
+    lycoris_file = tmp_path / "lycoris.safetensors"
+    assert main(["export", "--lora", str(dora_run), "--dora-for", "lycoris", str(lycoris_file)]) == 0
+    lycoris = _merge_errors(tiny_model, dora_run, lycoris_file, consumers.lycoris_merge)
+    assert max(lycoris.values()) < 1e-4, lycoris
+    # the other's file is wrong in each (why --dora-for exists), and AUTOMATIC1111's merge is wrong for both
+    assert min(_merge_errors(tiny_model, dora_run, lycoris_file, consumers.comfyui_merge).values()) > 1e-3
+    for f in (kohya, lycoris_file):
+        assert sorted(_merge_errors(tiny_model, dora_run, f, consumers.a1111_merge).values())[1] > 1e-2
+    shapes = {tuple(v.shape) for k, v in load_file(lycoris_file).items() if k.endswith("dora_scale")}
+    assert all(s[1:] in ((1,), (1, 1, 1)) for s in shapes)
+    # exported for ComfyUI from the run folder (base model from its config): the same file as training's
+    again = tmp_path / "comfy.safetensors"
+    assert main(["export", "--lora", str(dora_run), str(again)]) == 0
+    assert load_file(again).keys() == load_file(kohya).keys()
+    assert all(torch.allclose(load_file(again)[k], v, atol=1e-6) for k, v in load_file(kohya).items())
+    capsys.readouterr()
+    refused = tmp_path / "a1111.safetensors"
+    assert main(["export", "--lora", str(dora_run), "--dora-for", "automatic1111", str(refused)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "AUTOMATIC1111" in err and not refused.exists()
+    args = ["train", "--model", str(tiny_model), "--instance-dir", "x", "--instance-prompt", "a sks dog",
+            "--output-dir", str(tmp_path / "r"), "--use-dora", "--save-format", "both", "--dora-for", "automatic1111"]  # fmt: skip
+    assert main(args) == 2 and "AUTOMATIC1111" in capsys.readouterr().err

@@ -92,7 +92,8 @@ def test_ema_weights_are_the_warmed_up_average_of_each_step_and_resume_exactly(m
     assert len(list(gen.glob("*.png"))) == 1
 
 
-def test_dora_trains_magnitudes_generates_and_exports_dora_scale_for_comfyui(make_cfg, tmp_path):
+@pytest.mark.smoke
+def test_dora_trains_magnitudes_generates_and_exports_dora_scale(make_cfg, tmp_path):
     from safetensors.torch import load_file
 
     from dreambooth.cli import main
@@ -127,9 +128,7 @@ def test_dora_trains_magnitudes_generates_and_exports_dora_scale_for_comfyui(mak
     linear = [v for k, v in scales.items() if "to_q" in k]
     assert conv and all(v.dim() == 4 and v.shape[1:] == (1, 1, 1) for v in conv)  # one per output channel
     assert linear and all(v.dim() == 2 and v.shape[1] == 1 for v in linear)
-    assert sorted(round(float(v.sum()), 3) for v in scales.values()) == sorted(
-        round(float(v.sum()), 3) for v in magnitudes.values()
-    )
+    # (that each merges to peft's weights in ComfyUI and LyCORIS: test_export.py)
     base = ["generate", "--model", cfg.model, "--prompt", "a photo of sks dog", "--steps", "2", "--num-images", "1"]
     assert main([*base, "--lora", str(out), "--output-dir", str(tmp_path / "g")]) == 0
     # stock diffusers drops dora_scale from kohya files: refused, not silently half-loaded

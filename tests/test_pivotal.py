@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
@@ -47,10 +49,20 @@ def test_a_pivotal_run_saves_both_loads_both_and_bundles_the_embedding_for_autom
     (png,) = gen.glob("*.png")
     settings = json.loads(Image.open(png).text["dreambooth"])
     assert settings["prompt"] == "a photo of <sks> dog" and settings["embedding"].endswith("learned_embeds.safetensors")
-    # the kohya file's bundled embedding is for AUTOMATIC1111; here it is refused with a pointer
-    assert main([*args, "--lora", str(kohya), "--output-dir", str(tmp_path / "g2")]) == 2
+    # the kohya file's bundled embedding is for AUTOMATIC1111; beside its run's embedding, generate takes
+    # the file (its LoRA layers, the run's embedding) to the same image; alone elsewhere, it is refused
+    assert main([*args, "--lora", str(kohya), "--output-dir", str(tmp_path / "g2")]) == 0
+    (png2,) = (tmp_path / "g2").glob("*.png")
+    settings2 = json.loads(Image.open(png2).text["dreambooth"])
+    assert settings2["prompt"] == "a photo of <sks> dog" and settings2["embedding"] == settings["embedding"]
+    assert np.abs(np.asarray(Image.open(png2), np.int16) - np.asarray(Image.open(png), np.int16)).max() <= 2
+    alone = tmp_path / "alone" / "run.safetensors"
+    alone.parent.mkdir()
+    alone.write_bytes(kohya.read_bytes())
+    assert main([*args, "--lora", str(alone), "--output-dir", str(tmp_path / "g3")]) == 2
 
 
+@pytest.mark.smoke
 def test_pivotal_tuning_with_text_encoder_lora_saves_only_lora_layers_and_exports(make_cfg, tiny_model, tmp_path):
     """Issue 18.3: the resized token-embedding matrix stayed in the LoRA file, so the kohya file (and the
     run, with --save-format both) failed at the final save after training."""
@@ -78,12 +90,12 @@ def test_pivotal_tuning_with_text_encoder_lora_saves_only_lora_layers_and_export
 def test_a_file_that_cannot_be_written_at_the_end_loses_nothing_else(make_cfg, monkeypatch, capsys):
     """Issue 18.3: a failure at the final save kept run.json at "training" and left no weights. Now the
     other files are written, run.json says finished and what is missing, and the command exits 1."""
-    import dreambooth.export
+    import dreambooth.formats.kohya
 
     def broken(*args, **kwargs):
         raise ValueError("disk says no")
 
-    monkeypatch.setattr(dreambooth.export, "write_kohya", broken)
+    monkeypatch.setattr(dreambooth.formats.kohya, "write_kohya", broken)
     cfg = make_cfg(train_identifier_embedding=True, max_steps=2, save_format="both")
     args = ["train", "--model", cfg.model, "--instance-dir", cfg.instance_dir, "--instance-prompt", cfg.instance_prompt,
             "--output-dir", cfg.output_dir, "--resolution", "64", "--max-steps", "2", "--rank", "4",

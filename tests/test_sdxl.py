@@ -259,3 +259,43 @@ def test_native_resolution_comes_from_the_configs(sdxl, tmp_path):
         cfg = model / "unet" / "config.json"
         cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "sample_size": sample_size}))
         assert native_size(str(model)) == px
+
+
+def test_validation_moves_both_text_encoders_back_to_the_accelerator(sdxl, tmp_path, monkeypatch):
+    """Issue 18.7: caching moves SDXL's two text encoders off the accelerator and validation moved back
+    only the first (a device mismatch on a GPU). The CPU has one device, so the test records what
+    render moves to a stand-in accelerator's device, with the real pipeline sampling."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from dreambooth.config import TrainConfig
+    from dreambooth.demo import example_subject
+    from dreambooth.training import validation
+    from dreambooth.training.loop import resolved, setup
+    from dreambooth.training.preflight import preflight
+
+    cfg = resolved(
+        TrainConfig(
+            model=str(sdxl),
+            instance_dir=str(example_subject()),
+            instance_prompt="a photo of sks dog",
+            output_dir=str(tmp_path / "run"),
+            resolution=64,
+            max_steps=1,
+            rank=4,
+            lr_scheduler="constant",
+            validation_prompt=["a photo of sks dog"],
+            validation_seeds=[0],
+            validation_inference_steps=2,
+        )
+    )
+    run = setup(cfg, preflight(cfg), progress=False)
+    assert not run.method.trains_text_encoder  # so their embeddings were cached and they were moved off
+    run.accelerator = SimpleNamespace(device=torch.device("cuda"), autocast=contextlib.nullcontext)
+    moved = []
+    for name in ("vae", "text_encoder", "text_encoder_2"):
+        module = getattr(run.comps, name)
+        monkeypatch.setattr(module, "to", lambda *a, _n=name, _m=module, **k: moved.append((_n, str(a[0]))) or _m)
+    validation.render(run, 0)
+    assert {name for name, device in moved if device == "cuda"} == {"vae", "text_encoder", "text_encoder_2"}
+    assert {name for name, device in moved if device == "cpu"} == {"vae", "text_encoder", "text_encoder_2"}

@@ -146,3 +146,29 @@ def test_select_scores_every_checkpoint_and_generate_uses_the_choice(
     )
     used = json.loads(next((tmp_path / "g2").glob("*.json")).read_text())
     assert used["lora_scale_unet"] == 0.3 and "checkpoints" not in used["lora"]
+
+
+@pytest.mark.parametrize(
+    "kind,options",
+    [
+        ("kohya", dict(save_format="kohya")),
+        ("kohya-pivotal", dict(save_format="kohya", train_identifier_embedding=True)),
+        ("full", dict(method="full")),
+        ("textual-inversion", dict(method="textual-inversion", token="<sks-dog>", initializer_token="dog")),
+    ],
+)
+def test_select_scores_runs_of_every_method_and_layout(kind, options, make_cfg, extractors, tmp_path):
+    """Issue 18.6: runs saved in kohya's layout (pivotal ones too), full fine-tunes and Textual Inversion
+    runs were 'holds no checkpoint'; each checkpoint is scored with the method's own weights."""
+    from dreambooth.training.loop import train
+
+    run = train(make_cfg(max_steps=2, checkpoint_every=1, **options), progress=False)
+    dino, clip = extractors
+    args = ["select", "--run", str(run), "--dino-model", str(dino), "--clip-model", str(clip), "--prompts", "1",
+            "--images-per-prompt", "1", "--num-class-images", "0", "--steps", "2"]  # fmt: skip
+    assert main(args) == 0
+    selection = json.loads((run / "selection.json").read_text())
+    assert [c["step"] for c in selection["candidates"]] == [1, 2]
+    assert all(0 <= c["dino"] <= 1 for c in selection["candidates"])
+    prompt = selection["prompts"][0]
+    assert ("<sks-dog> dog" in prompt) if kind == "textual-inversion" else ("sks dog" in prompt)

@@ -31,6 +31,7 @@ def test_two_steps_with_and_without_cache_train_the_same(make_cfg, class_dir, tm
     assert (float(rows[0]["prior_loss"]) > 0) == prior
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("text_encoder", [False, True], ids=["unet", "unet+te"])
 def test_output_loads_in_stock_diffusers_and_changes_its_images(make_cfg, tiny_model, text_encoder):
     out = train(

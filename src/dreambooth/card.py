@@ -121,6 +121,14 @@ def _usage(run: Path, cfg: dict, method: str, trigger: str) -> list[str]:
             f'pipe("{trigger}").images[0]',
             "```",
         ]
+    dora = []
+    if cfg.get("use_dora"):
+        dora = [
+            "",
+            f"DoRA: the kohya file is written for {cfg.get('dora_for') or 'comfyui'} (`--dora-for`; comfyui also "
+            "serves Forge, lycoris LyCORIS), where it merges as peft does; AUTOMATIC1111 merges DoRA per input "
+            "channel and cannot load this run right.",
+        ]
     return [
         "```python",
         "from diffusers import StableDiffusionPipeline",
@@ -136,6 +144,7 @@ def _usage(run: Path, cfg: dict, method: str, trigger: str) -> list[str]:
         f"AUTOMATIC1111 and ComfyUI: `dreambooth export --lora {run} {run.name}.safetensors` writes kohya's layout;",
         "put it in `models/Lora/` and write `<lora:" + run.name + ":1>` in the prompt (AUTOMATIC1111) or load it",
         "with a LoraLoader node (ComfyUI).",
+        *dora,
     ]
 
 

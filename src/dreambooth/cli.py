@@ -152,6 +152,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--dtype", default="fp16", choices=("fp16", "bf16", "fp32"), help="single-file weights' precision (fp16)"
     )
+    e.add_argument(
+        "--dora-for",
+        default="comfyui",
+        choices=("comfyui", "lycoris", "automatic1111"),
+        help="a DoRA LoRA's dora_scale in the convention of the program that loads it, which merges it as "
+        "peft does (comfyui: also Forge; needs the base model's weights); AUTOMATIC1111 cannot (refused)",
+    )
     e.add_argument("--overwrite", action="store_true", help="replace an existing file")
     _add_local_files_only(e)
 
@@ -275,7 +282,11 @@ def generate_config(ns: argparse.Namespace) -> GenerateConfig:
     flags = from_namespace(ns, GenerateConfig)
     file_layer = load_yaml(ns.config, GenerateConfig) if ns.config else {}
     merged = {**file_layer, **flags}
-    png = settings_from_image(merged["from_image"]) if merged.get("from_image") else {}
+    png = (
+        settings_from_image(merged["from_image"], merged.get("lora_dir"), find_lora=not merged.get("lora"))
+        if merged.get("from_image")
+        else {}
+    )
     cfg = build(GenerateConfig, png, file_layer, flags)
     if cfg.prompts_file:
         cfg.prompt = cfg.prompt + read_prompts_file(cfg.prompts_file)
@@ -318,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rank = rank_from_env()  # in a multi-process run the main process (rank 0) speaks for all
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
+    for name in ("httpx", "httpx2", "httpcore"):  # the hub client's every request, at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         if ns.command in CONFIG_COMMANDS:
             cls, _, _, runner = CONFIG_COMMANDS[ns.command]
@@ -343,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         elif ns.command == "export":
             from .export import run_export
 
-            print(run_export(ns.lora, ns.out, ns.format, ns.overwrite, ns.model, ns.dtype))
+            print(run_export(ns.lora, ns.out, ns.format, ns.overwrite, ns.model, ns.dtype, ns.dora_for))
         elif ns.command == "sweep":
             from .sweep import SweepConfig, run_sweep
 

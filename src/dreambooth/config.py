@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .formats.kohya import A1111_DORA
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -63,7 +64,7 @@ class TrainConfig:
     # what to train on
     model: str | None = _f(
         None,
-        "base model: hub id (runwayml/stable-diffusion-v1-5), a local diffusers folder or a single-file "
+        "base model: hub id (stable-diffusion-v1-5/stable-diffusion-v1-5), a local diffusers folder or a single-file "
         ".safetensors checkpoint",
         required=True,
     )
@@ -224,6 +225,12 @@ class TrainConfig:
         "AUTOMATIC1111/ComfyUI/sd-scripts) or both",
         choices=("diffusers", "kohya", "both"),
     )
+    dora_for: str = _f(
+        "comfyui",
+        "with --use-dora and a kohya file: write its dora_scale for the program that loads it, which then merges "
+        "it as peft does (comfyui: also Forge; lycoris); AUTOMATIC1111 cannot merge peft's DoRA right (refused)",
+        choices=("comfyui", "lycoris", "automatic1111"),
+    )
     report_to: str = _f(
         "none",
         "also log losses, learning rate and validation images to TensorBoard (OUTPUT/logs)",
@@ -293,6 +300,11 @@ class TrainConfig:
                 self.ema_decay is None or 0 < self.ema_decay < 1,
                 "--ema-decay",
                 f"must be between 0 and 1, got {self.ema_decay}",
+            ),
+            (
+                not (self.use_dora and self.save_format != "diffusers" and self.dora_for == "automatic1111"),
+                "--dora-for",
+                "automatic1111: " + A1111_DORA,
             ),
             (
                 not (self.use_dora and self.save_format == "kohya"),
@@ -378,6 +390,7 @@ class TrainConfig:
             "lora_targets": "attn",
             "lora_dropout": 0.0,
             "save_format": "diffusers",
+            "dora_for": "comfyui",
             "init_lora": None,
         }
         if self.method != "lora":
@@ -611,6 +624,12 @@ class GenerateConfig(SamplingConfig):
     batch_size: int = _f(1, "images per forward pass (1 makes every image exactly reproducible alone)")
     output_dir: str = _f("outputs", "where images and their JSON sidecars are written")
     from_image: str | None = _f(None, "repeat the generation that made this PNG (flags given too override it)")
+    lora_dir: str | None = _f(
+        None,
+        "where --from-image finds the LoRA a PNG's prompt names (<lora:NAME:...>) when the PNG does not say "
+        "where it is (AUTOMATIC1111's and other tools' images): by AUTOMATIC1111's hash, else by name "
+        "(default: the current folder)",
+    )
     no_fuse: bool = _f(False, "keep the LoRA unfused (fusing makes generating with a LoRA as fast as without)")
     no_selection: bool = _f(
         False, "with --lora RUN: use its final weights, not the checkpoint `dreambooth select` chose"

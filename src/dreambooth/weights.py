@@ -10,7 +10,11 @@ from pathlib import Path
 from .errors import UserError
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
-NOT_LORA = ("trainable.safetensors", "learned_embeds.safetensors")
+# Other .safetensors files a run or checkpoint folder holds: the exact-resume state (training.checkpoint)
+# and a pivotal run's embedding.
+NOT_LORA = tuple(
+    f"{name}.safetensors" for name in ("trainable", "learned_embeds", "optimizer", "scheduler", "rng", "ema")
+)
 
 
 def lora_file(path: str | Path, flag: str = "--lora") -> Path:
@@ -42,7 +46,7 @@ def check_diffusers_loads(path: Path, flag: str = "--lora") -> Path:
             bundled = any(k.startswith("bundle_emb.") for k in f.keys())
     except Exception:  # unreadable: the loader says so
         return path
-    if bundled:
+    if bundled and pivotal_embedding(path) is None:  # beside its run's embedding, generation loads both
         raise UserError(
             f"{flag} {path}: a LoRA with a bundled embedding (AUTOMATIC1111's bundle_emb, from pivotal tuning), "
             "which diffusers does not load; give its run folder (LoRA and learned_embeds.safetensors) instead"
@@ -112,6 +116,54 @@ def _content_sha256(path: str, size: int, mtime_ns: int) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def addnet_hash(data: bytes | str | Path) -> str:
+    """AUTOMATIC1111's and kohya's hash of a .safetensors file (its bytes, or the file at that path): the
+    SHA-256 of what follows the 8-byte header length and the JSON header, i.e. the tensor data alone
+    (modules/hashes.py addnet_hash_safetensors). AUTOMATIC1111 names LoRAs by its first 12 hex digits."""
+    if isinstance(data, bytes):
+        n = int.from_bytes(data[:8], "little")
+        return hashlib.sha256(data[8 + n :]).hexdigest()
+    p = Path(data).resolve()
+    st = p.stat()
+    return _addnet_file(str(p), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _addnet_file(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(8 + int.from_bytes(f.read(8), "little"))
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def a1111_model_hash(model: str) -> str | None:
+    """AUTOMATIC1111's "Model hash" of a single-file checkpoint: the first 10 hex digits of the SHA-256
+    of the whole file (sd_models.CheckpointInfo.shorthash); None for a folder or hub id."""
+    p = Path(model).expanduser()
+    if not p.is_file():
+        return None
+    st = p.resolve().stat()
+    return _file_sha256(str(p.resolve()), st.st_size, st.st_mtime_ns)[:10]
+
+
+@lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_name(model: str) -> str:
+    """A base model's name as AUTOMATIC1111 writes it ("Model"): a file's or folder's name without its
+    suffix, a hub id or built-in name as it is."""
+    p = Path(model).expanduser()
+    return p.stem if p.is_file() else (p.resolve().name if p.is_dir() else model)
 
 
 def model_identity(model: str) -> str:

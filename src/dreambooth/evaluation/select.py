@@ -19,8 +19,8 @@ from pathlib import Path
 from .. import io
 from ..config import EvaluateConfig, SelectConfig, TrainConfig, load_yaml
 from ..errors import UserError
+from ..methods import get_method
 from ..training.checkpoint import list_checkpoints
-from ..weights import LORA_WEIGHTS, sha256
 from . import dreambench
 from .evaluate import collect, extractors_for, score
 from .plot import line_plot
@@ -72,17 +72,21 @@ def objective_values(rows: list[dict], weights: dict[str, float]) -> list[float]
     return values
 
 
-def _candidates(run: Path) -> list[tuple[int, Path]]:
-    """Checkpoints, and the final weights where they differ from the last checkpoint's."""
-    found = [(step, path) for step, path in list_checkpoints(run) if (path / LORA_WEIGHTS).is_file()]
-    final = run / LORA_WEIGHTS
-    if final.is_file() and not any(sha256(p / LORA_WEIGHTS) == sha256(final) for _, p in found[-1:]):
+def _candidates(run: Path, method) -> list[tuple[int, Path]]:
+    """(step, folder) of each checkpoint that holds the method's weights, and of the run's final weights
+    where no checkpoint is at their step (a finished run's last checkpoint holds the same weights)."""
+    found = [(step, path) for step, path in list_checkpoints(run) if method.weights_in(path)]
+    if method.weights_in(run):
         saved = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
-        found.append((int(saved.get("step", found[-1][0] + 1 if found else 0)), run))
+        step = int(saved.get("step", found[-1][0] + 1 if found else 0))
+        if all(s != step for s, _ in found):
+            found.append((step, run))
     return found
 
 
 def _subject_words(saved: TrainConfig, cfg: SelectConfig) -> tuple[str, str]:
+    """(identifier, class noun) the DreamBench prompts are written with: given, else the run's own (the
+    word its method brings the subject with, and its class prompt's last word)."""
     if saved.concepts and not (cfg.identifier and cfg.class_noun and cfg.real):
         raise UserError(
             f"--run {cfg.run}: trained on several concepts ({saved.concepts}); name the one to score with "
@@ -92,7 +96,7 @@ def _subject_words(saved: TrainConfig, cfg: SelectConfig) -> tuple[str, str]:
     if class_noun is None:
         source = saved.class_prompt or saved.instance_prompt
         class_noun = re.findall(r"[\w-]+", source)[-1]
-    identifier = cfg.identifier
+    identifier = cfg.identifier or get_method(saved).subject_word()
     if identifier is None:
         words = re.findall(r"[\w-]+", saved.instance_prompt)
         before = [words[i - 1] for i, w in enumerate(words) if w == class_noun and i > 0]
@@ -109,7 +113,10 @@ def run_select(cfg: SelectConfig, progress: bool = True) -> dict:
         raise UserError(f"--run {run}: not a training run (no config.yaml)")
     saved = TrainConfig(**load_yaml(run / "config.yaml", TrainConfig))
     weights = parse_objective(cfg.objective)
-    candidates = _candidates(run)
+    method = get_method(saved)
+    if cfg.scales and "lora" not in method.sampling(run):
+        raise UserError(f"--scales: LoRA strengths, and --run {run} trained with --method {saved.method}")
+    candidates = _candidates(run, method)
     if not candidates:
         raise UserError(f"--run {run}: holds no checkpoint and no final weights")
     identifier, class_noun = _subject_words(saved, cfg)
@@ -144,7 +151,7 @@ def run_select(cfg: SelectConfig, progress: bool = True) -> dict:
                 ecfg = EvaluateConfig(
                     **{
                         **base.__dict__,
-                        "lora": str(path),
+                        **method.sampling(path),
                         "lora_scale_unet": scale,
                         "guidance": guidance,
                         "output_dir": str(out / name),

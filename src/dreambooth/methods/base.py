@@ -49,6 +49,26 @@ class Method:
         several files raises errors.Unsaved when some could not be written (the others are on disk)."""
         raise NotImplementedError
 
+    # How a trained result (a run folder, or one of its checkpoints) is used to generate.
+    def weights_in(self, folder: Path) -> bool:
+        """Whether folder holds this method's user-facing weights."""
+        raise NotImplementedError
+
+    def sampling(self, folder: Path) -> dict[str, str]:
+        """The generate settings (model, lora or embedding) that use the weights in folder."""
+        raise NotImplementedError
+
+    def subject_word(self) -> str | None:
+        """The word that brings the subject into a prompt, before the class noun: the identifier ('sks'
+        in 'a photo of sks dog'); None when the instance prompt does not show one."""
+        from ..data.captions import identifier_of
+
+        return self.cfg.identifier or identifier_of(self.cfg.instance_prompt, self.cfg.class_prompt)
+
+    def subject_phrase(self, class_noun: str) -> str:
+        """How a prompt names the subject: 'sks dog' (the paper's "a [V] dog")."""
+        return f"{self.subject_word()} {class_noun}"
+
     def state_dict(self, comps: Components) -> dict[str, torch.Tensor]:
         """Every trainable tensor, by component and parameter name (for exact resume)."""
         out = {}

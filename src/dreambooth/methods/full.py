@@ -36,6 +36,12 @@ class Full(Method):
         cast_training_params([m for m in (comps.unet, comps.text_encoder, comps.text_encoder_2) if m is not None])
         return groups
 
+    def weights_in(self, folder: Path) -> bool:
+        return (Path(folder) / "model_index.json").is_file()
+
+    def sampling(self, folder: Path) -> dict[str, str]:
+        return {"model": str(folder)}
+
     def save(self, comps: Components, folder: Path) -> list[Path]:
         """The pipeline's folders and model_index.json, each replaced atomically."""
         folder = Path(folder)

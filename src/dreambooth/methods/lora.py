@@ -26,13 +26,23 @@ class LoRA(Method):
     # Textual Inversion learns one, beside the LoRA.
     @property
     def identifier(self) -> str | None:
-        from ..data.captions import identifier_of
-
-        return self.cfg.identifier or identifier_of(self.cfg.instance_prompt, self.cfg.class_prompt)
+        return self.subject_word()
 
     @property
     def token(self) -> str:
         return f"<{self.identifier}>"
+
+    def weights_in(self, folder: Path) -> bool:
+        from ..weights import lora_file
+
+        try:
+            lora_file(folder)
+        except UserError:
+            return False
+        return True
+
+    def sampling(self, folder: Path) -> dict[str, str]:
+        return {"lora": str(folder)}
 
     def rewrite_prompt(self, prompt: str) -> str:
         if not self.cfg.train_identifier_embedding:
@@ -132,7 +142,7 @@ class LoRA(Method):
         import dataclasses
 
         from ..errors import Unsaved
-        from ..export import write_kohya
+        from ..formats.kohya import write_kohya
 
         path = Path(folder) / WEIGHTS_NAME
         write_lora_file(
@@ -145,7 +155,12 @@ class LoRA(Method):
             # kohya's file is named after the run: AUTOMATIC1111 and ComfyUI list LoRAs by file name.
             kohya = Path(folder) / f"{Path(self.cfg.output_dir).name}.safetensors"
             try:
-                write_kohya(path, kohya, dataclasses.asdict(self.cfg))
+                models = {
+                    "unet": comps.unet,
+                    "text_encoder": comps.text_encoder,
+                    "text_encoder_2": comps.text_encoder_2,
+                }
+                write_kohya(path, kohya, dataclasses.asdict(self.cfg), models)
             except Exception as e:  # any failure: the diffusers file holds the same weights
                 problems.append(
                     f"{kohya.name} (kohya's layout): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
@@ -224,7 +239,7 @@ def write_lora_file(path: Path, unet, text_encoder=None, text_encoder_2=None, sd
 
 def init_shape(init_lora: str) -> tuple[int, float]:
     """(rank, alpha) of an --init-lora file's UNet LoRA; UserError when it holds none."""
-    from ..export import rank_and_alpha, read_lora
+    from ..formats.kohya import rank_and_alpha, read_lora
     from ..weights import lora_file
 
     state, _, adapter = read_lora(lora_file(init_lora, "--init-lora"), "--init-lora")

@@ -106,6 +106,18 @@ class TextualInversion(Method):
                     f"--initializer-token {self.cfg.initializer_token}: is {len(ids)} tokens; it must be exactly one"
                 )
 
+    def weights_in(self, folder: Path) -> bool:
+        return (Path(folder) / EMBEDS_NAME).is_file()
+
+    def sampling(self, folder: Path) -> dict[str, str]:
+        return {"embedding": str(folder)}
+
+    def subject_word(self) -> str | None:
+        return self.cfg.token
+
+    def subject_phrase(self, class_noun: str) -> str:
+        return f"a {self.cfg.token}"  # as it trained: "a photo of a <token>"
+
     def instance_prompts(self) -> list[str]:
         word = " ".join(placeholder_tokens(self.cfg.token, self.cfg.num_vectors))
         return [t.format(word) for t in TEMPLATES]

@@ -61,8 +61,9 @@ class ExperimentConfig:
     overwrite: bool = False
 
 
-def subject_prompt(row: str, background: str | None = None) -> str:
-    thing = f"a {TI_TOKEN}" if row == "textual_inversion" else f"{IDENTIFIER} {NOUN}"
+def subject_prompt(row: str, background: str | None = None, thing: str | None = None) -> str:
+    """The subject's prompt for a row of the table (thing: how the prompt names the subject instead)."""
+    thing = thing or (f"a {TI_TOKEN}" if row == "textual_inversion" else f"{IDENTIFIER} {NOUN}")
     return f"a photo of {thing}" + (f" on a {background} background" if background else "")
 
 
@@ -119,11 +120,11 @@ def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
     return configs
 
 
-def prompts_of(row: str, n: int) -> list[tuple[str, str, list[int]]]:
+def prompts_of(row: str, n: int, thing: str | None = None) -> list[tuple[str, str, list[int]]]:
     """(kind, prompt, seeds) a row is asked: the subject, the subject elsewhere, the class."""
     half = max(1, n // 2)
-    out = [("subject", subject_prompt(row), list(range(n)))]
-    out += [(f"recontext:{bg}", subject_prompt(row, bg), list(range(half))) for bg in RECONTEXT]
+    out = [("subject", subject_prompt(row, thing=thing), list(range(n)))]
+    out += [(f"recontext:{bg}", subject_prompt(row, bg, thing), list(range(half))) for bg in RECONTEXT]
     out.append(("class", CLASS_PROMPT, list(range(n))))
     return out
 

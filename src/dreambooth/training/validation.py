@@ -24,6 +24,11 @@ def due(cfg, step: int) -> bool:
     return bool(cfg.validation_prompt) and (step % every == 0 or step == cfg.max_steps or step == 0)
 
 
+def sampling_modules(comps) -> list:
+    """What sampling runs besides the UNet: the VAE and every text encoder (SDXL's second too)."""
+    return [m for m in (comps.vae, comps.text_encoder, comps.text_encoder_2) if m is not None]
+
+
 @torch.no_grad()
 def render(run, step: int) -> Path:
     from ..generation import GUIDANCE_RESCALE, make_scheduler
@@ -32,10 +37,10 @@ def render(run, step: int) -> Path:
     pipe = comps.pipeline
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    moved = [m for m in (comps.vae, comps.text_encoder) if m.device != acc.device]
+    moved = [m for m in sampling_modules(comps) if m.device != acc.device]  # caching moved them off
     for m in moved:
         m.to(acc.device)
-    modes = [(m, m.training) for m in (comps.unet, comps.text_encoder)]
+    modes = [(m, m.training) for m in (comps.unet, comps.text_encoder, comps.text_encoder_2) if m is not None]
     for m, _ in modes:
         m.eval()
     scheduler = pipe.scheduler

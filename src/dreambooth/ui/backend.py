@@ -162,13 +162,19 @@ class Backend:
         from ..pnginfo import settings_from_image
         from ..weights import model_identity
 
-        png = settings_from_image(path)
+        notes = []
+        try:  # a LoRA the PNG names but does not locate (AUTOMATIC1111's images) is looked for among the runs
+            png = settings_from_image(path, lora_dir=str(self.projects.root))
+        except UserError as e:
+            if "applies the LoRA" not in str(e):
+                raise
+            png = settings_from_image(path, find_lora=False)
+            notes.append(str(e).split(": ", 1)[1].split("; give")[0])
         form = {k: png[k] for k in ("negative_prompt", "steps", "guidance", "seed", "scheduler") if k in png}
         form["prompt"] = png["prompt"][0] if png.get("prompt") else ""
         form["width"], form["height"] = png.get("width") or 0, png.get("height") or 0
         form["lora_scale_unet"] = png.get("lora_scale_unet", 1.0)
         form["lora_scale_text_encoder"] = png.get("lora_scale_text_encoder", 1.0)
-        notes = []
         model = png.get("model")
         if model:
             if self.model and model == model_identity(self.model):

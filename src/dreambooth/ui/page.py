@@ -162,9 +162,9 @@ def _generate_tab(gr, backend: Backend) -> GenerateForm:
         return items, recs, 0, first["seed"], settings_text(recs[0])
 
     def settings_text(rec: dict) -> str:
-        from ..pnginfo import a1111_text
+        from ..generation import ImageSettings, infotext
 
-        return a1111_text(rec["settings"])
+        return infotext(ImageSettings(**rec["settings"]))
 
     generate.click(
         on_generate,

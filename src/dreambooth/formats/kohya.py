@@ -1,0 +1,425 @@
+"""LoRA files in the layout kohya's sd-scripts write and AUTOMATIC1111, ComfyUI and LyCORIS load.
+
+Our runs write diffusers' format (`unet.<module>.lora_A.weight`, peft's config in the metadata). The
+kohya layout names each module with underscores under a prefix and stores the scale as a tensor:
+
+    lora_unet_<module_path>.lora_down.weight / .lora_up.weight / .alpha
+    lora_te_<module_path> ...                  (SD 1.x / 2.x text encoder)
+    lora_te1_ ... / lora_te2_ ...              (SDXL's two text encoders)
+
+SD 1.x/2.x modules keep diffusers' UNet names (kohya trains those on a diffusers-layout UNet); SDXL's
+use the SGM/LDM block names (input_blocks.4.1...) of the UNet kohya trains SDXL on. `.alpha` is the
+run's lora_alpha, so alpha / rank, the scale, is kept when alpha != rank. The reverse direction
+(reading kohya files) is diffusers' own converter inside `load_lora_weights`.
+
+DoRA (`.dora_scale`): peft keeps one magnitude per output channel, m, and merges
+W' = m * V / ||V||_row with V = W + (alpha / rank) * up @ down. The programs that read kohya files
+merge `dora_scale` differently, and no one tensor is right for all of them (read in their code):
+- LyCORIS (lycoris/modules/locon.py, apply_weight_decompose with wd_on_out, its default since 3.2):
+  dora_scale (out, 1[, 1, 1]) = m, divided by ||V||_row: exactly peft's W'.
+- ComfyUI (comfy/weight_adapter/base.py, weight_decompose): reads (out, 1) as per-output too, but
+  divides by the base weight's ||W||_row, not ||V||_row; so it merges peft's W' when
+  dora_scale = m * ||W||_row / ||V||_row (needs the base weights). Forge ported that function.
+- AUTOMATIC1111 (extensions-builtin/Lora/network.py, apply_weight_decompose): one magnitude per input
+  channel, (1, in), divided by ||V||_col (LyCORIS's old convention); a per-input magnitude cannot
+  hold peft's per-output one, so no file of a peft DoRA merges right there: refused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import UserError
+
+DORA_FOR = ("comfyui", "lycoris", "automatic1111")
+A1111_DORA = (
+    "AUTOMATIC1111 merges DoRA with one magnitude per input channel (LyCORIS's old convention), which "
+    "cannot hold peft's per-output magnitudes, so no kohya file of a DoRA LoRA merges right there; "
+    "use ComfyUI or LyCORIS (--dora-for comfyui|lycoris), or train without --use-dora"
+)
+
+_RESNET = {
+    "conv1": "in_layers.2",
+    "conv2": "out_layers.3",
+    "time_emb_proj": "emb_layers.1",
+    "conv_shortcut": "skip_connection",
+}
+_TOP = {
+    "conv_in": "input_blocks.0.0",
+    "conv_out": "out.2",
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0",
+    "add_embedding.linear_2": "label_emb.0.2",
+}
+
+
+def sgm_module_name(name: str, layers_per_block: int, up_has_attention: list[bool]) -> str:
+    """A diffusers UNet module path in the SGM/LDM layout of SDXL's original UNet (pure).
+
+    layers_per_block: the UNet's (2 for SDXL); up_has_attention[i]: whether up block i has attentions
+    (its upsampler then sits at index 2 of the output block instead of 1)."""
+    for old, new in _TOP.items():
+        if name == old or name.startswith(old + "."):
+            return new + name[len(old) :]
+    lpb = layers_per_block
+    m = re.match(r"(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.?(.*)$", name)
+    mid = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.?(.*)$", name)
+    if m:
+        kind, i, part, j, rest = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
+        if kind == "down_blocks":
+            if part == "downsamplers":
+                return f"input_blocks.{(lpb + 1) * (i + 1)}.0.op" + rest[len("conv") :]
+            block = f"input_blocks.{(lpb + 1) * i + j + 1}.{0 if part == 'resnets' else 1}"
+        else:
+            if part == "upsamplers":
+                return f"output_blocks.{(lpb + 1) * i + lpb}.{2 if up_has_attention[i] else 1}.{rest}"
+            block = f"output_blocks.{(lpb + 1) * i + j}.{0 if part == 'resnets' else 1}"
+    elif mid:
+        part, j, rest = mid.group(1), int(mid.group(2)), mid.group(3)
+        block = f"middle_block.{2 * j if part == 'resnets' else 1}"
+    else:
+        raise UserError(f"cannot name the UNet module {name} in the SGM layout")
+    if part == "resnets":
+        head, _, tail = rest.partition(".")
+        rest = _RESNET.get(head, head) + (f".{tail}" if tail else "")
+    return f"{block}.{rest}" if rest else block
+
+
+def _modules(state: dict) -> dict[str, dict[str, object]]:
+    """{'unet.down_blocks...to_q': {'down': A, 'up': B}} from diffusers-format keys (pure)."""
+    out: dict[str, dict[str, object]] = {}
+    for key, value in state.items():
+        m = re.match(r"(.+)\.lora_(A|B)(?:\.default)?\.weight$", key)
+        dora = re.match(r"(.+)\.lora_magnitude_vector(?:\.default)?(?:\.weight)?$", key)
+        if key.endswith("embeddings.token_embedding.weight"):
+            continue  # a pivotal run's resized embedding matrix (earlier versions saved it here); its token is apart
+        if m:
+            out.setdefault(m.group(1), {})["down" if m.group(2) == "A" else "up"] = value
+        elif dora:  # DoRA's magnitude per output
+            out.setdefault(dora.group(1), {})["magnitude"] = value
+        else:
+            raise UserError(f"{key}: not a LoRA weight of diffusers' format")
+    return out
+
+
+def _alpha(meta: dict, component: str, module: str, rank: int) -> float:
+    """peft's lora_alpha for a module: alpha_pattern entries win, as in peft; else lora_alpha; else rank."""
+    pattern = meta.get(f"{component}.alpha_pattern") or {}
+    for pat, value in pattern.items():
+        if module == pat or module.endswith("." + pat) or re.fullmatch(pat, module):
+            return float(value)
+    alpha = meta.get(f"{component}.lora_alpha")
+    return float(alpha) if alpha is not None else float(rank)
+
+
+def to_kohya(
+    state: dict,
+    adapter_meta: dict,
+    sdxl_unet: dict | None = None,
+    dora_for: str = "comfyui",
+    base_weight: Callable[[str], object] | None = None,
+) -> dict:
+    """Our diffusers-format LoRA state dict as kohya's (pure). sdxl_unet: the UNet's config when the
+    LoRA is for SDXL (SGM names, lora_te1_/lora_te2_); None for SD 1.x/2.x. A DoRA's magnitudes become
+    dora_scale for the program dora_for names (see dora_scale); base_weight(module) gives the base
+    model's weight of a module ('unet.down_blocks...'), which ComfyUI's convention needs."""
+    import torch
+
+    out = {}
+    up_attn = None
+    if sdxl_unet is not None:
+        up_attn = [t.startswith("CrossAttn") for t in sdxl_unet["up_block_types"]]
+    for module, parts in _modules(state).items():
+        if not {"down", "up"} <= set(parts):
+            raise UserError(f"{module}: has lora_A or lora_B but not both")
+        component, _, path = module.partition(".")
+        if component == "unet":
+            name = sgm_module_name(path, sdxl_unet["layers_per_block"], up_attn) if sdxl_unet else path
+            prefix = "lora_unet"
+        elif component in ("text_encoder", "text_encoder_2"):
+            name = path if path.startswith("text_model.") else f"text_model.{path}"
+            prefix = {"text_encoder": "lora_te1" if sdxl_unet else "lora_te", "text_encoder_2": "lora_te2"}[component]
+        else:
+            raise UserError(f"{module}: LoRA on '{component}' has no kohya equivalent")
+        key = f"{prefix}_{name.replace('.', '_')}"
+        down, up = parts["down"], parts["up"]
+        alpha = _alpha(adapter_meta, component, path, down.shape[0])
+        out[f"{key}.lora_down.weight"] = down.contiguous()
+        out[f"{key}.lora_up.weight"] = up.contiguous()
+        out[f"{key}.alpha"] = torch.tensor(alpha, dtype=down.dtype)
+        if "magnitude" in parts:
+            weight = base_weight(module) if base_weight is not None and dora_for == "comfyui" else None
+            out[f"{key}.dora_scale"] = dora_scale(parts["magnitude"], down, up, alpha, dora_for, weight)
+    return out
+
+
+def dora_scale(magnitude, down, up, alpha: float, dora_for: str, weight=None):
+    """peft's DoRA magnitude (Linear (out,), Conv2d (1, out, 1, 1)) as the dora_scale tensor the program
+    dora_for merges to peft's W' (module docstring), in fp32 (pure)."""
+
+    out_features = up.shape[0]
+    shape = (out_features, *[1] * (down.dim() - 1))
+    m = magnitude.reshape(-1).double()
+    if dora_for == "lycoris":
+        return m.reshape(shape).float().contiguous()
+    if dora_for == "automatic1111":
+        raise UserError(f"--dora-for automatic1111: {A1111_DORA}")
+    if dora_for != "comfyui":
+        raise UserError(f"--dora-for {dora_for}: one of {', '.join(DORA_FOR)}")
+    if weight is None:
+        raise UserError("a DoRA LoRA for ComfyUI needs its base model's weights; give --model")
+    w = weight.detach().double().reshape(out_features, -1)
+    v = w + (alpha / down.shape[0]) * (up.reshape(out_features, -1).double() @ down.reshape(down.shape[0], -1).double())
+    return (m * w.norm(dim=1) / v.norm(dim=1)).reshape(shape).float().contiguous()
+
+
+def base_weights(models: dict) -> Callable[[str], object]:
+    """base_weight for to_kohya: a module's frozen base weight ('unet.down_blocks...', 'text_encoder.
+    text_model.encoder...') from {'unet': UNet, 'text_encoder': ..., 'text_encoder_2': ...}, whether or
+    not peft wraps it."""
+
+    def get(module: str):
+        component, _, path = module.partition(".")
+        model = models[component]
+        if not hasattr(model, "text_model"):  # transformers 5 flattened CLIPTextModel
+            path = path.removeprefix("text_model.")
+        layer = model.get_submodule(path)
+        return getattr(layer, "base_layer", layer).weight
+
+    return get
+
+
+def read_lora(path: Path, flag: str = "--lora") -> tuple[dict, dict, dict]:
+    """(tensors, safetensors metadata, peft adapter metadata by '<component>.<field>')."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types; any means unreadable
+        raise UserError(f"{flag} {path}: not a readable .safetensors file ({str(e).splitlines()[0]})") from None
+    adapter = json.loads(meta.get("lora_adapter_metadata", "{}") or "{}")
+    return state, meta, adapter
+
+
+def rank_and_alpha(state: dict, adapter_meta: dict) -> tuple[int, float] | None:
+    """The UNet LoRA's rank and alpha (the most common ones, should modules differ) of a diffusers or
+    kohya state dict; None when it holds no UNet LoRA (pure)."""
+    from collections import Counter
+
+    if is_kohya(state):
+        downs = {
+            k[: -len(".lora_down.weight")]: v
+            for k, v in state.items()
+            if k.startswith("lora_unet_") and k.endswith(".lora_down.weight")
+        }
+        if not downs:
+            return None
+        rank = Counter(int(v.shape[0]) for v in downs.values()).most_common(1)[0][0]
+        alphas = [float(state[f"{k}.alpha"]) if f"{k}.alpha" in state else float(v.shape[0]) for k, v in downs.items()]
+        return rank, Counter(alphas).most_common(1)[0][0]
+    downs = [v for k, v in state.items() if k.startswith("unet.") and re.search(r"\.lora_A(\.default)?\.weight$", k)]
+    if not downs:
+        return None
+    rank = Counter(int(v.shape[0]) for v in downs).most_common(1)[0][0]
+    alpha = adapter_meta.get("unet.lora_alpha")
+    return rank, float(alpha) if alpha is not None else float(rank)
+
+
+def is_kohya(state: dict) -> bool:
+    return any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in state)
+
+
+def kohya_metadata(adapter: dict, run: dict | None, sdxl: bool, v2: bool, name: str) -> dict[str, str]:
+    """kohya's ss_* training metadata (what AUTOMATIC1111's and ComfyUI's LoRA browsers show)."""
+    rank = adapter.get("unet.r") or adapter.get("text_encoder.r")
+    alpha = adapter.get("unet.lora_alpha") or adapter.get("text_encoder.lora_alpha") or rank
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(float(alpha)) if alpha is not None else "None",
+        "ss_base_model_version": "sdxl_base_v1-0" if sdxl else ("sd_v2" if v2 else "sd_v1"),
+        "ss_v2": str(bool(v2)),
+        "ss_output_name": name,
+        "ss_training_comment": "trained with dreambooth (https://github.com/) LoRA DreamBooth; exported to kohya's layout",
+    }
+    if any(k.startswith("text_encoder") for k in adapter):
+        meta["ss_network_args"] = json.dumps({"train_text_encoder": True})
+    if run:
+        for ours, theirs in (
+            ("model", "ss_sd_model_name"),
+            ("max_steps", "ss_max_train_steps"),
+            ("learning_rate", "ss_learning_rate"),
+            ("learning_rate", "ss_unet_lr"),
+            ("text_encoder_lr", "ss_text_encoder_lr"),
+            ("resolution", "ss_resolution"),
+            ("seed", "ss_seed"),
+            ("lr_scheduler", "ss_lr_scheduler"),
+            ("lr_warmup_steps", "ss_lr_warmup_steps"),
+            ("instance_prompt", "ss_instance_prompt"),
+            ("class_prompt", "ss_class_prompt"),
+            ("prior_loss_weight", "ss_prior_loss_weight"),
+        ):
+            if run.get(ours) is not None:
+                meta[theirs] = str(run[ours])
+    return meta
+
+
+def kohya_tensors(
+    src: Path, run: dict | None, name: str, flag: str = "--lora", dora_for: str = "comfyui", models: dict | None = None
+) -> tuple[dict, dict]:
+    """(tensors, metadata) of the kohya file of the diffusers-format LoRA file src: its LoRA layers, a
+    pivotal run's bundled embedding, kohya's ss_* metadata; run: the run's config (its base model names
+    SDXL's blocks). models: the base model's components, for a DoRA for ComfyUI (else loaded from run's
+    model when needed)."""
+    state, _, adapter = read_lora(src, flag)
+    sdxl = any(k.startswith("text_encoder_2.") for k in state) or bool(run and _is_sdxl(run.get("model")))
+    unet_config = _unet_config(run.get("model")) if sdxl and run else None
+    if sdxl and unet_config is None:
+        raise UserError(f"{flag}: an SDXL LoRA needs its base model to name the SGM blocks; give --model")
+    dora = any("lora_magnitude_vector" in k for k in state)
+    if dora and dora_for == "comfyui" and models is None:
+        if not (run and run.get("model")):
+            raise UserError(f"{flag}: a DoRA LoRA for ComfyUI needs its base model's weights; give --model")
+        from ..models import load_pipeline
+
+        pipe = load_pipeline(run["model"])
+        models = {c: getattr(pipe, c, None) for c in ("unet", "text_encoder", "text_encoder_2")}
+    tensors = to_kohya(state, adapter, unet_config, dora_for, base_weights(models) if models else None)
+    tensors.update(bundled_embedding(src.parent, run))
+    metadata = kohya_metadata(adapter, run, sdxl, _cross_attention_dim(state) == 1024, name)
+    if dora:
+        metadata["dreambooth_dora_for"] = dora_for
+    return tensors, metadata
+
+
+def bundled_embedding(folder: Path, run: dict | None) -> dict:
+    """A pivotal-tuning run's identifier embedding as AUTOMATIC1111's bundled embedding keys in a LoRA
+    file (bundle_emb.<token>.string_to_param.*, or .clip_l/.clip_g for SDXL); {} for other runs."""
+    from safetensors import safe_open
+
+    from ..weights import EMBEDDING
+
+    path = Path(folder) / EMBEDDING
+    if not (run and run.get("train_identifier_embedding")) or not path.is_file():
+        return {}
+    with safe_open(str(path), "pt") as f:
+        token = (f.metadata() or {}).get("token")
+        parts = {k: f.get_tensor(k) for k in f.keys()}
+    if {"clip_l", "clip_g"} <= set(parts):
+        return {f"bundle_emb.{token}.clip_l": parts["clip_l"], f"bundle_emb.{token}.clip_g": parts["clip_g"]}
+    return {f"bundle_emb.{token}.string_to_param.*": parts[token]}
+
+
+def write_kohya(src: Path, dest: Path, run: dict | None, models: dict | None = None) -> Path:
+    """Write the diffusers-format LoRA file src in kohya's layout at dest (training's --save-format)."""
+    from safetensors.torch import save_file
+
+    from ..io import atomic_path
+
+    dora_for = (run or {}).get("dora_for") or "comfyui"
+    tensors, metadata = kohya_tensors(src, run, dest.stem, dora_for=dora_for, models=models)
+    with atomic_path(dest) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", **metadata})
+    return dest
+
+
+def run_config(lora: Path) -> dict | None:
+    """The saved config of the run a LoRA file belongs to (its folder, or a checkpoint's run), if any."""
+    import yaml
+
+    for folder in (lora.parent, lora.parent.parent.parent):
+        if (folder / "config.yaml").is_file():
+            return yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    return None
+
+
+def a1111_lora_hash(lora: Path) -> str | None:
+    """AUTOMATIC1111's short hash (weights.addnet_hash, 12 hex digits) of the kohya file a LoRA is used
+    as there: the file itself when it is in kohya's layout, else the kohya file beside it (training's
+    --save-format both), else the file `dreambooth export` makes of it (computed, not written); None
+    where none can be made here (a DoRA LoRA without its kohya file; an SDXL LoRA without its run)."""
+    from safetensors.torch import save
+
+    from ..weights import addnet_hash
+
+    lora = Path(lora)
+    state, _, _ = read_lora(lora)
+    if is_kohya(state):
+        return addnet_hash(lora)[:12]
+    beside = kohya_beside(lora)
+    if beside is not None:
+        return addnet_hash(beside)[:12]
+    if any("lora_magnitude_vector" in k for k in state):
+        return None  # its kohya file depends on the program it is for, and needs the base weights
+    try:
+        tensors, metadata = kohya_tensors(lora, run_config(lora), lora.stem)
+    except UserError:
+        return None
+    return addnet_hash(save(tensors, metadata={"format": "pt", **metadata}))[:12]
+
+
+def kohya_beside(lora: Path) -> Path | None:
+    """The kohya file training wrote beside a diffusers-format LoRA file (--save-format both), if one."""
+    from safetensors import safe_open
+
+    from ..weights import NOT_LORA
+
+    others = [p for p in lora.parent.glob("*.safetensors") if p.name not in NOT_LORA and p != lora]
+    if len(others) != 1:
+        return None
+    try:
+        with safe_open(str(others[0]), "pt") as f:
+            return others[0] if is_kohya(dict.fromkeys(f.keys())) else None
+    except Exception:  # unreadable: not the file
+        return None
+
+
+def find_a1111_lora(folder: Path, name: str, short_hash: str | None) -> Path | None:
+    """The LoRA an AUTOMATIC1111 prompt tag <lora:NAME:...> names, in folder: by its hash (as
+    AUTOMATIC1111 finds a pasted LoRA), else by name (a NAME.safetensors file or a run folder NAME)."""
+    from ..weights import lora_file
+
+    def weights(p: Path) -> Path | None:
+        try:
+            return lora_file(p)
+        except UserError:
+            return None
+
+    if not folder.is_dir():
+        return None
+    candidates = sorted(folder.glob("*.safetensors")) + sorted(p for p in folder.iterdir() if p.is_dir())
+    by_name = [p for p in candidates if p.stem == name or p.name == name]
+    if short_hash:
+        for p in by_name + [p for p in candidates if p not in by_name]:
+            w = weights(p) if p.is_dir() else p
+            try:
+                if w is not None and a1111_lora_hash(w) == short_hash.lower():
+                    return p
+            except UserError:
+                continue
+    return by_name[0] if by_name and weights(by_name[0]) is not None else None
+
+
+def _cross_attention_dim(state: dict) -> int | None:
+    for key, value in state.items():
+        if key.startswith("unet.") and ".attn2.to_k.lora_A" in key:
+            return int(value.shape[1])
+    return None
+
+
+def _unet_config(model: str | None) -> dict | None:
+    from ..models import unet_config
+
+    return unet_config(model) if model else None
+
+
+def _is_sdxl(model: str | None) -> bool:
+    from ..models import is_sdxl
+
+    return bool(model) and is_sdxl(model)

@@ -1,0 +1,212 @@
+"""Independent re-implementations of what the programs that open our files do with them, written from
+their code (read, not copied) and never importing ours: AUTOMATIC1111's infotext parser, extra-network
+tags and LoRA hashes; civitai's parameters parser and resource detection; ComfyUI's PNG import; the
+DoRA merge of LyCORIS, ComfyUI and AUTOMATIC1111. Tests check our outputs against these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import torch
+
+# --- AUTOMATIC1111: modules/infotext_utils.py parse_generation_parameters ------------------------------
+
+A1111_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+A1111_SIZE = re.compile(r"^(\d+)x(\d+)$")
+A1111_EXTRA_NET = re.compile(r"<(\w+):([^>]+)>")
+
+
+def a1111_parse(text: str) -> dict:
+    """What AUTOMATIC1111 reads from a "parameters" text: Prompt, Negative prompt and the key-value pairs
+    (values JSON-unquoted, WxH split into -1/-2), the last line counting only with >= 3 pairs."""
+    res: dict = {}
+    prompt, negative, done = "", "", False
+    *lines, last = text.strip().split("\n")
+    if len(A1111_PARAM.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            done = True
+            line = line[16:].strip()
+        if done:
+            negative += ("" if negative == "" else "\n") + line
+        else:
+            prompt += ("" if prompt == "" else "\n") + line
+    for k, v in A1111_PARAM.findall(last):
+        if v and v[0] == '"' and v[-1] == '"':
+            try:
+                v = json.loads(v)
+            except ValueError:
+                pass
+        m = A1111_SIZE.match(v)
+        if m:
+            res[f"{k}-1"], res[f"{k}-2"] = m.group(1), m.group(2)
+        else:
+            res[k] = v
+    res["Prompt"], res["Negative prompt"] = prompt, negative
+    return res
+
+
+def a1111_loras(prompt: str) -> list[dict]:
+    """extra_networks.parse_prompt + ExtraNetworkLora.activate: each <lora:...> tag's name, text-encoder
+    and UNet multipliers (first positional: te, second: unet, which defaults to te; te= / unet= named)."""
+    out = []
+    for kind, args in A1111_EXTRA_NET.findall(prompt):
+        if kind not in ("lora", "lyco"):
+            continue
+        items = args.split(":")
+        positional = [i for i in items if len(i.split("=", 2)) != 2]
+        named = dict(i.split("=", 1) for i in items if len(i.split("=", 2)) == 2)
+        te = float(positional[1]) if len(positional) > 1 else 1.0
+        te = float(named.get("te", te))
+        unet = float(positional[2]) if len(positional) > 2 else te
+        unet = float(named.get("unet", unet))
+        out.append({"name": positional[0], "te": te, "unet": unet})
+    return out
+
+
+def a1111_lora_hashes(value: str) -> dict[str, str]:
+    """lora_script.infotext_pasted's reading of "Lora hashes"."""
+    pairs = [x.strip().split(":", 1) for x in value.split(",")]
+    return {x[0].strip().replace(",", ""): x[1].strip() for x in pairs}
+
+
+def a1111_short_hash(path) -> str:
+    """network.NetworkOnDisk.shorthash of a .safetensors file: hashes.addnet_hash_safetensors[:12]."""
+    data = open(path, "rb").read()
+    n = int.from_bytes(data[:8], "little")
+    return hashlib.sha256(data[8 + n :]).hexdigest()[:12]
+
+
+def a1111_model_hash(path) -> str:
+    """sd_models.CheckpointInfo.shorthash: the whole file's SHA-256, 10 hex digits."""
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()[:10]
+
+
+def a1111_paste(prompt: str, params: dict, on_disk: dict[str, str]) -> str:
+    """infotext_pasted: each <lora:NAME: whose Lora hashes entry matches a file on disk (short hash ->
+    its alias) is renamed to that file's alias."""
+    hashes = a1111_lora_hashes(params.get("Lora hashes", "")) if params.get("Lora hashes") else {}
+
+    def swap(m):
+        short = hashes.get(m.group(1))
+        return f"<lora:{on_disk[short]}:" if short in on_disk else m.group(0)
+
+    return re.sub("<lora:([^:]+):", swap, prompt)
+
+
+# --- civitai: src/utils/metadata/automatic.metadata.ts -----------------------------------------------
+
+CIVITAI_NETS = re.compile(r"<(lora|hypernet):([a-zA-Z0-9_\.\-]+):([0-9.]+)>")
+
+
+def _civitai_details(line: str) -> dict:
+    """parseDetailsLine: k: v pairs split on ',' outside quotes; a quoted value parsed again as pairs."""
+    result: dict = {}
+    key, value, quoted = "", "", False
+    for ch in line:
+        if ch == '"':
+            if quoted:
+                result[key] = _civitai_details(value.strip())
+                key, value = "", ""
+            quoted = not quoted
+        elif ch == ":" and not quoted:
+            key, value = value.strip(), ""
+        elif ch == "," and not quoted:
+            if key:
+                result[key] = value.strip()
+            key, value = "", ""
+        else:
+            value += ch
+    if key:
+        result[key] = value.strip()
+    return result
+
+
+def civitai_parse(text: str) -> dict:
+    """The prompt, the details and the resources civitai detects in a "parameters" text."""
+    lines = [line for line in text.split("\n") if line.strip()]
+    details = next((line for line in lines if line.startswith("Steps: ")), None)
+    assert details is not None, "civitai reads nothing without a line that starts with 'Steps: '"
+    lines.remove(details)
+    meta = _civitai_details(details.rstrip(", "))
+    prompt, *negative = [x.strip() for x in "\n".join(lines).split("Negative prompt:")]
+    resources = [{"type": t, "name": n, "weight": float(w)} for t, n, w in CIVITAI_NETS.findall(prompt)]
+    for name, short in (meta.pop("Lora hashes", None) or {}).items():
+        found = next((r for r in resources if r["name"] == name), None)
+        if found:
+            found["hash"] = short
+        else:
+            resources.append({"type": "lora", "name": name, "hash": short})
+    if meta.get("Model") and meta.get("Model hash"):
+        resources.append({"type": "model", "name": meta["Model"], "hash": meta["Model hash"]})
+    return {"prompt": prompt, "negative": negative[0] if negative else "", "meta": meta, "resources": resources}
+
+
+# --- ComfyUI frontend: src/scripts/pnginfo.ts importA1111 --------------------------------------------
+
+
+def comfyui_import(text: str) -> dict | None:
+    """What ComfyUI's PNG import takes from a "parameters" text: None where it imports nothing (no
+    '\\nSteps:' line, or no '\\nNegative prompt:' before it); else the options and one LoraLoader per
+    <lora:NAME:W...> tag (both strengths from the first number)."""
+    p = text.rfind("\nSteps:")
+    if p < 0:
+        return None
+    p2 = text.rfind("\nNegative prompt:", 0, p)
+    if p2 < 0:
+        return None
+    positive = text[:p2].strip()
+    loras = []
+    for m in re.finditer(r"<lora:([^:]+:[^>]+)>", positive):
+        name, weight = m.group(1).split(":")[:2]
+        loras.append({"name": name, "strength_model": float(weight), "strength_clip": float(weight)})
+    opts = {}
+    for m in re.finditer(r'\s*([^:]+:\s*([^"\{].*?|".*?"|\{.*?\}))\s*(,|$)', text[p:].split("\n")[1]):
+        k, v = m.group(1).split(":")[:2]
+        opts[k.strip().lower()] = v.strip().rstrip(",")
+    return {"positive": re.sub(r"<lora:[^>]+>", "", positive).strip(), "loras": loras, "opts": opts}
+
+
+# --- DoRA merges ------------------------------------------------------------------------------------
+
+
+def _delta(up, down, shape):
+    return (up.flatten(1) @ down.flatten(1)).reshape(shape)
+
+
+def _per_output(x):
+    return x.flatten(1).norm(dim=1).reshape(x.shape[0], *[1] * (x.dim() - 1))
+
+
+def _per_input(x):
+    return x.transpose(0, 1).flatten(1).norm(dim=1).reshape(1, x.shape[1], *[1] * (x.dim() - 2))
+
+
+def lycoris_merge(w, up, down, alpha, dora_scale, strength=1.0):
+    """LyCORIS LoConModule.get_merged_weight with wd_on_out=True (its default since 3.2.0)."""
+    v = (w + alpha / down.shape[0] * _delta(up, down, w.shape)).float()
+    scale = dora_scale / (_per_output(v) + torch.finfo(v.dtype).eps)
+    if strength != 1:
+        scale = strength * (scale - 1) + 1
+    return v * scale
+
+
+def comfyui_merge(w, up, down, alpha, dora_scale, strength=1.0):
+    """ComfyUI weight_adapter.base.weight_decompose: the axis from dora_scale's shape; on the output
+    axis it divides by the base weight's norm."""
+    v = w + alpha / down.shape[0] * _delta(up, down, w.shape)
+    norm = _per_output(w) if dora_scale.shape[0] == w.shape[0] else _per_input(v)
+    merged = v * (dora_scale / (norm + torch.finfo(w.dtype).eps))
+    return merged if strength == 1.0 else w + strength * (merged - w)
+
+
+def a1111_merge(w, up, down, alpha, dora_scale, strength=1.0):
+    """AUTOMATIC1111 network.NetworkModule.finalize_updown/apply_weight_decompose: per input channel."""
+    v = w + alpha / down.shape[0] * _delta(up, down, w.shape)
+    return w + strength * (v * (dora_scale / _per_input(v)) - w)
