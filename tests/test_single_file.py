@@ -3,6 +3,7 @@ from_single_file with the right config, `export --format single-file`, and pickl
 
 from __future__ import annotations
 
+import consumers
 import numpy as np
 import pytest
 import torch
@@ -49,6 +50,11 @@ def test_generate_and_train_take_a_single_file(tiny_model, single_file, tmp_path
         (png,) = (tmp_path / name).glob("*.png")
         images.append(np.asarray(Image.open(png), dtype=np.int16))
     assert np.abs(images[0] - images[1]).max() <= 1
+    # AUTOMATIC1111 names a single file by its stem and the first 10 hex digits of its SHA-256 (issue 18.1)
+    text = Image.open(png).text["parameters"]
+    assert consumers.a1111_parse(text)["Model hash"] == consumers.a1111_model_hash(single_file)
+    model = {"type": "model", "name": "tiny", "hash": consumers.a1111_model_hash(single_file)}
+    assert model in consumers.civitai_parse(text)["resources"]
 
     run = tmp_path / "run"
     args = [

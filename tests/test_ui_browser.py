@@ -236,7 +236,7 @@ def test_a_run_and_its_checkpoint_in_generate_grid_and_evaluate(page, ui, scored
     set_number(page, "gen-scale-unet", 0.5)
     page.click("#gen-button")
     info = page.locator("#gen-info textarea")
-    expect(info).to_have_value(re.compile(r"Lora: scored-step-2:0\.5:1\.0"))
+    expect(info).to_have_value(re.compile(r"<lora:scored-step-2:1:0\.5>"))
 
     # The PNG, loaded into a fresh page, restores the form: run, checkpoint, scale, seed, steps
     png = max((ui[1] / "outputs").glob("*.png"), key=lambda p: p.stat().st_mtime)
