@@ -64,7 +64,7 @@ def test_oracle_survives_a_little_blur_and_sees_an_empty_image():
 
 
 def test_held_out_triples_never_reach_training_and_evaluation_is_half_held_out():
-    from dreambooth.toyworld.train import eval_captions, held_out_triples, training_scenes
+    from dreambooth.toyworld.data import eval_captions, held_out_triples, training_scenes
 
     held = held_out_triples()
     caps = eval_captions()
@@ -80,6 +80,7 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
     from diffusers import StableDiffusionPipeline
 
     from dreambooth.toyworld import train
+    from dreambooth.toyworld.data import MAX_TOKENS
 
     def pretrain(out, work):
         argv = ["train", str(out), "--work", str(work), "--vae-steps", "2", "--vae-batch", "2", "--unet-steps", "2"]
@@ -92,7 +93,7 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
     pipe = pretrain(tmp_path / "toy", tmp_path / "work")
     assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size == 16  # 64x64x3 -> 16x16x4
     assert pipe.tokenizer.tokenize("a photo of sks star") == ["a</w>", "photo</w>", "of</w>", "sks</w>", "star</w>"]
-    assert pipe.tokenizer.model_max_length == train.MAX_TOKENS  # what it was trained with, not CLIP's 77
+    assert pipe.tokenizer.model_max_length == MAX_TOKENS  # what it was trained with, not CLIP's 77
     assert pipe.vae.config.scaling_factor != 0.18215  # measured on the data: latents at unit variance
     assert not list((tmp_path / "work").glob("*.pt"))  # stage checkpoints and latents: safetensors, no pickle
     again = pretrain(tmp_path / "toy2", tmp_path / "work2")  # the same seed: the same weights

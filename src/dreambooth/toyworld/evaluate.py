@@ -13,9 +13,13 @@ import json
 import random
 
 import torch
+from PIL import Image
 
+from ..generation import make_scheduler
+from ..models import load_pipeline
+from .data import eval_captions, to_tensor
 from .oracle import attribute_accuracy, read_scene
-from .train import eval_captions, to_tensor
+from .subject import BACKGROUND, RECONTEXT, random_subject, read_subject
 from .world import render, sample_scene
 
 KEYS = ("background", "color", "shape")
@@ -24,8 +28,6 @@ KEYS = ("background", "color", "shape")
 def prompt_following(pipe, steps: int = 25, guidance: float = 5.0, seed: int = 0, batch: int = 25) -> dict:
     """The oracle's accuracy on the 100 evaluation captions (one image each, seed + i), per attribute and
     all three, overall and for seen vs held-out (shape, colour, background) triples."""
-    from ..generation import make_scheduler
-
     pipe.scheduler = make_scheduler("dpm++2m-karras", pipe.scheduler.config)
     captions = eval_captions()
     rows = []
@@ -56,8 +58,6 @@ def prompt_following(pipe, steps: int = 25, guidance: float = 5.0, seed: int = 0
 @torch.no_grad()
 def vae_ceiling(vae, n: int = 200, seed: int = 9) -> dict[str, float]:
     """The oracle's accuracy per attribute (and on all four) on the VAE's reconstructions of world images."""
-    from PIL import Image
-
     rng = random.Random(seed)
     scenes = [sample_scene(rng) for _ in range(n)]
     rec = vae.decode(vae.encode(to_tensor([render(s) for s in scenes]).to(vae.dtype)).latent_dist.mean).sample
@@ -73,11 +73,6 @@ def subject_ceiling(vae, n: int = 40, seed: int = 5, backgrounds: tuple[str, ...
     """Share of the demo subject's renderings (random size and place, on the photos' background and the
     recontextualisation ones, or on `backgrounds`) whose VAE reconstruction the oracle still reads as
     the subject."""
-    from PIL import Image
-
-    from .experiment import RECONTEXT
-    from .subject import BACKGROUND, random_subject, read_subject
-
     rng = random.Random(seed)
     backgrounds = backgrounds or (BACKGROUND, *RECONTEXT)
     images = [random_subject(rng, backgrounds[i % len(backgrounds)]) for i in range(n)]
@@ -90,8 +85,6 @@ def subject_ceiling(vae, n: int = 40, seed: int = 5, backgrounds: tuple[str, ...
 
 
 def main() -> None:
-    from ..models import load_pipeline
-
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("model")
     p.add_argument("--steps", type=int, default=25)

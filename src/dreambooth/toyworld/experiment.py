@@ -26,14 +26,16 @@ from pathlib import Path
 
 from .. import io
 from ..config import SamplingConfig, TrainConfig
-from .subject import BACKGROUND, read_subject
+from ..data.images import list_images, load_rgb
+from ..generation import Engine, image_settings, labelled_grid
+from ..training.preflight import preflight
+from .subject import BACKGROUND, RECONTEXT, read_subject
 
 log = logging.getLogger(__name__)
 
 MODEL = "toyworld"
 IDENTIFIER, NOUN = "sks", "heart"
 TI_TOKEN = "<sks-heart>"
-RECONTEXT = ("green", "blue", "yellow", "gray")  # not black: the outline would not show on it
 ROWS = ("base", "dreambooth", "dreambooth_prior", "textual_inversion")
 ROW_LABELS = {
     "base": "base model",
@@ -178,44 +180,58 @@ def table(results: dict[str, dict]) -> str:
 
 
 def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict:
-    from ..generation import Engine, image_settings, labelled_grid
-    from ..training.loop import train
-    from ..training.preflight import preflight
-
-    out = cfg.output_dir
+    """Train every row's model, ask each the same prompts, and write the table, the grid and the results."""
     trainings = train_configs(cfg)
+    train_all(trainings, progress)
+    rows = [row for row in ROWS if row == "base" or row in trainings]
+    results, grid_rows, col_labels = measure(cfg, trainings, rows)
+    grid_path = save_grid(cfg, rows, grid_rows, col_labels)
+    return write_summary(cfg, trainings, results, grid_path)
+
+
+def train_all(trainings: dict[str, TrainConfig], progress: bool) -> None:
+    # torch loads here, not at import: sweep and the CLI import this module for its names
+    from ..training.loop import train
+
     for tcfg in trainings.values():
         preflight(tcfg)  # every refusal (e.g. an earlier demo without --overwrite) before any work
     for row, tcfg in trainings.items():
         log.info("training %s (%d steps)", ROW_LABELS[row], tcfg.max_steps)
         train(tcfg, progress=progress)
 
+
+def measure(cfg: ExperimentConfig, trainings: dict[str, TrainConfig], rows: list[str]):
+    """Each row's scores, its images for the grid (two of the subject and of the class, one of each
+    recontextualisation) and the grid's column labels (the prompts)."""
     engine = Engine()
     sampling = SamplingConfig(model=MODEL, steps=cfg.steps, guidance=cfg.guidance)
     extra = {"base": {}} | {
         row: {"embedding" if row == "textual_inversion" else "lora": t.output_dir} for row, t in trainings.items()
     }
-    rows = [row for row in ROWS if row == "base" or row in trainings]
     results, grid_rows, col_labels = {}, [], []
     for row in rows:
-        readings, firsts = {}, []
+        readings, firsts, labels = {}, [], []
         for kind, prompt, seeds in prompts_of(row, cfg.images):
             batch = [image_settings(sampling, engine, prompt, cfg.seed + s, **extra[row]) for s in seeds]
             images = engine.render(batch)
             readings[kind] = [read_subject(im) for im in images]
-            firsts += images[:2] if kind in ("subject", "class") else images[:1]
-            if row == "base":
-                col_labels += [prompt] * (2 if kind in ("subject", "class") else 1)
+            shown = 2 if kind in ("subject", "class") else 1
+            firsts += images[:shown]
+            labels += [prompt] * shown
         results[row] = score(readings)
         grid_rows.append(firsts)
+        if row == "base":
+            col_labels = labels
         log.info(
             "%s: %s",
             ROW_LABELS[row],
             json.dumps({k: round(v, 3) for k, v in results[row].items() if k != "subject_features"}),
         )
+    return results, grid_rows, col_labels
 
-    from ..data.images import list_images, load_rgb
 
+def save_grid(cfg: ExperimentConfig, rows: list[str], grid_rows: list[list], col_labels: list[str]) -> Path:
+    """The training photos above each row's images, as OUTPUT_DIR/toyworld_grid.png."""
     photos = [load_rgb(p) for p in list_images(str(subject_dir()))]
     grid = labelled_grid(
         [photos] + grid_rows,
@@ -225,9 +241,14 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict:
         cell=96,
         label_width=150,
     )
-    grid_path = out / "toyworld_grid.png"
+    grid_path = cfg.output_dir / "toyworld_grid.png"
     with io.atomic_path(grid_path) as tmp:
         grid.save(tmp, format="PNG")
+    return grid_path
+
+
+def write_summary(cfg: ExperimentConfig, trainings: dict[str, TrainConfig], results: dict, grid_path: Path) -> dict:
+    """The results, the table and the settings, as OUTPUT_DIR/toyworld_results.json and toyworld_table.md."""
     md = table(results)
     summary = {
         "results": results,
@@ -242,6 +263,6 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict:
             "subject_photos_background": BACKGROUND,
         },
     }
-    io.write_text(out / "toyworld_results.json", json.dumps(summary, indent=2, default=str))
-    io.write_text(out / "toyworld_table.md", md + "\n")
+    io.write_text(cfg.output_dir / "toyworld_results.json", json.dumps(summary, indent=2, default=str))
+    io.write_text(cfg.output_dir / "toyworld_table.md", md + "\n")
     return summary

@@ -14,9 +14,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .oracle import _erode, _object_mask, read_scene
-from .world import BACKGROUNDS, OBJECT_COLORS, SS, shape_polygon
+from .world import BACKGROUNDS, OBJECT_COLORS, SHAPES, SS, shape_polygon
 
 SHAPE, COLOR, BACKGROUND = "heart", "orange", "white"
+RECONTEXT = ("green", "blue", "yellow", "gray")  # the demo's other backgrounds; not black: the outline would not show
 DOT_COLOR = (140, 60, 190)  # the world's purple
 OUTLINE_COLOR = (10, 10, 10)
 OUTLINE_PX = 3.0
@@ -93,8 +94,6 @@ def random_outlined(rng: random.Random) -> Image.Image:
     """An object drawn like the subject (black outline, large dots) with a random shape and colours,
     never the subject's own: what the VAE's decoder also learns to draw, as SD's VAE has seen all
     kinds of images and not only what its UNet was trained on."""
-    from .world import SHAPES
-
     names = list(OBJECT_COLORS)
     while True:
         shape, color, dots = rng.choice(SHAPES), rng.choice(names), rng.choice(names)

@@ -1,0 +1,84 @@
+"""The toy world's base model: its tokenizer, its three models built from scratch, and the Stable
+Diffusion pipeline folder they are saved as."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from ..io import atomic_dir
+from ..tiny import text_config, write_clip_tokenizer
+from .data import MAX_TOKENS
+
+IDENTIFIERS = ("sks", "zwx", "ohwx")  # rare words the tokenizer knows, for DreamBooth later
+POSTERIOR_LOGVAR = -10.0  # posterior std 0.007 (Stable Diffusion's VAE: about 0.01 to 0.1)
+
+
+def make_tokenizer(tok_dir: Path) -> tuple[dict[str, int], CLIPTokenizer]:
+    """Write the world's CLIP BPE tokenizer (its words and IDENTIFIERS) to tok_dir: (vocab, tokenizer)."""
+    vocab = write_clip_tokenizer(tok_dir, extra_words=IDENTIFIERS)
+    return vocab, CLIPTokenizer.from_pretrained(tok_dir)
+
+
+def build_models(vocab: dict[str, int]):
+    """(vae, unet, text encoder), freshly initialised from torch's global generator."""
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        sample_size=64,
+        norm_num_groups=16,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(64, 128, 128),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    te = CLIPTextModel(CLIPTextConfig(**text_config(vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3)))
+    return vae, unet, te
+
+
+def deterministic_posterior(vae, logvar: float = POSTERIOR_LOGVAR) -> None:
+    """Make the VAE's posterior (nearly) a point at its mean. The decoder and the UNet learned from
+    posterior means only, and the tiny KL weight left the log-variance at 0 (std 1, as large as the
+    latents themselves): DreamBooth training, which samples the posterior as diffusers' scripts do,
+    then saw latents half noise (a denoising loss of 3 on the base model's own images, against 0.03
+    on their means). The mean half of quant_conv is untouched."""
+    c = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.weight[c:] = 0
+        vae.quant_conv.bias[c:] = logvar
+
+
+def save_pipeline(out: Path, vae, unet, te, tok_dir: Path) -> None:
+    """The models as an fp16 Stable Diffusion pipeline folder, written atomically."""
+    deterministic_posterior(vae)
+    sched = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, clip_sample=False
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=te,
+        tokenizer=CLIPTokenizer.from_pretrained(tok_dir, model_max_length=MAX_TOKENS),
+        unet=unet,
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    with atomic_dir(out) as tmp:
+        pipe.to(torch.float16).save_pretrained(tmp)
