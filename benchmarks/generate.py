@@ -23,7 +23,7 @@ def make_lora(model: Path, out: Path, rank: int = 16) -> Path:
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from dreambooth.config import LORA_TARGET_GROUPS, TEXT_ENCODER_TARGETS
+    from dreambooth.methods.lora import LORA_TARGET_GROUPS, TEXT_ENCODER_TARGETS
     from dreambooth.models import load_pipeline
 
     pipe = load_pipeline(str(model))

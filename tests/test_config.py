@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 
 from dreambooth.cli import _parser, train_config
-from dreambooth.config import TrainConfig, build, load_yaml
+from dreambooth.config import TrainConfig
 from dreambooth.errors import UserError
+from dreambooth.options import build, load_yaml
 
 CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
 REQUIRED = dict(model="m", instance_dir="i", instance_prompt="a photo of sks dog", output_dir="o")

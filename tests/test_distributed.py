@@ -52,7 +52,7 @@ def _losses(out) -> list[list[float]]:
 
 
 def test_shards_are_disjoint_and_cover_everything():
-    from dreambooth.training.loop import shard
+    from dreambooth.training.setup import shard
 
     items = list(range(11))
     parts = [shard(items, r, 3) for r in range(3)]
@@ -149,7 +149,8 @@ def test_ctrl_c_stops_every_process_at_one_step_with_a_checkpoint(two_process_ru
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
     assert "interrupted: stopped at step" in err and err.count("interrupted:") == 1
-    from dreambooth.training.checkpoint import list_checkpoints, load_checkpoint
+    from dreambooth.runs import list_checkpoints
+    from dreambooth.training.checkpoint import load_checkpoint
 
     ((step, path),) = list_checkpoints(out)
     assert load_checkpoint(path)["state"] == {"step": step, "max_steps": 100000, "num_processes": 2}

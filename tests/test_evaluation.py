@@ -1,5 +1,6 @@
 """`dreambooth evaluate` with tiny random extractors, offline."""
 
+import csv
 import json
 import shutil
 
@@ -16,6 +17,45 @@ from dreambooth.evaluation.extractors import ClipExtractor, DinoExtractor
 def evaluate(extractors, *args) -> int:
     dino, clip = extractors
     return main(["evaluate", "--dino-model", str(dino), "--clip-model", str(clip), *args])
+
+
+def _cos(a, b) -> np.ndarray:
+    """Cosines of every row of a with every row of b, in float64 (numpy: independent of metrics.py)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a, b = a / np.linalg.norm(a, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+    return a @ b.T
+
+
+def _scores_from_scratch(extractors, real_dir, out, identifier):
+    """The paper's metrics recomputed from the files an evaluation left: fresh extractors (no cache), each
+    generated image's prompt from its JSON sidecar, scored without the identifier word. Returns the overall
+    metrics and those of each prompt."""
+    from dreambooth.data.images import list_images
+
+    dino, clip = DinoExtractor(str(extractors[0])), ClipExtractor(str(extractors[1]))
+    real, gen, klass = list_images(real_dir), list_images(out / "generated"), list_images(out / "class")
+    prompts = [json.loads(p.with_suffix(".json").read_text())["prompt"] for p in gen]
+    scored = [" ".join(w for w in prompt.split() if w != identifier) for prompt in prompts]
+    assert all(identifier in p for p in prompts) and not any(identifier in p for p in scored)
+    real_dino, gen_dino = dino.embed_files(real), dino.embed_files(gen)
+    real_clip, gen_clip = clip.embed_files(real), clip.embed_files(gen)
+    clip_t = np.diag(_cos(gen_clip, clip.embed_texts(scored)))  # image i with its own prompt
+    total = {
+        "dino": _cos(gen_dino, real_dino).mean(),  # generated against real, all pairs
+        "clip_i": _cos(gen_clip, real_clip).mean(),
+        "clip_t": clip_t.mean(),
+        "pres": _cos(dino.embed_files(klass), real_dino).mean(),  # class images against real
+    }
+    per = {}
+    for prompt in set(prompts):
+        idx = [i for i, p in enumerate(prompts) if p == prompt]
+        per[prompt] = {
+            "images": len(idx),
+            "dino": _cos(gen_dino[idx], real_dino).mean(),
+            "clip_i": _cos(gen_clip[idx], real_clip).mean(),
+            "clip_t": clip_t[idx].mean(),
+        }
+    return total, per
 
 
 def test_an_image_identical_to_the_real_one_scores_one(extractors, tmp_path):
@@ -130,7 +170,16 @@ def test_the_whole_protocol_on_two_dreambench_subjects(tiny_model, lora_with_te,
         assert sum(renders) == n_prompts * 2 + 3
         m = json.loads((out / "metrics.json").read_text())
         assert m["n_generated"] == 50 and m["n_class"] == 3 and m["n_prompts"] == 25
-        assert all(-1 <= m[k] <= 1 for k in ("dino", "clip_i", "clip_t", "pres"))
+        # each metric is the mean cosine of the right sets of embeddings, recomputed apart (measured: equal to
+        # 5e-9; counting the class images into DINO would move it by 7e-5, CLIP-T over all pairs by 2e-4)
+        total, per = _scores_from_scratch(extractors, real, out, "sks")
+        assert {k: m[k] for k in total} == pytest.approx(total, abs=1e-6)
+        rows = list(csv.DictReader(open(out / "per_prompt.csv")))
+        assert len(rows) == 25 and {r["prompt"] for r in rows} == set(per)
+        for r in rows:  # (written to 6 decimals)
+            assert {k: float(r[k]) for k in ("images", "dino", "clip_i", "clip_t")} == pytest.approx(
+                per[r["prompt"]], abs=1e-6
+            )
         prompts = (out / "per_prompt.csv").read_text()
         assert ("wearing a santa hat" in prompts) == (noun == "dog")  # live vs object prompt sets
         renders.clear()

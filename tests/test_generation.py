@@ -10,7 +10,7 @@ from PIL import Image, PngImagePlugin
 import consumers
 from dreambooth.cli import main
 from dreambooth.errors import UserError
-from dreambooth.pnginfo import a1111_text, parse_a1111, read_parameters
+from dreambooth.formats.pnginfo import a1111_text, parse_a1111, read_parameters
 
 
 def gen(tiny_model, out, *args) -> list:
@@ -181,7 +181,7 @@ def test_from_image_reads_automatic1111s_form_and_finds_the_lora_by_its_hash(tin
     loras.mkdir()
     assert main(["export", "--lora", str(lora_with_te), str(loras / "renamed-cat.safetensors")]) == 0
     (loras / "decoy.safetensors").write_bytes((loras / "renamed-cat.safetensors").read_bytes()[:-8] + bytes(8))
-    from dreambooth.pnginfo import settings_from_image
+    from dreambooth.formats.pnginfo import settings_from_image
 
     got = settings_from_image(str(theirs), str(loras))
     assert Path(got["lora"]).name == "renamed-cat.safetensors"

@@ -78,7 +78,8 @@ def uninterrupted(tiny_model, tmp_path_factory):
 @pytest.mark.parametrize("moment", MOMENTS)
 def test_sigkill_then_resume_latest_equals_an_uninterrupted_run(moment, tiny_model, uninterrupted, tmp_path):
     from dreambooth.cli import main
-    from dreambooth.training.checkpoint import list_checkpoints, load_checkpoint
+    from dreambooth.runs import list_checkpoints
+    from dreambooth.training.checkpoint import load_checkpoint
 
     out, class_dir = tmp_path / "run", tmp_path / "class"
     import torch

@@ -8,8 +8,9 @@ import re
 import pytest
 import torch
 
-from dreambooth.training.loop import _noised, resolved, setup, train, training_step
+from dreambooth.training.loop import resolved, setup, train, training_step
 from dreambooth.training.preflight import preflight
+from dreambooth.training.step import _noised
 from helpers import lora_weights, max_abs_diff
 
 
@@ -20,7 +21,7 @@ def _run(cfg):
 
 def _draw(run, step=0):
     g = torch.Generator().manual_seed(1234 + step)
-    return _noised(run, run.data.instance, 0, g)
+    return _noised(run, run.data.instance, 0, g, run.cfg.batch_size, 0)
 
 
 @pytest.fixture

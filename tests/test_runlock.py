@@ -11,8 +11,8 @@ import time
 
 import pytest
 
+from dreambooth import runs as runlock
 from dreambooth.errors import UserError
-from dreambooth.training import runlock
 
 
 def test_a_held_folder_names_its_holder_and_refuses_a_second_run(tmp_path):
@@ -35,7 +35,7 @@ def test_a_held_folder_names_its_holder_and_refuses_a_second_run(tmp_path):
 def test_the_lock_goes_with_a_killed_process(tmp_path):
     out = tmp_path / "run"
     code = (
-        "import sys, time; from dreambooth.training import runlock\n"
+        "import sys, time; from dreambooth import runs as runlock\n"
         f"with runlock.hold({str(out)!r}):\n    print('held', flush=True); time.sleep(600)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -28,8 +28,8 @@ def sdxl_lora(sdxl, tmp_path_factory):
     from diffusers import StableDiffusionXLPipeline
     from peft import LoraConfig
 
-    from dreambooth.config import TEXT_ENCODER_TARGETS
-    from dreambooth.methods.lora import write_lora_file
+    from dreambooth.formats.lora import write_lora_file
+    from dreambooth.methods.lora import TEXT_ENCODER_TARGETS
 
     pipe = StableDiffusionXLPipeline.from_pretrained(str(sdxl))
     torch.manual_seed(0)
@@ -221,15 +221,21 @@ def test_grid_and_evaluate_take_an_sdxl_model_and_lora(sdxl, sdxl_lora, extracto
     ev = ["evaluate", "--model", str(sdxl), "--lora", str(sdxl_lora), "--real", str(photos), "--class-noun", "dog"]
     ev += ["--prompts", str(templates), "--images-per-prompt", "2", "--num-class-images", "2", "--steps", "2"]
     assert main([*ev, "--dino-model", str(dino), "--clip-model", str(clip), "--output-dir", str(tmp_path / "ev")]) == 0
+    from test_evaluation import _scores_from_scratch
+
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert m["n_generated"] == 2 and all(-1 <= m[k] <= 1 for k in ("dino", "clip_i", "clip_t"))
+    assert m["n_generated"] == 2 and m["n_class"] == 2
+    # the SDXL images, scored against the photos: the mean cosines recomputed apart from the files (to 1e-6)
+    total, per = _scores_from_scratch(extractors, photos, tmp_path / "ev", "sks")
+    assert list(per) == ["a photo of sks dog"] and per["a photo of sks dog"]["images"] == 2
+    assert {k: m[k] for k in total} == pytest.approx(total, abs=1e-6)
 
 
 def test_unet_only_sdxl_lora_exports_to_the_same_images(sdxl, tmp_path):
     from diffusers import StableDiffusionXLPipeline
     from peft import LoraConfig
 
-    from dreambooth.methods.lora import write_lora_file
+    from dreambooth.formats.lora import write_lora_file
 
     pipe = StableDiffusionXLPipeline.from_pretrained(str(sdxl))
     torch.manual_seed(1)

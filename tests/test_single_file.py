@@ -3,12 +3,12 @@ from_single_file with the right config, `export --format single-file`, and pickl
 
 from __future__ import annotations
 
-import consumers
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import consumers
 from dreambooth.cli import main
 from dreambooth.demo import example_subject
 

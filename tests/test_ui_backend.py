@@ -174,7 +174,7 @@ def test_a_later_ui_sees_and_stops_a_run_an_earlier_one_started_and_a_killed_run
     import os
     import signal
 
-    from dreambooth.training.checkpoint import list_checkpoints
+    from dreambooth.runs import list_checkpoints
     from dreambooth.ui.supervisor import Supervisor
 
     first = Supervisor()

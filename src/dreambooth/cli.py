@@ -21,12 +21,9 @@ from .config import (
     GridConfig,
     SelectConfig,
     TrainConfig,
-    add_arguments,
-    build,
-    from_namespace,
-    load_yaml,
 )
 from .errors import ProcessesFailed, SaveIncomplete, TrainingInterrupted, UserError
+from .options import add_arguments, build, from_namespace, load_yaml
 
 
 class _Parser(argparse.ArgumentParser):
@@ -276,8 +273,8 @@ def train_config(ns: argparse.Namespace) -> TrainConfig:
 
 def generate_config(ns: argparse.Namespace) -> GenerateConfig:
     """defaults < the PNG's settings (--from-image) < --config file < flags; --prompts-file adds prompts."""
+    from .formats.pnginfo import settings_from_image
     from .generation import read_prompts_file
-    from .pnginfo import settings_from_image
 
     flags = from_namespace(ns, GenerateConfig)
     file_layer = load_yaml(ns.config, GenerateConfig) if ns.config else {}
@@ -393,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
         return 1
     except ProcessesFailed as e:  # a process killed by a signal: 128 + its number, as a shell says
-        return e.code if e.code > 0 else 128 - e.code
+        from .children import exit_code
+
+        return exit_code(e.code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -21,6 +21,8 @@ from .data.images import instance_images
 from .errors import UserError
 from .evaluation import dreambench
 from .evaluation.evaluate import PAPER, collect, extractors_for, score
+from .methods import get_method
+from .options import load_yaml
 
 log = logging.getLogger(__name__)
 METRICS = ("dino", "clip_i", "clip_t", "pres")
@@ -36,6 +38,10 @@ def subject_class(folder: Path, cfg: CompareConfig) -> str:
 
 
 def train_config(cfg: CompareConfig, folder: Path, noun: str, method: str, out: Path) -> TrainConfig:
+    """The protocol's training of one method on one subject: the method's own defaults, its prompts for
+    the subject (Method.protocol_options), the class images shared by the methods that use a prior."""
+    from .methods import METHODS
+
     kw: dict = dict(
         model=cfg.model,
         model_config=cfg.model_config,
@@ -47,30 +53,21 @@ def train_config(cfg: CompareConfig, folder: Path, noun: str, method: str, out: 
         seed=cfg.seed,
         mixed_precision=cfg.mixed_precision,
         max_steps=cfg.max_steps,
+        **METHODS[method].protocol_options(cfg.identifier, noun, folder.name),
     )
-    if method == "textual-inversion":
-        kw.update(instance_prompt=f"a photo of {token(cfg, folder)}", token=token(cfg, folder), initializer_token=noun)
-    else:
-        kw.update(
-            instance_prompt=f"a photo of {cfg.identifier} {noun}",
-            class_prompt=f"a photo of a {noun}",
-            class_dir=str(Path(cfg.output) / "class-images" / noun.replace(" ", "_")),
-            num_class_images=cfg.num_class_images,
-        )
+    if kw.get("class_prompt"):
+        kw.update(class_dir=str(Path(cfg.output) / "class-images" / noun.replace(" ", "_")))
+        kw.update(num_class_images=cfg.num_class_images)
     probe = TrainConfig(**kw)
     if probe.warmup_steps >= probe.max_steps:  # short runs (tests, quick looks): no warmup longer than the run
         kw["lr_warmup_steps"] = probe.max_steps // 10
     return TrainConfig(**kw)
 
 
-def token(cfg: CompareConfig, folder: Path) -> str:
-    return f"<{cfg.identifier}-{folder.name}>"
-
-
 def _train(tcfg: TrainConfig, progress: bool) -> None:
     """Train, unless the run finished before; continue it from its last checkpoint if it did not."""
+    from .runs import run_status
     from .training.loop import train
-    from .training.preflight import run_status
 
     status = run_status(tcfg.output_dir)
     if status == "finished":
@@ -80,7 +77,8 @@ def _train(tcfg: TrainConfig, progress: bool) -> None:
     train(tcfg, progress=progress)
 
 
-def eval_config(cfg: CompareConfig, folder: Path, noun: str, method: str, run: Path) -> EvaluateConfig:
+def eval_config(cfg: CompareConfig, folder: Path, noun: str, run: Path) -> EvaluateConfig:
+    """The protocol's scoring of a trained run: its weights and its subject word, as its method says."""
     kw: dict = dict(
         model=cfg.model,
         model_config=cfg.model_config,
@@ -101,12 +99,11 @@ def eval_config(cfg: CompareConfig, folder: Path, noun: str, method: str, run: P
         output_dir=str(run / "evaluation"),
         cache_dir=str(Path(cfg.output) / "embeddings"),
     )
-    if method == "lora":
-        kw["lora"] = str(run)
-    elif method == "full":
-        kw.update(model=str(run), model_config=None)
-    else:
-        kw.update(embedding=str(run), identifier=token(cfg, folder))
+    run_cfg = TrainConfig(**load_yaml(run / "config.yaml", TrainConfig))
+    trained = get_method(run_cfg)
+    kw.update(trained.sampling(run), identifier=trained.subject_word())
+    if "model" in trained.sampling(run):
+        kw["model_config"] = None
     return EvaluateConfig(**kw)
 
 
@@ -134,7 +131,7 @@ def run_compare(cfg: CompareConfig, progress: bool = True) -> Path:
             tcfg = train_config(cfg, folder, noun, method, run)
             tcfg.validate()
             _train(tcfg, progress)
-            ecfg = eval_config(cfg, folder, noun, method, run)
+            ecfg = eval_config(cfg, folder, noun, run)
             ident = ecfg.identifier
             every = dreambench.prompts(kind, ident, noun)
             n = 25 if cfg.prompts == "dreambench" else int(cfg.prompts)
@@ -208,7 +205,7 @@ def table(rows: list[dict], methods: list[str]) -> str:
 def _write(out: Path, cfg: CompareConfig, rows: list[dict], grids) -> None:
     from PIL import Image
 
-    from .generation import labelled_grid
+    from .sheets import labelled_grid
 
     out.mkdir(parents=True, exist_ok=True)
     text = table(rows, cfg.method_list)

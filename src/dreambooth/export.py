@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import UserError
-from .formats.kohya import DORA_FOR, is_kohya, kohya_tensors, read_lora, run_config
+from .formats.kohya import DORA_FOR, kohya_tensors, run_config
+from .formats.lora import is_kohya, read_lora
 
 FORMATS = ("kohya", "diffusers", "single-file")
 
@@ -74,7 +75,7 @@ def _kohya_to_diffusers(src: Path, model: str, dest: Path) -> Path:
     """A kohya file in diffusers' layout, written from what stock `load_lora_weights` makes of it (its
     converter, its alphas as peft's lora_alpha / alpha_pattern), so loading the result builds the
     same adapters."""
-    from .methods.lora import write_lora_file
+    from .formats.lora import write_lora_file
     from .models import load_pipeline
 
     pipe = load_pipeline(model)
@@ -90,9 +91,9 @@ def _export_single_file(model: str, dest: Path, dtype: str) -> Path:
     import torch
     from safetensors.torch import save_file
 
+    from .formats.singlefile import single_file_state
     from .io import atomic_path
     from .models import check_model, load_pipeline
-    from .singlefile import single_file_state
 
     if Path(model).expanduser().is_file():
         raise UserError(f"--model {model}: is a single file already")

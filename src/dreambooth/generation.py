@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from . import io
 from .config import GenerateConfig
@@ -294,7 +294,7 @@ def next_number(folder: Path) -> int:
 
 
 def save_image(image: Image.Image, settings: ImageSettings, path: Path) -> None:
-    from .pnginfo import save_png
+    from .formats.pnginfo import save_png
 
     d = {**dataclasses.asdict(settings), **a1111_names(settings)}
     with io.atomic_path(path) as tmp:
@@ -304,14 +304,14 @@ def save_image(image: Image.Image, settings: ImageSettings, path: Path) -> None:
 
 def infotext(s: ImageSettings) -> str:
     """The image's AUTOMATIC1111 "parameters" text (pnginfo.a1111_text), with the names and hashes it needs."""
-    from .pnginfo import a1111_text
+    from .formats.pnginfo import a1111_text
 
     return a1111_text({**dataclasses.asdict(s), **a1111_names(s)})
 
 
 def a1111_names(s: ImageSettings) -> dict:
     """What AUTOMATIC1111's infotext names the model and LoRA by: their names and its short hashes."""
-    from .pnginfo import tag_name
+    from .formats.pnginfo import tag_name
     from .weights import a1111_model_hash, model_name
 
     out = {"model_name": model_name(s.model), "model_hash": a1111_model_hash(s.model)}
@@ -324,7 +324,7 @@ def a1111_names(s: ImageSettings) -> dict:
 
 @functools.lru_cache(maxsize=64)
 def _lora_hash(path: str, content_sha256: str | None) -> str | None:
-    from .formats.kohya import a1111_lora_hash
+    from .formats.a1111 import a1111_lora_hash
 
     return a1111_lora_hash(Path(path))
 
@@ -359,57 +359,3 @@ def run_generate(cfg: GenerateConfig, progress: bool = True) -> list[Path]:
         bar.update(len(batch))
     bar.close()
     return written
-
-
-def image_grid(
-    rows: list[list[Image.Image]], row_labels: list[str], cell: int = 128, label_width: int = 200
-) -> Image.Image:
-    """Rows of images, each scaled to cell x cell, with a text label at the left of each row."""
-    return labelled_grid(rows, col_labels=None, row_labels=row_labels, cell=cell, label_width=label_width)
-
-
-def labelled_grid(
-    rows: list[list[Image.Image | None]],
-    col_labels: list[str] | None,
-    row_labels: list[str] | None,
-    title: str | None = None,
-    cell: int = 128,
-    label_width: int = 160,
-) -> Image.Image:
-    """A grid with column labels on top, row labels at the left and an optional title."""
-    font = ImageFont.load_default(size=13)
-    ncols = max(len(r) for r in rows)
-    left = label_width if row_labels else 0
-    col_lines = max((_wrap(c, cell // 7).count("\n") + 1 for c in col_labels or []), default=0)
-    head = 16 * col_lines + 6 if col_labels else 0
-    top = (24 if title else 0) + head
-    grid = Image.new("RGB", (left + ncols * cell, top + len(rows) * cell), "white")
-    draw = ImageDraw.Draw(grid)
-    if title:
-        draw.text((6, 4), title, fill="black", font=font)
-    for x, label in enumerate(col_labels or []):
-        draw.multiline_text(
-            (left + x * cell + 4, top - head + 2), _wrap(label, cell // 7), fill="black", font=font, spacing=3
-        )
-    for y, row in enumerate(rows):
-        if row_labels:
-            draw.multiline_text(
-                (6, top + y * cell + 6), _wrap(row_labels[y], label_width // 7), fill="black", font=font
-            )
-        for x, im in enumerate(row):
-            if im is not None:
-                grid.paste(
-                    im.convert("RGB").resize((cell, cell), Image.Resampling.LANCZOS), (left + x * cell, top + y * cell)
-                )
-    return grid
-
-
-def _wrap(text: str, width: int) -> str:
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return "\n".join(lines + [line])

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import io
-from .config import SCHEDULER_NAMES, GridConfig, flag_name
+from .config import SCHEDULER_NAMES, GridConfig
 from .errors import UserError
-from .training.checkpoint import checkpoints_dir, is_checkpoint
+from .options import flag_name
+from .runs import checkpoints_dir, is_checkpoint
 
 # Axis name -> value type ("checkpoint" picks a step of the --lora run, or "final").
 AXES: dict[str, type] = {
@@ -148,7 +149,7 @@ class GridPlan:
 
     def image(self, zi: int = 0):
         """Grid z as it stands: cells not generated yet are left blank."""
-        from .generation import labelled_grid
+        from .sheets import labelled_grid
 
         ax, ay, az = self.axes
         rows = [

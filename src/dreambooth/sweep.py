@@ -24,17 +24,15 @@ import io as _io
 import itertools
 import json
 import logging
-import os
 import re
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from . import io
-from .config import TrainConfig, build, coerce, flag_name, load_yaml, to_yaml
+from . import children, io
+from .config import TrainConfig
 from .errors import TrainingInterrupted, UserError
+from .options import build, coerce, flag_name, load_yaml, to_yaml
 
 log = logging.getLogger(__name__)
 
@@ -157,43 +155,23 @@ def train_all(cfg: SweepConfig, planned: list[Planned]) -> dict[str, str]:
         len(todo),
         cfg.parallel,
     )
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.parallel)))
-    running: dict[str, tuple[subprocess.Popen, float, object]] = {}
-    stop = {"signal": None}
-
-    def forward(signum, frame):
-        stop["signal"] = signum
-        for proc, _, _ in running.values():
-            if proc.poll() is None:
-                proc.send_signal(signum)
-
-    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    env = children.env_sharing_cores(cfg.parallel)
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
     done = len(status)
-    try:
+    with children.forward_signals(lambda: (proc for proc, _ in running.values())) as stop:
         while todo or running:
-            while todo and len(running) < cfg.parallel and stop["signal"] is None:
+            while todo and len(running) < cfg.parallel and stop.signal is None:
                 p = todo.pop(0)
                 config = out / "configs" / f"{p.name}.yaml"
                 io.write_text(config, to_yaml(p.cfg))
-                logfile = out / "logs" / f"{p.name}.log"
-                logfile.parent.mkdir(parents=True, exist_ok=True)
-                handle = open(logfile, "a", encoding="utf-8")
                 what = "resuming" if p.status == "unfinished" else "training"
                 log.info("%s %s", what, p.name)
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "dreambooth", "train", "--config", str(config)],
-                    stdout=handle,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,  # Ctrl-C reaches it through forward(), once
-                )
-                running[p.name] = (proc, time.monotonic(), handle)
-            for name, (proc, t0, handle) in list(running.items()):
+                proc = children.start(["train", "--config", str(config)], env=env, log=out / "logs" / f"{p.name}.log")
+                running[p.name] = (proc, time.monotonic())
+            for name, (proc, t0) in list(running.items()):
                 code = proc.poll()
                 if code is None:
                     continue
-                handle.close()
                 del running[name]
                 done += 1
                 if code == 0:
@@ -203,13 +181,10 @@ def train_all(cfg: SweepConfig, planned: list[Planned]) -> dict[str, str]:
                     last = last_error_line(out / "logs" / f"{name}.log")
                     status[name] = f"failed (exit {code}): {last}"
                     log.warning("[%d/%d] %s: %s", done, len(planned), name, status[name])
-            if stop["signal"] is not None and not running:
+            if stop.signal is not None and not running:
                 break
             time.sleep(0.2)
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-    if stop["signal"] is not None:
+    if stop.signal is not None:
         raise TrainingInterrupted("sweep stopped; the runs saved checkpoints: run the same command to continue")
     return status
 
@@ -403,8 +378,9 @@ def _plots(out: Path, rows: list[dict], metrics: tuple) -> None:
 def _grid(cfg: SweepConfig, out: Path, planned: list[Planned], best_of_run: dict) -> None:
     """Rows: each run's best checkpoint; columns: the same prompts and seeds."""
     from .config import SamplingConfig
-    from .generation import Engine, image_settings, labelled_grid
+    from .generation import Engine, image_settings
     from .methods import get_method
+    from .sheets import labelled_grid
 
     done = [p for p in planned if p.name in best_of_run]
     if not done:

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from .examples import mix_seed
+from .order import mix_seed
 
 
 def bucket_sizes(resolution: int, step: int, min_side: int | None = None, max_side: int | None = None) -> list:

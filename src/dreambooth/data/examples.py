@@ -13,22 +13,9 @@ from pathlib import Path
 
 import torch
 
+from .buckets import batch_of
 from .images import load_rgb, micro_conditioning, resize_and_crop
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from several integers (seed, step, stream...), stable across runs and machines."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
-
-
-def epoch_order(n: int, seed: int, stream: int, k: int) -> int:
-    """Index of the k-th example drawn: a fresh permutation of the n examples every epoch."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, stream, k // n)))
-    return int(perm[k % n])
+from .order import epoch_order
 
 
 def to_pixels(
@@ -160,8 +147,6 @@ class TrainingData:
         numbers as for all n (how processes split a global batch)."""
         lo, hi = part or (0, n)
         if s.targets is not None:  # a batch from one bucket: all of one size
-            from .buckets import batch_of
-
             idx = batch_of(s.targets, n, self.seed, s.stream, first_k // n)
         else:
             idx = [epoch_order(len(s.paths), self.seed, s.stream, first_k + j) for j in range(n)]

@@ -48,7 +48,7 @@ def folder_images(folder: str | None, flag: str) -> list[Path]:
 
 def embedded_prompt(path: Path) -> str | None:
     """The prompt an image was made with: its PNG 'parameters' text, else its JSON sidecar."""
-    from ..pnginfo import parse_a1111, read_parameters
+    from ..formats.pnginfo import parse_a1111, read_parameters
 
     try:
         text = read_parameters(path)

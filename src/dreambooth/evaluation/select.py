@@ -16,11 +16,11 @@ import logging
 import re
 from pathlib import Path
 
-from .. import io
-from ..config import EvaluateConfig, SelectConfig, TrainConfig, load_yaml
+from .. import io, runs
+from ..config import EvaluateConfig, SelectConfig, TrainConfig
 from ..errors import UserError
 from ..methods import get_method
-from ..training.checkpoint import list_checkpoints
+from ..runs import list_checkpoints
 from . import dreambench
 from .evaluate import collect, extractors_for, score
 from .plot import line_plot
@@ -109,9 +109,9 @@ def _subject_words(saved: TrainConfig, cfg: SelectConfig) -> tuple[str, str]:
 def run_select(cfg: SelectConfig, progress: bool = True) -> dict:
     cfg.validate()
     run = Path(cfg.run)
-    if not (run / "config.yaml").is_file():
-        raise UserError(f"--run {run}: not a training run (no config.yaml)")
-    saved = TrainConfig(**load_yaml(run / "config.yaml", TrainConfig))
+    saved = runs.saved_config(run)
+    if saved is None:
+        raise UserError(f"--run {run}: not a training run (no readable config.yaml)")
     weights = parse_objective(cfg.objective)
     method = get_method(saved)
     if cfg.scales and "lora" not in method.sampling(run):
@@ -119,11 +119,28 @@ def run_select(cfg: SelectConfig, progress: bool = True) -> dict:
     candidates = _candidates(run, method)
     if not candidates:
         raise UserError(f"--run {run}: holds no checkpoint and no final weights")
+    base, prompts = _protocol(cfg, saved, run / "selection")
+    rows = _score_candidates(cfg, base, prompts, candidates, method, progress)
+    for r, f, v in zip(rows, pareto_front(rows), objective_values(rows, weights)):
+        r["pareto"], r["objective"] = f, round(v, 6)
+    best = max((r for r in rows if r["pareto"]), key=lambda r: r["objective"])
+    selection = {
+        **{k: best[k] for k in ("checkpoint", "step", "lora_scale_unet", "guidance")},
+        "metrics": {k: best[k] for k in METRICS},
+        "objective": cfg.objective,
+        "prompts": prompts,
+        "candidates": rows,
+    }
+    _write(run / "selection", run, rows, selection, best)
+    print(_markdown(rows, best))
+    return selection
+
+
+def _protocol(cfg: SelectConfig, saved: TrainConfig, out: Path) -> tuple[EvaluateConfig, list[str]]:
+    """The scoring every candidate shares (DreamBench prompts of the run's subject), and the prompts."""
     identifier, class_noun = _subject_words(saved, cfg)
     kind = dreambench.kind_of(class_noun) if cfg.kind == "auto" else cfg.kind
-    every = dreambench.prompts(kind, identifier, class_noun)
-    prompts = dreambench.spread(every, cfg.prompts)
-    out = run / "selection"
+    prompts = dreambench.spread(dreambench.prompts(kind, identifier, class_noun), cfg.prompts)
     base = EvaluateConfig(
         model=saved.model,
         real=cfg.real or saved.instance_dir,
@@ -142,52 +159,27 @@ def run_select(cfg: SelectConfig, progress: bool = True) -> dict:
         seed=cfg.seed,
         dtype=cfg.dtype,
     )
+    return base, prompts
+
+
+def _score_candidates(cfg, base: EvaluateConfig, prompts, candidates, method, progress: bool) -> list[dict]:
+    """A row of metrics per checkpoint x LoRA scale x guidance."""
     dino, clip = extractors_for(base)
+    out = Path(base.cache_dir).parent
     rows = []
     for step, path in candidates:
         for scale in cfg.scales or [1.0]:
             for guidance in cfg.guidances or [7.5]:
                 name = f"step-{step}-s{scale:g}-g{guidance:g}"
-                ecfg = EvaluateConfig(
-                    **{
-                        **base.__dict__,
-                        **method.sampling(path),
-                        "lora_scale_unet": scale,
-                        "guidance": guidance,
-                        "output_dir": str(out / name),
-                    }
-                )
+                over = {**method.sampling(path), "lora_scale_unet": scale, "guidance": guidance}
+                ecfg = EvaluateConfig(**{**base.__dict__, **over, "output_dir": str(out / name)})
                 ecfg.validate()
                 real, generated, class_paths = collect(ecfg, prompts, progress)
                 result, _ = score(ecfg, real, generated, class_paths, dino, clip)
-                rows.append(
-                    {
-                        "step": step,
-                        "checkpoint": str(path),
-                        "lora_scale_unet": scale,
-                        "guidance": guidance,
-                        **{k: result.get(k) for k in METRICS},
-                    }
-                )
+                rows.append({"step": step, "checkpoint": str(path), "lora_scale_unet": scale, "guidance": guidance,
+                             **{k: result.get(k) for k in METRICS}})  # fmt: skip
                 log.info("%s: DINO %.3f CLIP-T %.3f", name, result["dino"], result["clip_t"])
-    front = pareto_front(rows)
-    values = objective_values(rows, weights)
-    for r, f, v in zip(rows, front, values):
-        r["pareto"], r["objective"] = f, round(v, 6)
-    best = max((r for r in rows if r["pareto"]), key=lambda r: r["objective"])
-    selection = {
-        "checkpoint": best["checkpoint"],
-        "step": best["step"],
-        "lora_scale_unet": best["lora_scale_unet"],
-        "guidance": best["guidance"],
-        "metrics": {k: best[k] for k in METRICS},
-        "objective": cfg.objective,
-        "prompts": prompts,
-        "candidates": rows,
-    }
-    _write(out, run, rows, selection, best)
-    print(_markdown(rows, best))
-    return selection
+    return rows
 
 
 def _write(out: Path, run: Path, rows: list[dict], selection: dict, best: dict) -> None:

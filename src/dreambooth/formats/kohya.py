@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
+from .lora import read_lora
 
 DORA_FOR = ("comfyui", "lycoris", "automatic1111")
 A1111_DORA = (
@@ -193,48 +194,6 @@ def base_weights(models: dict) -> Callable[[str], object]:
     return get
 
 
-def read_lora(path: Path, flag: str = "--lora") -> tuple[dict, dict, dict]:
-    """(tensors, safetensors metadata, peft adapter metadata by '<component>.<field>')."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types; any means unreadable
-        raise UserError(f"{flag} {path}: not a readable .safetensors file ({str(e).splitlines()[0]})") from None
-    adapter = json.loads(meta.get("lora_adapter_metadata", "{}") or "{}")
-    return state, meta, adapter
-
-
-def rank_and_alpha(state: dict, adapter_meta: dict) -> tuple[int, float] | None:
-    """The UNet LoRA's rank and alpha (the most common ones, should modules differ) of a diffusers or
-    kohya state dict; None when it holds no UNet LoRA (pure)."""
-    from collections import Counter
-
-    if is_kohya(state):
-        downs = {
-            k[: -len(".lora_down.weight")]: v
-            for k, v in state.items()
-            if k.startswith("lora_unet_") and k.endswith(".lora_down.weight")
-        }
-        if not downs:
-            return None
-        rank = Counter(int(v.shape[0]) for v in downs.values()).most_common(1)[0][0]
-        alphas = [float(state[f"{k}.alpha"]) if f"{k}.alpha" in state else float(v.shape[0]) for k, v in downs.items()]
-        return rank, Counter(alphas).most_common(1)[0][0]
-    downs = [v for k, v in state.items() if k.startswith("unet.") and re.search(r"\.lora_A(\.default)?\.weight$", k)]
-    if not downs:
-        return None
-    rank = Counter(int(v.shape[0]) for v in downs).most_common(1)[0][0]
-    alpha = adapter_meta.get("unet.lora_alpha")
-    return rank, float(alpha) if alpha is not None else float(rank)
-
-
-def is_kohya(state: dict) -> bool:
-    return any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in state)
-
-
 def kohya_metadata(adapter: dict, run: dict | None, sdxl: bool, v2: bool, name: str) -> dict[str, str]:
     """kohya's ss_* training metadata (what AUTOMATIC1111's and ComfyUI's LoRA browsers show)."""
     rank = adapter.get("unet.r") or adapter.get("text_encoder.r")
@@ -337,73 +296,6 @@ def run_config(lora: Path) -> dict | None:
         if (folder / "config.yaml").is_file():
             return yaml.safe_load((folder / "config.yaml").read_text()) or {}
     return None
-
-
-def a1111_lora_hash(lora: Path) -> str | None:
-    """AUTOMATIC1111's short hash (weights.addnet_hash, 12 hex digits) of the kohya file a LoRA is used
-    as there: the file itself when it is in kohya's layout, else the kohya file beside it (training's
-    --save-format both), else the file `dreambooth export` makes of it (computed, not written); None
-    where none can be made here (a DoRA LoRA without its kohya file; an SDXL LoRA without its run)."""
-    from safetensors.torch import save
-
-    from ..weights import addnet_hash
-
-    lora = Path(lora)
-    state, _, _ = read_lora(lora)
-    if is_kohya(state):
-        return addnet_hash(lora)[:12]
-    beside = kohya_beside(lora)
-    if beside is not None:
-        return addnet_hash(beside)[:12]
-    if any("lora_magnitude_vector" in k for k in state):
-        return None  # its kohya file depends on the program it is for, and needs the base weights
-    try:
-        tensors, metadata = kohya_tensors(lora, run_config(lora), lora.stem)
-    except UserError:
-        return None
-    return addnet_hash(save(tensors, metadata={"format": "pt", **metadata}))[:12]
-
-
-def kohya_beside(lora: Path) -> Path | None:
-    """The kohya file training wrote beside a diffusers-format LoRA file (--save-format both), if one."""
-    from safetensors import safe_open
-
-    from ..weights import NOT_LORA
-
-    others = [p for p in lora.parent.glob("*.safetensors") if p.name not in NOT_LORA and p != lora]
-    if len(others) != 1:
-        return None
-    try:
-        with safe_open(str(others[0]), "pt") as f:
-            return others[0] if is_kohya(dict.fromkeys(f.keys())) else None
-    except Exception:  # unreadable: not the file
-        return None
-
-
-def find_a1111_lora(folder: Path, name: str, short_hash: str | None) -> Path | None:
-    """The LoRA an AUTOMATIC1111 prompt tag <lora:NAME:...> names, in folder: by its hash (as
-    AUTOMATIC1111 finds a pasted LoRA), else by name (a NAME.safetensors file or a run folder NAME)."""
-    from ..weights import lora_file
-
-    def weights(p: Path) -> Path | None:
-        try:
-            return lora_file(p)
-        except UserError:
-            return None
-
-    if not folder.is_dir():
-        return None
-    candidates = sorted(folder.glob("*.safetensors")) + sorted(p for p in folder.iterdir() if p.is_dir())
-    by_name = [p for p in candidates if p.stem == name or p.name == name]
-    if short_hash:
-        for p in by_name + [p for p in candidates if p not in by_name]:
-            w = weights(p) if p.is_dir() else p
-            try:
-                if w is not None and a1111_lora_hash(w) == short_hash.lower():
-                    return p
-            except UserError:
-                continue
-    return by_name[0] if by_name and weights(by_name[0]) is not None else None
 
 
 def _cross_attention_dim(state: dict) -> int | None:

@@ -26,8 +26,8 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from . import __version__
-from .errors import UserError
+from .. import __version__
+from ..errors import UserError
 
 # Our scheduler names and AUTOMATIC1111's sampler names.
 SAMPLERS = {
@@ -242,7 +242,7 @@ def settings_from_image(path: str, lora_dir: str | None = None, find_lora: bool 
     if loras:
         out.update(lora_scale_text_encoder=loras[0]["text_encoder"], lora_scale_unet=loras[0]["unet"])
     if name is not None and find_lora:
-        from .formats.kohya import find_a1111_lora
+        from .a1111 import find_a1111_lora
 
         folder = Path(lora_dir or ".")
         found = find_a1111_lora(folder, name, short_hash)

@@ -1,26 +1,81 @@
-"""What a training method is: which parameters train, and how the result is saved.
+"""What a training method is: which parameters train, how the result is saved, found and used.
 
-The training loop calls only these methods and never branches on a method's name (the shape of
-peft's tuners: one small object per method, registered in one place).
+A method is one unit (the shape of peft's tuners: one small object per method, registered in one
+place) that answers everything about itself: its own options (a dataclass of fields that TrainConfig
+takes in), its defaults, its checks, how much it writes, whether it reads captions, what trains,
+how it saves, where its weights are and how they generate, what its model card says. The training
+loop and everything else ask it and never compare its name. Imports no torch at import time (the
+CLI's --help reads the options).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..config import TrainConfig
+from ..errors import UserError
 from ..models import Components
+from ..options import defaults_of, flag_name
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..config import TrainConfig
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
 
+@dataclasses.dataclass
+class NoOptions:
+    """A method without options of its own."""
+
+
 class Method:
     name = "base"
+    label = "base"  # in sentences: "DreamBooth (LoRA)"
+    setting_label = "base"  # "--rank: a LoRA setting, and --method is full"
+    options: type = NoOptions  # the dataclass of its own fields (TrainConfig includes them)
+    # Defaults from the method's public recipe; learning_rate and max_steps when not given.
+    defaults: dict[str, Any] = {"learning_rate": 1e-4, "max_steps": 2000, "warmup": 500}
+    uses_captions = True  # per-image captions (photo.txt) become its prompts
+    text_encoder_choice = True  # --train-text-encoder applies to it
+    trained_bytes_estimate = 200_000_000  # fp32 size of what trains, for the disk check
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
+
+    # -- options, before anything is read -------------------------------------------------------------
+    @classmethod
+    def default_learning_rate(cls, cfg: TrainConfig) -> float:
+        return cls.defaults["learning_rate"]
+
+    @classmethod
+    def resolve(cls, cfg: TrainConfig) -> TrainConfig:
+        """The config with the method's implicit defaults made explicit (what config.yaml shows)."""
+        return cfg
+
+    @classmethod
+    def validate_options(cls, cfg: TrainConfig) -> None:
+        """The method's checks of the config that need several fields (bounds are in the fields)."""
+
+    @classmethod
+    def refuse_options_of_others(cls, cfg: TrainConfig, others: list[type[Method]]) -> None:
+        """Another method's option set away from its default is refused, naming it."""
+        for other in others:
+            for key, default in defaults_of(other.options).items():
+                if getattr(cfg, key) != default:
+                    raise UserError(f"--{flag_name(key)}: a {other.setting_label} setting, and --method is {cls.name}")
+
+    @classmethod
+    def protocol_options(cls, identifier: str, noun: str, subject: str) -> dict[str, Any]:
+        """Training options of the paper's protocol (`compare`) for one subject: DreamBooth's prompts,
+        with prior preservation on the class (its class_dir is shared by the methods that use it)."""
+        return {"instance_prompt": f"a photo of {identifier} {noun}", "class_prompt": f"a photo of a {noun}"}
+
+    def trained_bytes(self) -> int:
+        """fp32 size of what trains, from the model's configs and files only (nothing is loaded)."""
+        return self.trained_bytes_estimate
 
     @property
     def trains_text_encoder(self) -> bool:
@@ -69,6 +124,18 @@ class Method:
         """How a prompt names the subject: 'sks dog' (the paper's "a [V] dog")."""
         return f"{self.subject_word()} {class_noun}"
 
+    def card_lines(self) -> list[str]:
+        """What the model card says about the method's own settings."""
+        return []
+
+    def usage(self, run: Path, load: str, trigger: str) -> list[str]:
+        """How to use the trained result (markdown lines); load: how the base pipeline is loaded."""
+        raise NotImplementedError
+
+    def trigger(self) -> str:
+        """What brings the subject, for the model card: the instance prompt."""
+        return self.cfg.instance_prompt or ""
+
     def state_dict(self, comps: Components) -> dict[str, torch.Tensor]:
         """Every trainable tensor, by component and parameter name (for exact resume)."""
         out = {}
@@ -91,6 +158,8 @@ class Method:
         missing = set(own) - set(state)
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} trained tensors, e.g. {sorted(missing)[0]}")
+        import torch
+
         with torch.no_grad():
             for key, p in own.items():
                 p.copy_(state[key].to(p.dtype))

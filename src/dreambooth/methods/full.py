@@ -14,6 +14,29 @@ from .base import Method
 
 class Full(Method):
     name = "full"
+    label = setting_label = "full fine-tuning"
+    # The paper's Stable Diffusion fine-tuning: lr 5e-6, ~1000 steps.
+    defaults = {"learning_rate": 5e-6, "max_steps": 1000, "warmup": 0}
+
+    def trained_bytes(self) -> int:
+        """The UNet's files (fp32), or SD 1.5's UNet for a model not on this disk."""
+        from ..models import resolve
+
+        unet = Path(resolve(self.cfg.model)) / "unet"
+        files = list(unet.glob("*.safetensors")) + list(unet.glob("*.bin")) if unet.is_dir() else []
+        if not files:
+            return 3_440_000_000
+        size = sum(f.stat().st_size for f in files)
+        return size * 2 if any(".fp16." in f.name for f in files) else size
+
+    def usage(self, run: Path, load: str, trigger: str) -> list[str]:
+        return [
+            "```python",
+            "from diffusers import StableDiffusionPipeline",
+            f'pipe = StableDiffusionPipeline.from_pretrained("{run}")',
+            f'pipe("{trigger}").images[0]',
+            "```",
+        ]
 
     @property
     def trains_text_encoder(self) -> bool:

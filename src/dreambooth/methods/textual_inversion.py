@@ -7,14 +7,18 @@ SDXL embeddings."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from ..io import atomic_path
 from ..models import Components
+from ..options import flag_name, option
 from .base import Method
+
+if TYPE_CHECKING:
+    import torch
 
 EMBEDS_NAME = "learned_embeds.safetensors"
 # The prompt templates of the Textual Inversion reference implementation (imagenet_templates_small).
@@ -58,6 +62,8 @@ def learnable_tokens(tokenizer, te, tokens: list[str], init_word: str) -> tuple[
     """Add tokens to the tokenizer and rows for them to the text encoder's input embedding, each
     starting as init_word's embedding (the mean of its tokens'); make the embedding trainable. Returns
     (the new ids, a copy of the whole embedding, the mask of rows that must stay as they are)."""
+    import torch
+
     init = tokenizer.encode(init_word, add_special_tokens=False)
     tokenizer.add_tokens(tokens)
     ids = tokenizer.convert_tokens_to_ids(tokens)
@@ -74,13 +80,68 @@ def learnable_tokens(tokenizer, te, tokens: list[str], init_word: str) -> tuple[
 
 def restore_rows(te, original: torch.Tensor, keep: torch.Tensor) -> None:
     """Put back every embedding row but the learned ones: weight decay and Adam must not move them."""
+    import torch
+
     emb = te.get_input_embeddings().weight
     with torch.no_grad():
         emb[keep] = original[keep].to(emb.device, emb.dtype)
 
 
+@dataclasses.dataclass
+class TextualInversionOptions:
+    token: str | None = option(None, 'textual inversion: the new placeholder token, e.g. "<sks-cat>"')
+    initializer_token: str | None = option(
+        None, "textual inversion: a one-token word the new embedding starts from, e.g. cat"
+    )
+    num_vectors: int = option(1, "textual inversion: embedding vectors the placeholder stands for", ge=1)
+
+
 class TextualInversion(Method):
     name = "textual-inversion"
+    label = "Textual Inversion"
+    setting_label = "textual-inversion"
+    options = TextualInversionOptions
+    # Gal et al.: lr 5e-4 scaled by the batch, 3000 steps, constant.
+    defaults = {"learning_rate": 5e-4, "max_steps": 3000, "warmup": 0}
+    uses_captions = False  # it trains on its own prompt templates
+    text_encoder_choice = False  # it trains the text encoder's input embedding, always
+    trained_bytes_estimate = 50_000_000  # the whole embedding matrix is checkpointed
+
+    @classmethod
+    def default_learning_rate(cls, cfg) -> float:
+        return cls.defaults["learning_rate"] * cfg.batch_size * cfg.gradient_accumulation
+
+    @classmethod
+    def validate_options(cls, cfg) -> None:
+        if cfg.concepts:
+            raise UserError("--concepts: for --method lora or full (Textual Inversion learns one token)")
+        for key in ("token", "initializer_token"):
+            if not getattr(cfg, key):
+                raise UserError(f"--{flag_name(key)}: required with --method textual-inversion")
+        if cfg.token.strip() != cfg.token or " " in cfg.token:
+            raise UserError(f"--token {cfg.token!r}: must be one word without spaces")
+
+    @classmethod
+    def protocol_options(cls, identifier: str, noun: str, subject: str) -> dict:
+        """A token of its own per subject (<sks-dog>), starting from the class noun; no prior."""
+        token = f"<{identifier}-{subject}>"
+        return {"instance_prompt": f"a photo of {token}", "token": token, "initializer_token": noun}
+
+    def usage(self, run: Path, load: str, trigger: str) -> list[str]:
+        return [
+            "```python",
+            "from diffusers import StableDiffusionPipeline",
+            f"pipe = {load}",
+            f'pipe.load_textual_inversion("{run}", weight_name="learned_embeds.safetensors", token="{trigger}")',
+            f'pipe("a photo of a {trigger}").images[0]',
+            "```",
+            "",
+            "AUTOMATIC1111: copy learned_embeds.safetensors to `embeddings/` as `<name>.safetensors`, then write",
+            "that name in the prompt. ComfyUI: put it in `models/embeddings/` and write `embedding:<name>`.",
+        ]
+
+    def trigger(self) -> str:
+        return self.cfg.token
 
     @property
     def trains_text_encoder(self) -> bool:
@@ -135,6 +196,8 @@ class TextualInversion(Method):
             m.requires_grad_(False)
         self.ids, self.original, self.keep = [], [], []
         groups = []
+        import torch
+
         for tokenizer, te in self._pairs(comps):
             te.to(torch.float32)  # it trains (through its input): fp32 under mixed precision
             te.requires_grad_(False)

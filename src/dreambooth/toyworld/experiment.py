@@ -27,7 +27,8 @@ from pathlib import Path
 from .. import io
 from ..config import SamplingConfig, TrainConfig
 from ..data.images import list_images, load_rgb
-from ..generation import Engine, image_settings, labelled_grid
+from ..generation import Engine, image_settings
+from ..sheets import labelled_grid
 from ..training.preflight import preflight
 from .subject import BACKGROUND, RECONTEXT, read_subject
 

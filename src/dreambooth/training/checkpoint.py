@@ -1,43 +1,19 @@
-"""Resumable checkpoints: OUTPUT/checkpoints/step-N/, written to a temporary folder and renamed into
-place, with a completion marker written last; a folder without the marker does not count."""
+"""Resumable checkpoints: OUTPUT/checkpoints/step-N/ (runs.py names the layout), written to a temporary
+folder and renamed into place, with a completion marker written last; a folder without the marker does
+not count."""
 
 from __future__ import annotations
 
 import json
 import logging
 import random
-import re
 import shutil
 from pathlib import Path
 
 from ..io import atomic_dir
-
-MARKER = "checkpoint_complete"
-EMA_DIR = "ema"  # the EMA weights, in the same layout as the raw ones, in this subfolder
-_STEP_DIR = re.compile(r"^step-(\d+)$")
+from ..runs import EMA_DIR, MARKER, checkpoints_dir, list_checkpoints
 
 log = logging.getLogger(__name__)
-
-
-def checkpoints_dir(output_dir: str | Path) -> Path:
-    return Path(output_dir) / "checkpoints"
-
-
-def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints, oldest first."""
-    root = checkpoints_dir(output_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = _STEP_DIR.match(p.name)
-        if m and (p / MARKER).is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def is_checkpoint(path: str | Path) -> bool:
-    return (Path(path) / MARKER).is_file()
 
 
 def flatten_state(obj, tensors: dict, prefix: str = "t"):
@@ -178,10 +154,6 @@ def load_checkpoint(path: str | Path) -> dict:
         "ema": _read_state(path, "ema") if (path / "ema.json").is_file() else None,
         "state": json.loads((path / "state.json").read_text()),
     }
-
-
-def checkpoint_step(path: str | Path) -> int:
-    return int(json.loads((Path(path) / "state.json").read_text())["step"])
 
 
 def prune_checkpoints(output_dir: str | Path, keep: int | None) -> None:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from .. import children
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +67,14 @@ def _free_port() -> int:
 
 
 def launch(args: list[str], n: int, grace_s: float = 60.0) -> int:
-    """Run `python -m dreambooth ARGS` in n processes of one group on this machine; their exit code.
+    """Run `python -m dreambooth ARGS` in n processes of one group on this machine; their exit code, as
+    Popen gives it (-N for a process killed by signal N; the CLI then exits with 128 + N).
 
     Ctrl-C and SIGTERM reach every process once (each stops at the same step: the main process saves
     a checkpoint). A process that fails leaves the others waiting on it in a collective, so they are
     stopped after grace_s. Each process gets an equal share of the CPU cores (OMP_NUM_THREADS)
     unless the variable is set."""
-    base = dict(os.environ)
+    base = children.env_sharing_cores(n)
     base.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(_free_port()),
@@ -82,19 +82,8 @@ def launch(args: list[str], n: int, grace_s: float = 60.0) -> int:
         LOCAL_WORLD_SIZE=str(n),
         **{LAUNCHED_VAR: "1"},
     )
-    base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
-    procs = []
-    for rank in range(n):
-        env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}
-        procs.append(subprocess.Popen([sys.executable, "-m", "dreambooth", *args], env=env, start_new_session=True))
-
-    def forward(signum, frame):
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    procs = [children.start(args, env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(n)]
+    with children.forward_signals(lambda: procs):
         failed_at = None
         while any(p.poll() is None for p in procs):
             codes = [p.returncode for p in procs if p.returncode is not None]
@@ -105,9 +94,6 @@ def launch(args: list[str], n: int, grace_s: float = 60.0) -> int:
                     if p.poll() is None:
                         p.kill()
             time.sleep(0.2)
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
     codes = [p.returncode for p in procs]
     if codes[0] != 0:
         return codes[0]
@@ -120,7 +106,7 @@ def launch_train(cfg) -> int:
     temporary file."""
     import tempfile
 
-    from ..config import to_yaml
+    from ..options import to_yaml
     from .preflight import preflight
 
     preflight(cfg)

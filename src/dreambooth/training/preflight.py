@@ -8,17 +8,15 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import runs
 from ..config import TrainConfig
 from ..data.concepts import Concept, concepts_of
 from ..data.images import instance_images
 from ..data.prior import check_class_dir
 from ..errors import UserError
+from ..methods import METHODS, get_method
 from ..models import check_model
-from . import runlock
-from .checkpoint import checkpoint_step, is_checkpoint, list_checkpoints
-
-RUN_FILE = "run.json"
-
+from ..runs import checkpoint_step, is_checkpoint, list_checkpoints, run_status
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +43,7 @@ class Plan:
         return self.concepts[0].captions
 
 
-def run_status(output_dir: str | Path) -> str | None:
-    """'finished', 'unfinished' (complete checkpoints but no final weights) or None (no run)."""
-    out = Path(output_dir)
-    try:
-        if json.loads((out / RUN_FILE).read_text()).get("status") == "finished":
-            return "finished"
-    except (OSError, ValueError):
-        pass
-    return "unfinished" if list_checkpoints(out) else None
-
-
 def preflight(cfg: TrainConfig) -> Plan:
-    from ..methods import get_method
-
     cfg.validate()
     check_model(cfg.model, config=cfg.model_config, allow_pickle=cfg.allow_pickle)
     if cfg.zero_terminal_snr:
@@ -78,8 +63,8 @@ def preflight(cfg: TrainConfig) -> Plan:
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output-dir {out}: is a file, not a folder")
-    if (info := runlock.holder(out)) is not None:
-        raise UserError(runlock.busy_message(out, info))
+    if (info := runs.holder(out)) is not None:
+        raise UserError(runs.busy_message(out, info))
     _check_room(cfg, out)
     status = run_status(out)
     resume_from = None
@@ -104,7 +89,7 @@ def _concept_plan(cfg: TrainConfig, c: Concept, i: int) -> ConceptPlan:
     try:
         paths = instance_images(c.instance_dir, skip_bad=cfg.skip_bad_images)
         captions = None
-        if cfg.method != "textual-inversion":  # (it trains on its own prompt templates)
+        if METHODS[cfg.method].uses_captions:
             identifier = cfg.identifier or identifier_of(c.instance_prompt, c.class_prompt)
             captions = instance_captions(paths, c.instance_prompt, identifier, cfg.caption_identifier)
         if c.class_dir is not None:
@@ -169,22 +154,6 @@ def expected_bytes(cfg: TrainConfig, trained_bytes: int) -> int:
     return trained_bytes * (1 + 4 * n_checkpoints) + 50_000_000  # + logs, validation images, class images
 
 
-def _trained_bytes(cfg: TrainConfig) -> int:
-    """fp32 size of what trains, from the model's configs and files only (nothing is loaded)."""
-    from ..models import resolve
-
-    if cfg.method == "lora":
-        return 200_000_000  # a rank-128 LoRA on SDXL with both text encoders is ~0.9 GB; rank 16 on SD 1.5 ~25 MB
-    if cfg.method == "textual-inversion":
-        return 50_000_000  # the whole embedding matrix is checkpointed
-    unet = Path(resolve(cfg.model)) / "unet"
-    files = list(unet.glob("*.safetensors")) + list(unet.glob("*.bin")) if unet.is_dir() else []
-    if not files:
-        return 3_440_000_000  # SD 1.5's UNet in fp32, for a model not on this disk
-    size = sum(f.stat().st_size for f in files)
-    return size * 2 if any(".fp16." in f.name for f in files) else size
-
-
 def _check_room(cfg: TrainConfig, out: Path) -> None:
     """The output folder can be written and its disk has room for the run, before anything starts."""
     import shutil
@@ -198,7 +167,7 @@ def _check_room(cfg: TrainConfig, out: Path) -> None:
             pass
     except OSError as e:
         raise UserError(f"--output-dir {out}: cannot write in {parent} ({e.strerror or e})") from None
-    need = expected_bytes(cfg, _trained_bytes(cfg))
+    need = expected_bytes(cfg, get_method(cfg).trained_bytes())
     free = shutil.disk_usage(parent).free
     if free < need:
         raise UserError(

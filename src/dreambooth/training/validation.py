@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .. import io
-from ..pnginfo import save_png
+from ..formats.pnginfo import save_png
 
 SCHEDULER = "dpm++2m-karras"
 
@@ -69,23 +69,7 @@ def render(run, step: int) -> Path:
                     step,
                     dataformats="NHWC",
                 )
-            for seed, image in zip(cfg.validation_seeds, images):
-                settings = dict(
-                    model=cfg.model,
-                    prompt=prompt,
-                    negative_prompt="",
-                    seed=seed,
-                    width=cfg.resolution,
-                    height=cfg.resolution,
-                    steps=cfg.validation_inference_steps,
-                    guidance=cfg.validation_guidance,
-                    scheduler=sampler,
-                    zero_terminal_snr=zero_snr,
-                    training_step=step,
-                    run=str(cfg.output_dir),
-                )
-                with io.atomic_path(folder / f"{pi:02d}-{seed}.png") as tmp:
-                    save_png(image, tmp, settings)
+            _save(cfg, folder, pi, prompt, images, step, sampler, zero_snr)
     finally:
         pipe.scheduler = scheduler
         for m, training in modes:
@@ -98,11 +82,32 @@ def render(run, step: int) -> Path:
     return folder
 
 
+def _save(cfg, folder: Path, pi: int, prompt: str, images: list, step: int, sampler: str, zero_snr: bool) -> None:
+    """Each seed's image as a PNG carrying its settings (and the run and step it shows)."""
+    for seed, image in zip(cfg.validation_seeds, images):
+        settings = dict(
+            model=cfg.model,
+            prompt=prompt,
+            negative_prompt="",
+            seed=seed,
+            width=cfg.resolution,
+            height=cfg.resolution,
+            steps=cfg.validation_inference_steps,
+            guidance=cfg.validation_guidance,
+            scheduler=sampler,
+            zero_terminal_snr=zero_snr,
+            training_step=step,
+            run=str(cfg.output_dir),
+        )
+        with io.atomic_path(folder / f"{pi:02d}-{seed}.png") as tmp:
+            save_png(image, tmp, settings)
+
+
 def write_grid(cfg) -> Path | None:
     """OUTPUT/validation/grid.png: one row per step, one column per prompt and seed."""
     from PIL import Image
 
-    from ..generation import labelled_grid
+    from ..sheets import labelled_grid
 
     root = validation_dir(cfg.output_dir)
     steps = sorted(int(m.group(1)) for p in root.glob("step-*") if (m := re.match(r"^step-(\d+)$", p.name)))

@@ -6,8 +6,10 @@ import re
 import threading
 from pathlib import Path
 
-from ..config import GenerateConfig, GridConfig, build
+from ..config import GenerateConfig, GridConfig
 from ..errors import UserError
+from ..methods import get_method
+from ..options import build
 from .projects import Projects, TrainForm, active, view, weights_path
 from .supervisor import Supervisor
 
@@ -79,12 +81,9 @@ class Backend:
         folder = self.projects.run(run)
         path = weights_path(folder, checkpoint or "final")
         cfg = saved_config(folder)
-        method = cfg.method if cfg else "lora"
-        if method == "full":
-            return {"model": str(path)}
-        if method == "textual-inversion":
-            return {"embedding": str(path)}
-        return {"lora": str(path)}
+        if cfg is None:
+            return {"lora": str(path)}
+        return get_method(cfg).sampling(path)
 
     # -- generation --------------------------------------------------------------------------------------
     @property
@@ -159,7 +158,7 @@ class Backend:
     def form_of_png(self, path: str) -> tuple[dict, str]:
         """The generate form's values from a PNG's settings (ours or AUTOMATIC1111's), and a line on
         what could not be taken over (a model or LoRA outside the projects folder)."""
-        from ..pnginfo import settings_from_image
+        from ..formats.pnginfo import settings_from_image
         from ..weights import model_identity
 
         notes = []

@@ -25,10 +25,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import TrainConfig, build, load_yaml, to_yaml
+from .. import runs
+from ..config import TrainConfig
 from ..errors import UserError
-from ..training import runlock
-from ..training.checkpoint import list_checkpoints
+from ..methods import METHODS, get_method
+from ..options import build, load_yaml, to_yaml
+from ..runs import list_checkpoints
 
 UI_CONFIG = "ui-train.yaml"
 LOG = "train.log"
@@ -193,10 +195,10 @@ def view(run: Path, process: str | None = None) -> RunView:
     log = run / "train_log.csv"
     if active(process):
         status = process
-    elif process is None and runlock.holder(run) is not None:
+    elif process is None and runs.holder(run) is not None:
         status = OUTSIDE
     elif (
-        runlock.fcntl is None
+        runs.fcntl is None
         and process is None
         and not finished
         and not (run / PROCESS_FILE).exists()
@@ -230,12 +232,14 @@ def view(run: Path, process: str | None = None) -> RunView:
 
 def weights_choices(run: Path) -> list[str]:
     """What generation can use from a run: 'final' (when it finished) and 'step-N' for each complete
-    checkpoint (LoRA and Textual Inversion; a full fine-tune's checkpoints are not pipelines)."""
+    checkpoint that holds the method's weights."""
     cfg = saved_config(run)
     v = view(run)
     out = ["final"] if v.finished else []
-    if cfg is None or cfg.method != "full":
-        out += [f"step-{s}" for s in sorted(v.checkpoints, reverse=True)]
+    method = get_method(cfg) if cfg is not None else None
+    for step, path in sorted(list_checkpoints(run), reverse=True):
+        if step in v.checkpoints and (method is None or method.weights_in(path)):
+            out.append(f"step-{step}")
     return out
 
 
@@ -339,16 +343,19 @@ def train_config(projects: Projects, form: TrainForm, model: str, run: Path) -> 
         learning_rate=float(form.learning_rate),
         validation_prompt=[instance_prompt],
     )
-    if form.method == "textual-inversion":
-        word = form.identifier.strip() or "sks"
-        values.update(
-            token=f"<{word}-{form.class_noun.strip() or 'subject'}>", initializer_token=form.class_noun.strip()
-        )
-    elif form.prior:
+    method = METHODS.get(form.method)
+    if method is None:
+        raise UserError(f"method {form.method!r}: one of {', '.join(METHODS)}")
+    # the method's own settings for the subject (Textual Inversion: its token <sks-dog>, from the noun)
+    own = method.protocol_options(
+        form.identifier.strip() or "sks", form.class_noun.strip(), form.class_noun.strip() or "subject"
+    )
+    values.update({k: v for k, v in own.items() if k not in ("instance_prompt", "class_prompt")})
+    if form.prior and "class_prompt" in own:  # the methods that keep the class with prior preservation
         values.update(
             class_prompt=class_prompt, class_dir=str(run / CLASS_IMAGES), num_class_images=int(form.num_class_images)
         )
-    if form.train_text_encoder and form.method == "lora":
+    if form.train_text_encoder and method.text_encoder_choice:
         values["train_text_encoder"] = True
     for key in ("resolution", "checkpoint_every", "lr_warmup_steps"):
         value = getattr(form, key)

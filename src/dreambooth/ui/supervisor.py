@@ -7,7 +7,7 @@ checkpoint and exits (130); resuming starts `dreambooth train --config ... --res
 
 Each started process is recorded in RUN/ui-process.json (pid and command), so a UI started again
 still sees, and can stop, a run that an earlier UI started. A `dreambooth train` started outside any UI
-is found by the lock it holds on its folder (training.runlock): shown as started outside, stoppable
+is found by the lock it holds on its folder (dreambooth.runs): shown as started outside, stoppable
 the same way, and left running when the UI stops. `dreambooth select` (scoring a run's
 checkpoints) is supervised the same way by a second Supervisor (RUN/select.log, RUN/ui-select.json).
 """
@@ -18,16 +18,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import io
+from .. import children, io, runs
 from ..errors import UserError
 from ..sweep import last_error_line
-from ..training import runlock
 from .projects import LOG, OUTSIDE, PROCESS_FILE, UI_CONFIG, active
 
 
@@ -80,30 +78,19 @@ class Supervisor:
                 raise UserError(
                     f"run {run.name}: is {'training' if self.command == 'train' else 'being scored'} already"
                 )
-            argv = [sys.executable, "-m", "dreambooth", self.command, *(args or [])]
-            log = open(run / self.log_name, "a", encoding="utf-8")
-            shown = " ".join(a if a != str(run / UI_CONFIG) else UI_CONFIG for a in argv[3:])
-            log.write(f"\n$ dreambooth {shown}\n")
-            log.flush()
+            command = [self.command, *(args or [])]
+            shown = " ".join(a if a != str(run / UI_CONFIG) else UI_CONFIG for a in command)
+            with open(run / self.log_name, "a", encoding="utf-8") as log:
+                log.write(f"\n$ dreambooth {shown}\n")
             env = dict(self.env if self.env is not None else os.environ)
             env.setdefault("PYTHONUNBUFFERED", "1")
-            try:
-                proc = subprocess.Popen(
-                    argv,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    cwd=str(run),
-                    env=env,
-                    start_new_session=True,  # the UI's Ctrl-C reaches it through stop_all(), once
-                )
-            finally:
-                log.close()
+            # Its own session: the UI's Ctrl-C reaches it through stop_all(), once.
+            proc = children.start(command, env=env, log=run / self.log_name, cwd=str(run), stdin=subprocess.DEVNULL)
             self.jobs[run] = Job(proc, proc.pid)
             self.ended.pop(run, None)
             io.write_text(
                 run / self.process_file,
-                json.dumps({"pid": proc.pid, "started": time.time(), "argv": argv}, indent=2),
+                json.dumps({"pid": proc.pid, "started": time.time(), "argv": children.argv(command)}, indent=2),
             )
 
     def _job(self, run: Path) -> Job | None:
@@ -116,14 +103,14 @@ class Supervisor:
             if _alive(pid, self.command):
                 job = self.jobs[run] = Job(None, pid)
         if job is None and self.command == "train":
-            info = runlock.holder(run)
+            info = runs.holder(run)
             if info and isinstance(info.get("pid"), int):
                 job = self.jobs[run] = Job(None, info["pid"], outside=True)
         return job
 
     def _running(self, run: Path, job: Job) -> bool:
         if job.outside:
-            return (runlock.holder(run) or {}).get("pid") == job.pid
+            return (runs.holder(run) or {}).get("pid") == job.pid
         return _alive(job.pid, self.command)
 
     def state(self, run: Path) -> str | None:
@@ -145,7 +132,7 @@ class Supervisor:
             return None
         if code == 0:
             self.ended[run] = "finished"
-        elif code in (130, -signal.SIGINT) or job.stopping:
+        elif children.exit_code(code) == children.INTERRUPTED or job.stopping:  # 130, or killed by SIGINT
             self.ended[run] = "stopped"
         else:
             self.ended[run] = f"failed (exit {code}): {last_error_line(run / self.log_name)}"

@@ -1,0 +1,29 @@
+"""Typed configs, one dataclass per command, read from YAML and overridden by flags (options.py says
+how). Imports no torch, so `dreambooth --help` stays fast."""
+
+from .commands import CompareConfig, SelectConfig
+from .sampling import (
+    DTYPES,
+    SCHEDULER_NAMES,
+    ZERO_SNR_SCHEDULERS,
+    EvaluateConfig,
+    GenerateConfig,
+    GridConfig,
+    SamplingConfig,
+)
+from .train import LR_SCHEDULERS, MIXED_PRECISION, TrainConfig
+
+__all__ = [
+    "DTYPES",
+    "LR_SCHEDULERS",
+    "MIXED_PRECISION",
+    "SCHEDULER_NAMES",
+    "ZERO_SNR_SCHEDULERS",
+    "CompareConfig",
+    "EvaluateConfig",
+    "GenerateConfig",
+    "GridConfig",
+    "SamplingConfig",
+    "SelectConfig",
+    "TrainConfig",
+]

@@ -1,0 +1,270 @@
+"""Everything a run needs before its first step: the accelerator, the models, the method's trainable
+parameters and optimizer, the examples (cached latents and embeddings), a resumed state."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import TrainConfig
+from ..data.examples import ExampleSet, TrainingData, tokenize
+from ..data.prior import class_images, generate_class_images, missing_class_indices
+from ..errors import UserError
+from ..methods import METHODS, Method, get_method
+from ..models import Components, load_components
+from .checkpoint import load_checkpoint, set_rng_state
+from .preflight import Plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    accelerator: Any
+    comps: Components
+    method: Method
+    data: TrainingData
+    optimizer: Any
+    lr_scheduler: Any
+    unet: Any  # prepared (autocast / DDP) views of the trained models
+    text_encoder: Any
+    start_step: int
+    weight_dtype: torch.dtype
+    text_encoder_2: Any = None  # SDXL
+    ema: Any = None  # diffusers' EMAModel of the trained parameters, with --ema-decay
+
+    @property
+    def trained(self) -> list:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def save_ema(self, folder: Path) -> list[Path]:
+        """Write the EMA weights in the method's layout to folder, leaving the raw weights in place."""
+        params = self.trained
+        self.ema.store(params)
+        self.ema.copy_to(params)
+        try:
+            return self.method.save(self.comps, folder)
+        finally:
+            self.ema.restore(params)
+
+    @property
+    def text_encoders(self) -> tuple:
+        return (self.text_encoder, self.text_encoder_2)
+
+
+def resolved(cfg: TrainConfig) -> TrainConfig:
+    """The config with every implicit default made explicit, as written beside the run."""
+    from ..models import native_size
+
+    cfg = METHODS[cfg.method].resolve(cfg)
+    return dataclasses.replace(
+        cfg, resolution=cfg.resolution or native_size(cfg.model), lr_warmup_steps=cfg.warmup_steps
+    )
+
+
+def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
+    accelerator, weight_dtype = _accelerator(cfg)
+    torch.manual_seed(cfg.seed)
+    comps = _models(cfg, accelerator.device, weight_dtype)
+    klasses = [
+        _class_examples(cfg, cp.concept, 2 * i + 1, comps, progress, accelerator) if cp.concept.class_prompt else None
+        for i, cp in enumerate(plan.concepts)
+    ]
+    method = get_method(cfg)
+    torch.manual_seed(cfg.seed)  # adapter initialisation
+    optimizer, lr_scheduler = _trainable(cfg, method, comps)
+    instances = [_instance_examples(cfg, cp, 2 * i, comps, method) for i, cp in enumerate(plan.concepts)]
+    data = TrainingData(
+        list(zip(instances, klasses)),
+        resolution=cfg.resolution,
+        flip=cfg.random_flip,
+        random_crop=cfg.random_crop,
+        seed=cfg.seed,
+    )
+    if not cfg.no_cache:
+        _cache(data, comps, method, progress)
+    ema = None
+    if cfg.ema_decay is not None:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel([p for g in optimizer.param_groups for p in g["params"]], decay=cfg.ema_decay)
+    start = _resume(plan.resume_from, method, comps, ema, optimizer, lr_scheduler) if plan.resume_from else 0
+    unet, text_encoder, text_encoder_2, optimizer = _prepare(accelerator, comps, method, optimizer)
+    return Run(cfg, accelerator, comps, method, data, optimizer, lr_scheduler, unet, text_encoder, start,
+               weight_dtype, text_encoder_2, ema)  # fmt: skip
+
+
+def _accelerator(cfg: TrainConfig):
+    """accelerate's Accelerator for the run, and the dtype the frozen weights are kept in."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    from .distributed import use_cpu
+
+    # Accelerate keeps its settings in process-wide singletons; a second run in the same process
+    # (tests, sweeps, the UI) must start from its own. The process group (PartialState) is kept.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    accelerator = Accelerator(
+        cpu=use_cpu(),
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation,
+        log_with="tensorboard" if cfg.report_to == "tensorboard" else None,
+        project_dir=str(Path(cfg.output_dir) / "logs"),
+    )
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    return accelerator, weight_dtype
+
+
+def _models(cfg: TrainConfig, device, weight_dtype) -> Components:
+    comps = load_components(cfg.model, weight_dtype)
+    if cfg.zero_terminal_snr:
+        from diffusers import DDPMScheduler
+
+        comps.noise_scheduler = DDPMScheduler.from_config(comps.noise_scheduler.config, rescale_betas_zero_snr=True)
+    for m in (comps.unet, comps.vae, comps.text_encoder, comps.text_encoder_2):
+        if m is not None:
+            m.to(device)
+    if comps.is_sdxl and comps.vae.config.force_upcast:
+        comps.vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (diffusers upcasts it too)
+    return comps
+
+
+def _trainable(cfg: TrainConfig, method: Method, comps: Components):
+    """What the method trains, with its optimizer and learning-rate schedule."""
+    from diffusers.optimization import get_scheduler
+
+    param_groups = method.prepare(comps)
+    if cfg.gradient_checkpointing:
+        comps.unet.enable_gradient_checkpointing()
+        if method.trains_text_encoder:
+            for te in (comps.text_encoder, comps.text_encoder_2):
+                if te is not None:  # (transformers 5 renamed it)
+                    enable = getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable
+                    enable()
+    optimizer = _optimizer(cfg, param_groups)
+    lr_scheduler = get_scheduler(
+        cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
+    )
+    return optimizer, lr_scheduler
+
+
+def _cache(data: TrainingData, comps: Components, method: Method, progress: bool) -> None:
+    """Latents once (and prompt embeddings, when the text encoders do not train); what is not needed
+    again leaves the accelerator."""
+    data.cache_latents(comps.vae, progress)
+    comps.vae.to("cpu")
+    if not method.trains_text_encoder:
+        data.cache_embeddings((comps.text_encoder, comps.text_encoder_2))
+        for te in (comps.text_encoder, comps.text_encoder_2):
+            if te is not None:
+                te.to("cpu")
+
+
+def _resume(path: Path, method: Method, comps: Components, ema, optimizer, lr_scheduler) -> int:
+    """Load a checkpoint's trained tensors, optimizer, schedule, EMA and random state; its step."""
+    state = load_checkpoint(path)
+    method.load_state_dict(comps, state["trainable"])
+    if ema is not None:
+        if state["ema"] is None:
+            raise UserError(f"--ema-decay: the checkpoint {path} was trained without it")
+        ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    lr_scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    log.info("resuming from %s (step %d)", path, state["state"]["step"])
+    return state["state"]["step"]
+
+
+def _prepare(accelerator, comps: Components, method: Method, optimizer) -> tuple:
+    """(unet, text encoder, text encoder 2, optimizer) as accelerate wraps what trains."""
+    if method.trains_text_encoder and comps.is_sdxl:
+        return accelerator.prepare(comps.unet, comps.text_encoder, comps.text_encoder_2, optimizer)
+    if method.trains_text_encoder:
+        unet, text_encoder, optimizer = accelerator.prepare(comps.unet, comps.text_encoder, optimizer)
+        return unet, text_encoder, comps.text_encoder_2, optimizer
+    unet, optimizer = accelerator.prepare(comps.unet, optimizer)
+    return unet, comps.text_encoder, comps.text_encoder_2, optimizer
+
+
+def _instance_examples(cfg: TrainConfig, cp, stream: int, comps: Components, method) -> ExampleSet:
+    """A concept's photos with their prompts: the method's (one, or TI's templates), or per-image captions."""
+    prompts, prompt_of = method.instance_prompts() if not cfg.concepts else [cp.concept.instance_prompt], None
+    if cp.captions is not None:  # one prompt per photo
+        prompts = list(dict.fromkeys(cp.captions))
+        prompt_of = [prompts.index(c) for c in cp.captions]
+        n = sum(c != cp.concept.instance_prompt for c in cp.captions)
+        log.info("%s: training with %d per-image captions", cp.concept.instance_dir, n)
+    prompts = [method.rewrite_prompt(p) for p in prompts]
+    drawn = len(prompts)
+    if cfg.caption_dropout > 0:
+        prompts = [*prompts, ""]  # the empty prompt, of dropped captions
+    targets = None
+    if cfg.buckets:
+        from ..data.buckets import bucket_sizes, nearest_bucket
+        from ..data.images import load_rgb
+        from ..models import size_step
+
+        buckets = bucket_sizes(cfg.resolution, size_step(cfg.model))
+        targets = [nearest_bucket(load_rgb(p).size, buckets) for p in cp.paths]
+        log.info("buckets: %s", ", ".join(f"{w}x{h}: {targets.count((w, h))}" for w, h in sorted(set(targets))))
+    return ExampleSet(
+        cp.paths,
+        torch.cat([tokenize(comps.tokenizer, p) for p in prompts]),
+        stream=stream,
+        targets=targets,
+        prompt_ids_2=torch.cat([tokenize(comps.tokenizer_2, p) for p in prompts]) if comps.is_sdxl else None,
+        prompt_of=prompt_of,
+        drawn_prompts=drawn,
+        caption_dropout=cfg.caption_dropout,
+    )
+
+
+def shard(items: list, rank: int, world: int) -> list:
+    """This process's share of items (every world-th from rank): the shares are disjoint and cover all."""
+    return items[rank::world]
+
+
+def _class_examples(cfg: TrainConfig, concept, stream: int, comps: Components, progress: bool, acc) -> ExampleSet:
+    """A concept's class images (generated first where missing, split across processes), with its class prompt."""
+    missing = missing_class_indices(concept.class_dir, concept.num_class_images)
+    acc.wait_for_everyone()  # every process has listed the folder before any writes to it
+    if missing:
+        log.info(
+            "generating %d class images for %r in %s%s",
+            len(missing),
+            concept.class_prompt,
+            concept.class_dir,
+            f", split across {acc.num_processes} processes" if acc.num_processes > 1 else "",
+        )
+        generate_class_images(
+            comps.pipeline,
+            concept.class_prompt,
+            concept.class_dir,
+            shard(missing, acc.process_index, acc.num_processes),
+            seed=cfg.seed,
+            steps=cfg.class_inference_steps,
+            guidance=cfg.class_guidance,
+            batch_size=cfg.class_batch_size,
+            resolution=cfg.resolution,
+            progress=progress,
+        )
+    acc.wait_for_everyone()
+    paths = class_images(concept.class_dir, concept.num_class_images)
+    ids_2 = tokenize(comps.tokenizer_2, concept.class_prompt) if comps.is_sdxl else None
+    return ExampleSet(paths, tokenize(comps.tokenizer, concept.class_prompt), stream=stream, prompt_ids_2=ids_2)
+
+
+def _optimizer(cfg: TrainConfig, groups: list[dict]):
+    kw = dict(betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+    if cfg.adam_8bit:
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(groups, **kw)
+    return torch.optim.AdamW(groups, **kw)
