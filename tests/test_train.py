@@ -167,7 +167,7 @@ def test_bf16_mixed_precision_trains_fp32_adapters_close_to_fp32_training(make_c
 
 def test_v_prediction_models_train_on_the_velocity(make_cfg, tmp_path, monkeypatch):
     """The tiny SD 2.x (`tiny-model --arch sd2`) predicts v: the loss target is the scheduler's velocity."""
-    import dreambooth.training.loop as loop
+    import dreambooth.training.step as step_module
     from dreambooth.cli import main
 
     vmodel = tmp_path / "vmodel"
@@ -175,7 +175,7 @@ def test_v_prediction_models_train_on_the_velocity(make_cfg, tmp_path, monkeypat
     unet = json.loads((vmodel / "unet" / "config.json").read_text())
     assert unet["use_linear_projection"] and unet["attention_head_dim"] == [4, 8]
     seen = []
-    real = loop.diffusion_target
+    real = step_module.diffusion_target
 
     def spy(scheduler, latents, noise, timesteps):
         seen.append(scheduler.config.prediction_type)
@@ -183,7 +183,7 @@ def test_v_prediction_models_train_on_the_velocity(make_cfg, tmp_path, monkeypat
         assert torch.allclose(target, scheduler.get_velocity(latents, noise, timesteps))
         return target
 
-    monkeypatch.setattr(loop, "diffusion_target", spy)
+    monkeypatch.setattr(step_module, "diffusion_target", spy)
     out = train(make_cfg(model=str(vmodel), max_steps=2), progress=False)
     assert seen == ["v_prediction", "v_prediction"]
     assert all(torch.isfinite(t).all() for t in lora_weights(out).values())
@@ -247,19 +247,19 @@ def test_report_to_tensorboard_logs_losses_lr_and_validation_images(make_cfg):
 def test_zero_terminal_snr_trains_and_samples_on_the_rescaled_schedule(make_cfg, tmp_path, monkeypatch, capsys):
     """--zero-terminal-snr (Lin et al., 2024) on the tiny SD 2.x: training noises with a schedule whose
     last step holds no signal, generation samples it from that step; an epsilon model is refused."""
-    import dreambooth.training.loop as loop
+    import dreambooth.training.step as step_module
     from dreambooth.cli import main
 
     vmodel = tmp_path / "sd2"
     assert main(["tiny-model", str(vmodel), "--arch", "sd2"]) == 0
     terminal = []
-    real = loop.diffusion_target
+    real = step_module.diffusion_target
 
     def spy(scheduler, latents, noise, timesteps):
         terminal.append(float(scheduler.alphas_cumprod[-1]))
         return real(scheduler, latents, noise, timesteps)
 
-    monkeypatch.setattr(loop, "diffusion_target", spy)
+    monkeypatch.setattr(step_module, "diffusion_target", spy)
     out = train(
         make_cfg(model=str(vmodel), zero_terminal_snr=True, validation_prompt=["a photo of sks dog"]), progress=False
     )

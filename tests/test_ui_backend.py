@@ -209,9 +209,9 @@ def test_a_later_ui_sees_and_stops_a_run_an_earlier_one_started_and_a_killed_run
 
 
 def test_the_ui_command_refuses_bad_input_in_one_line(tmp_path, capsys):
-    from dreambooth.cli import _parser, main
+    from dreambooth.cli import COMMANDS, _parser, main, plain_config
 
-    defaults = _parser().parse_args(["ui"])
+    defaults = plain_config(_parser().parse_args(["ui"]), COMMANDS["ui"].config, config_file=False)
     assert (defaults.host, defaults.port, defaults.projects) == ("127.0.0.1", 7860, "dreambooth-projects")
 
     (tmp_path / "file").write_text("x")
@@ -358,7 +358,7 @@ def test_a_png_brings_back_its_run_checkpoint_and_settings(projects, tiny_model,
 
 
 def test_a_run_training_from_the_command_line_shows_as_training(projects):
-    from dreambooth.training import runlock
+    from dreambooth import runs as runlock
     from dreambooth.ui.projects import OUTSIDE
 
     run = projects.root / "cli"
@@ -376,7 +376,7 @@ def test_the_ui_sees_and_stops_a_run_started_from_the_command_line(projects, tin
     import subprocess
     import sys
 
-    from dreambooth.training import runlock
+    from dreambooth import runs as runlock
     from dreambooth.ui.projects import OUTSIDE
     from dreambooth.ui.supervisor import Supervisor
 

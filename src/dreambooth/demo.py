@@ -21,18 +21,18 @@ def example_subject() -> Path:
     return Path(str(files("dreambooth") / "assets" / "dog"))
 
 
-def run_demo(
-    out: Path,
-    max_steps: int = 1000,
-    overwrite: bool = False,
-    images: int = 16,
-    guidance: float = 5.0,
-    progress: bool = True,
-) -> dict:
+def run_demo(demo, progress: bool = True) -> dict:
+    """`dreambooth demo` (config.DemoConfig): the toy-world experiment, its table printed."""
     from .toyworld.experiment import ExperimentConfig, run_experiment
 
+    out = Path(demo.output_dir)
     cfg = ExperimentConfig(
-        output_dir=out, max_steps=max_steps, ti_steps=max_steps, images=images, guidance=guidance, overwrite=overwrite
+        output_dir=out,
+        max_steps=demo.max_steps,
+        ti_steps=demo.max_steps,
+        images=demo.images,
+        guidance=demo.guidance,
+        overwrite=demo.overwrite,
     )
     summary = run_experiment(cfg, progress=progress)
     print(
@@ -42,4 +42,4 @@ def run_demo(
         f"  results: {out / 'toyworld_results.json'}\n"
         f"  runs:    {out / 'runs'}"
     )
-    return summary
+    return 0

@@ -12,7 +12,14 @@ from .formats.lora import is_kohya, read_lora
 FORMATS = ("kohya", "diffusers", "single-file")
 
 
-def run_export(
+def run_export(cfg) -> Path:
+    """`dreambooth export` (config.ExportConfig): write the LoRA of a run, checkpoint or file to cfg.out in
+    kohya's or diffusers' layout, or with --format single-file a whole model (a diffusers folder, e.g. a
+    full fine-tune's run) as one original-layout checkpoint; returns the written path."""
+    return export(cfg.lora, cfg.out, cfg.format, cfg.overwrite, cfg.model, cfg.dtype, cfg.dora_for)
+
+
+def export(
     lora: str | None,
     out: str,
     fmt: str = "kohya",
@@ -21,9 +28,7 @@ def run_export(
     dtype: str = "fp16",
     dora_for: str = "comfyui",
 ) -> Path:
-    """Write the LoRA of a run, checkpoint or file to `out` in `fmt` (kohya or diffusers), or with
-    fmt single-file a whole model (a diffusers folder, e.g. a full fine-tune's run) as one original-layout
-    checkpoint; returns the written path."""
+    """What run_export does, from plain values."""
     from safetensors.torch import save_file
 
     from .io import atomic_path

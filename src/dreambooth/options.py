@@ -30,9 +30,14 @@ def option(
     multiple_of: int | None = None,
     required: bool = False,
     nargs: str | None = None,
+    positional: bool = False,
+    metavar: str | None = None,
 ) -> Any:
-    """A dataclass field with its flag's help, choices and bounds (ge >=, gt >, le <=, lt <)."""
-    meta = {"help": help, "required": required}
+    """A dataclass field with its flag's help, choices and bounds (ge >=, gt >, le <=, lt <); positional:
+    an argument without a flag (`export OUT`)."""
+    meta = {"help": help, "required": required, "positional": positional}
+    if metavar is not None:
+        meta["metavar"] = metavar
     for key, value in (("choices", choices), ("ge", ge), ("gt", gt), ("le", le), ("lt", lt)):
         if value is not None:
             meta[key] = value
@@ -69,6 +74,8 @@ def _bound_problem(meta: dict, value: Any) -> str | None:
         return None
     if step is not None:
         return f"must be a positive multiple of {step}, got {value}"
+    if ge is not None and le is not None:
+        return f"must be {ge:g}-{le:g}, got {value:g}"
     if ge is not None and lt is not None:
         return f"must be in [{ge:g}, {lt:g}), got {value:g}"
     if gt is not None and lt is not None:
@@ -202,23 +209,28 @@ def _add_argument(parser: argparse.ArgumentParser, f: dataclasses.Field, tp: Any
     help_ = f.metadata.get("help", "")
     if default not in (None, False, []) and tp is not bool:
         help_ += f" (default: {default})"
+    if f.metadata.get("positional"):
+        parser.add_argument(f.name, help=help_, metavar=f.metadata.get("metavar", f.name.upper()))
+        return
     flag = f"--{flag_name(f.name)}"
     kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
+    if f.metadata.get("metavar"):
+        kw["metavar"] = f.metadata["metavar"]
     if typing.get_origin(tp) is list:
         (elem,) = typing.get_args(tp)
         if f.metadata.get("nargs"):  # --subjects A B C
-            parser.add_argument(flag, nargs=f.metadata["nargs"], metavar="DIR", **kw)
+            parser.add_argument(flag, nargs=f.metadata["nargs"], **{"metavar": "DIR", **kw})
         elif elem is str:  # repeatable: --prompt A --prompt B
-            parser.add_argument(flag, action="append", metavar="TEXT", **kw)
+            parser.add_argument(flag, action="append", **{"metavar": "TEXT", **kw})
         else:  # comma-separated: --validation-seeds 0,1
-            parser.add_argument(flag, type=str, metavar=f"{elem.__name__.upper()},...", **kw)
+            parser.add_argument(flag, type=str, **{"metavar": f"{elem.__name__.upper()},...", **kw})
     elif tp is bool:
         action = "store_true" if f.name.startswith("no_") else argparse.BooleanOptionalAction
         parser.add_argument(flag, action=action, **kw)
     else:
         if "choices" in f.metadata:
             kw["help"] += f" [{' | '.join(f.metadata['choices'])}]"
-        parser.add_argument(flag, type=str, metavar=tp.__name__.upper(), **kw)
+        parser.add_argument(flag, type=str, **{"metavar": tp.__name__.upper(), **kw})
 
 
 def build(cls: type, *layers: dict[str, Any]) -> Any:

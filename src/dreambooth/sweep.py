@@ -26,11 +26,12 @@ import json
 import logging
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from . import children, io
-from .config import TrainConfig
+from .config import SweepConfig, TrainConfig
 from .errors import TrainingInterrupted, UserError
 from .options import build, coerce, flag_name, load_yaml, to_yaml
 
@@ -40,26 +41,6 @@ log = logging.getLogger(__name__)
 NOT_AXES = ("output_dir", "resume", "overwrite", "config", "num_processes")
 PAPER_METRICS = ("dino", "clip_i", "clip_t", "pres")
 ORACLE_METRICS = ("fidelity", "recontext", "leakage", "diversity")
-
-
-@dataclasses.dataclass
-class SweepConfig:
-    config: str
-    output_dir: str
-    vary: list[str]
-    parallel: int = 1
-    evaluate: bool = False
-    real: str | None = None
-    metrics: str = "auto"  # paper | oracle | auto (oracle on the toy world)
-    objective: str | None = None
-    prompts: int = 4
-    images_per_prompt: int = 4
-    num_class_images: int = 8
-    guidance: float = 7.5
-    steps: int = 25
-    seed: int = 0
-    dino_model: str = "facebook/dino-vits16"
-    clip_model: str = "openai/clip-vit-base-patch32"
 
 
 def parse_axes(vary: list[str]) -> list[tuple[str, list]]:
@@ -258,6 +239,15 @@ def evaluate_oracle(cfg: SweepConfig, p: Planned, engine) -> list[dict]:
         )
         log.info("%s step %d: %s", p.name, step, json.dumps({k: rows[-1][k] for k in ORACLE_METRICS}))
     return rows
+
+
+def sweep_command(cfg: SweepConfig) -> int:
+    """`dreambooth sweep`: 1 when a run failed (named, with where its log is), else 0."""
+    failed = run_sweep(cfg)
+    if failed:
+        print(f"{len(failed)} run(s) failed: {', '.join(failed)} (their logs: logs/NAME.log)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[str]:

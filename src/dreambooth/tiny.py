@@ -186,6 +186,16 @@ def save_sd_pipeline(out: Path, unet, vae, text_config_kwargs: dict, prediction_
 ARCHS = ("sd15", "sd2", "sdxl")
 
 
+def tiny_model_command(cfg) -> Path:
+    """`dreambooth tiny-model OUT`: refuses a folder that holds something."""
+    from .errors import UserError
+
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"tiny-model {out}: folder exists and is not empty")
+    return build_tiny_pipeline(out, seed=cfg.seed, arch=cfg.arch)
+
+
 def build_tiny_pipeline(out: str | Path, seed: int = 0, arch: str = "sd15") -> Path:
     """Write a tiny StableDiffusionPipeline folder to `out` (built beside it and renamed into place);
     stock `from_pretrained(out)` loads it.

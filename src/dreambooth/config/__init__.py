@@ -11,6 +11,7 @@ from .sampling import (
     GridConfig,
     SamplingConfig,
 )
+from .tools import CheckDataConfig, DemoConfig, ExportConfig, SweepConfig, TinyModelConfig, UIConfig
 from .train import LR_SCHEDULERS, MIXED_PRECISION, TrainConfig
 
 __all__ = [
@@ -19,11 +20,17 @@ __all__ = [
     "MIXED_PRECISION",
     "SCHEDULER_NAMES",
     "ZERO_SNR_SCHEDULERS",
+    "CheckDataConfig",
     "CompareConfig",
+    "DemoConfig",
+    "ExportConfig",
     "EvaluateConfig",
     "GenerateConfig",
     "GridConfig",
     "SamplingConfig",
     "SelectConfig",
+    "SweepConfig",
+    "TinyModelConfig",
     "TrainConfig",
+    "UIConfig",
 ]

@@ -78,6 +78,13 @@ def _caption_verdict(p: Path) -> Verdict:
     return Verdict(p, "caption", f"caption: {text!r}" if text else "empty caption (the instance prompt is used)")
 
 
+def check_data_command(cfg) -> int:
+    """`dreambooth check-data DIR`: the report printed; exit code 2 when an image is rejected."""
+    text, ok = check_data_report(cfg.dir)
+    print(text)
+    return 0 if ok else 2
+
+
 def check_data_report(folder: str) -> tuple[str, bool]:
     """`dreambooth check-data`: a line per file and a summary; ok is False when any image is rejected."""
     if not Path(folder).is_dir():

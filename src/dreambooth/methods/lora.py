@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 
 from ..errors import UserError
+from ..formats.kohya import DORA_FOR
 from ..io import atomic_path
 from ..models import Components
 from ..options import option
@@ -63,7 +64,7 @@ class LoRAOptions:
         "comfyui",
         "with --use-dora and a kohya file: write its dora_scale for the program that loads it, which then merges "
         "it as peft does (comfyui: also Forge; lycoris); AUTOMATIC1111 cannot merge peft's DoRA right (refused)",
-        choices=("comfyui", "lycoris", "automatic1111"),
+        choices=DORA_FOR,
     )
 
     @property

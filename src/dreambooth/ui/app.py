@@ -15,9 +15,9 @@ import logging
 import os
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import UIConfig
 from ..errors import UserError
 from .backend import Backend
 from .projects import MAX_UPLOAD_BYTES, Projects
@@ -26,17 +26,6 @@ from .supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-@dataclass
-class UIConfig:
-    port: int = 7860
-    projects: str = "dreambooth-projects"
-    model: str | None = None
-    host: str = "127.0.0.1"
-    share: bool = False
-    auth: str | None = None
-    dtype: str = "auto"
 
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:

@@ -1,0 +1,120 @@
+"""The other commands' configs: export, sweep, ui, demo, tiny-model, check-data (their flags come from
+these fields, as every command's do)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..formats.kohya import DORA_FOR
+from ..options import check_bounds, check_required, option
+from .sampling import DTYPES
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    out: str = option(None, "the .safetensors file to write", positional=True)
+    lora: str | None = option(None, "the run folder, checkpoint folder or LoRA file to export")
+    model: str | None = option(
+        None,
+        "with --format single-file: the diffusers folder (or hub id) to write; with a LoRA file outside its run "
+        "folder: its base model",
+    )
+    format: str = option("kohya", "layout to write", choices=("kohya", "diffusers", "single-file"))
+    dtype: str = option("fp16", "single-file weights' precision", choices=("fp16", "bf16", "fp32"))
+    dora_for: str = option(
+        "comfyui",
+        "a DoRA LoRA's dora_scale in the convention of the program that loads it, which merges it as peft does "
+        "(comfyui: also Forge; needs the base model's weights); AUTOMATIC1111 cannot (refused)",
+        choices=DORA_FOR,
+    )
+    overwrite: bool = option(False, "replace an existing file")
+
+    def validate(self) -> None:
+        check_bounds(self)
+
+
+@dataclasses.dataclass
+class SweepConfig:
+    config: str | None = option(None, "the training config every run starts from (YAML)", required=True)
+    output_dir: str | None = option(None, "where runs/, logs/ and the report go", required=True)
+    vary: list[str] = option(
+        [],
+        "a training option and its values (repeatable): learning-rate=3e-4,1e-4 max-steps=1000,2000",
+        metavar="NAME=V1,V2",
+    )
+    parallel: int = option(1, "runs training at once", ge=1)
+    evaluate: bool = option(False, "score every checkpoint of every run")
+    real: str | None = option(None, "the real subject photos for DINO/CLIP-I (default: each run's --instance-dir)")
+    metrics: str = option(
+        "auto",
+        "paper (DINO, CLIP-I, CLIP-T, PRES) or the toy world's oracle; auto: oracle on --model toyworld",
+        choices=("auto", "paper", "oracle"),
+    )
+    objective: str | None = option(
+        None,
+        "weights of the min-max-normalised metrics whose sum picks the recommendation "
+        "(default dino=1,clip_t=1; oracle: fidelity=1,recontext=1)",
+    )
+    prompts: int = option(4, "DreamBench prompts per checkpoint", ge=1)
+    images_per_prompt: int = option(4, "images per prompt", ge=1)
+    num_class_images: int = option(8, "class-prompt images for PRES", ge=0)
+    guidance: float = option(7.5, "guidance scale of the scored images")
+    steps: int = option(25, "denoising steps of the scored images", ge=1)
+    seed: int = option(0, "seed of the first image of each prompt")
+    dino_model: str = option("facebook/dino-vits16", "DINO extractor: hub id or local folder")
+    clip_model: str = option("openai/clip-vit-base-patch32", "CLIP extractor: hub id or local folder")
+
+    def validate(self) -> None:
+        check_required(self)
+        check_bounds(self)
+
+
+@dataclasses.dataclass
+class UIConfig:
+    port: int = option(7860, "port", ge=1, le=65535)
+    projects: str = option("dreambooth-projects", "folder of the runs it lists and starts")
+    model: str | None = option(None, "the default base model of its forms: hub id or local folder")
+    host: str = option(
+        "127.0.0.1", "address to listen on (127.0.0.1: this machine only; 0.0.0.0: every network, with a warning)"
+    )
+    share: bool = option(False, "also make a public gradio.live link (with a warning)")
+    auth: str | None = option(None, "ask for this user name and password", metavar="USER:PASSWORD")
+    dtype: str = option("auto", "generation precision", choices=DTYPES)
+
+    def validate(self) -> None:
+        check_bounds(self)
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    output_dir: str = option("demo-output", "where the demo writes")
+    max_steps: int = option(1000, "training steps of each method", ge=1)
+    images: int = option(16, "images per prompt", ge=1)
+    guidance: float = option(5.0, "guidance scale")
+    overwrite: bool = option(False, "replace an earlier demo in --output-dir")
+
+    def validate(self) -> None:
+        check_bounds(self)
+
+
+@dataclasses.dataclass
+class TinyModelConfig:
+    out: str = option(None, "folder to write", positional=True)
+    seed: int = option(0, "seed of the random weights")
+    arch: str = option(
+        "sd15",
+        "sd15 (epsilon prediction), sd2 (v-prediction, linear projections, OpenCLIP-style text encoder) or sdxl "
+        "(two text encoders, pooled embeddings and micro-conditioning)",
+        choices=("sd15", "sd2", "sdxl"),
+    )
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclasses.dataclass
+class CheckDataConfig:
+    dir: str = option(None, "the folder of photos", positional=True)
+
+    def validate(self) -> None:
+        pass
