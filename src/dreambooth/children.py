@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,3 +93,11 @@ def exit_code(returncode: int) -> int:
     """The exit code a shell reports for a child that ended with this Popen returncode: the code itself,
     or 128 + N for a child killed by signal N (returncode -N)."""
     return returncode if returncode >= 0 else 128 - returncode
+
+
+def last_error_line(path: Path) -> str:
+    """What a failed run's log says went wrong: its error line, else its last line that is no progress bar."""
+    lines = [ln.strip() for ln in path.read_text(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
+    said = [ln for ln in lines if ln.startswith(("error:", "interrupted:")) or re.match(r"^\w+(Error|Exception)\b", ln)]
+    rest = [ln for ln in lines if not re.search(r"\d+/\d+ \[|it/s|s/it|step/s", ln)]
+    return (said or rest or lines or [""])[-1][:300]

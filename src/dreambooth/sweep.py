@@ -18,11 +18,8 @@ seeds across runs, and the recommended run and checkpoint.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io as _io
 import itertools
-import json
 import logging
 import re
 import subprocess
@@ -34,13 +31,20 @@ from . import children, io
 from .config import SweepConfig, TrainConfig
 from .errors import TrainingInterrupted, UserError
 from .options import build, coerce, flag_name, load_yaml, to_yaml
+from .sweep_report import (
+    ORACLE_METRICS,
+    PAPER_METRICS,
+    Planned,
+    evaluate_oracle,
+    evaluate_paper,
+    metrics_kind,
+    write_report,
+)
 
 log = logging.getLogger(__name__)
 
 # Training options a sweep sets itself, or that name no setting of the training
 NOT_AXES = ("output_dir", "resume", "overwrite", "config", "num_processes")
-PAPER_METRICS = ("dino", "clip_i", "clip_t", "pres")
-ORACLE_METRICS = ("fidelity", "recontext", "leakage", "diversity")
 
 
 def parse_axes(vary: list[str]) -> list[tuple[str, list]]:
@@ -82,17 +86,10 @@ def run_name(overrides: dict) -> str:
     return re.sub(r"[^\w.+=-]", "_", "_".join(parts))
 
 
-@dataclasses.dataclass
-class Planned:
-    name: str
-    overrides: dict
-    cfg: TrainConfig
-    status: str | None  # 'finished', 'unfinished' or None
-
-
 def plan(cfg: SweepConfig) -> list[Planned]:
     """Every combination's training config, checked as `train` checks it, before anything starts."""
-    from .training.preflight import preflight, run_status
+    from .runs import run_status
+    from .training.preflight import preflight
 
     if cfg.parallel < 1:
         raise UserError(f"--parallel: must be at least 1, got {cfg.parallel}")
@@ -159,7 +156,7 @@ def train_all(cfg: SweepConfig, planned: list[Planned]) -> dict[str, str]:
                     status[name] = "finished"
                     log.info("[%d/%d] %s: finished in %.0f s", done, len(planned), name, time.monotonic() - t0)
                 else:
-                    last = last_error_line(out / "logs" / f"{name}.log")
+                    last = children.last_error_line(out / "logs" / f"{name}.log")
                     status[name] = f"failed (exit {code}): {last}"
                     log.warning("[%d/%d] %s: %s", done, len(planned), name, status[name])
             if stop.signal is not None and not running:
@@ -168,77 +165,6 @@ def train_all(cfg: SweepConfig, planned: list[Planned]) -> dict[str, str]:
     if stop.signal is not None:
         raise TrainingInterrupted("sweep stopped; the runs saved checkpoints: run the same command to continue")
     return status
-
-
-def last_error_line(path: Path) -> str:
-    """What a failed run's log says went wrong: its error line, else its last line that is no progress bar."""
-    lines = [ln.strip() for ln in path.read_text(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
-    said = [ln for ln in lines if ln.startswith(("error:", "interrupted:")) or re.match(r"^\w+(Error|Exception)\b", ln)]
-    rest = [ln for ln in lines if not re.search(r"\d+/\d+ \[|it/s|s/it|step/s", ln)]
-    return (said or rest or lines or [""])[-1][:300]
-
-
-def metrics_kind(cfg: SweepConfig, planned: list[Planned]) -> str:
-    if cfg.metrics != "auto":
-        return cfg.metrics
-    from .toyworld.experiment import MODEL
-
-    return "oracle" if all(p.cfg.model == MODEL for p in planned) else "paper"
-
-
-def evaluate_paper(cfg: SweepConfig, p: Planned) -> list[dict]:
-    """`dreambooth select` on one run: a row per checkpoint with the paper's metrics."""
-    from .config import SelectConfig
-    from .evaluation.select import run_select
-
-    scfg = SelectConfig(
-        run=p.cfg.output_dir,
-        real=cfg.real,
-        prompts=cfg.prompts,
-        images_per_prompt=cfg.images_per_prompt,
-        num_class_images=cfg.num_class_images,
-        guidances=[cfg.guidance],
-        steps=cfg.steps,
-        seed=cfg.seed,
-        dino_model=cfg.dino_model,
-        clip_model=cfg.clip_model,
-    )
-    selection = run_select(scfg, progress=False)
-    return [{k: r[k] for k in ("step", "checkpoint", *PAPER_METRICS)} for r in selection["candidates"]]
-
-
-def evaluate_oracle(cfg: SweepConfig, p: Planned, engine) -> list[dict]:
-    """The toy world's oracle on every checkpoint of one run: fidelity (the mean share of the subject's
-    four features in "a photo of sks heart" images, graded as DINO is), recontext (background right and
-    subject kept), leakage and diversity of the class prompt."""
-    from .config import SamplingConfig
-    from .evaluation.select import _candidates
-    from .generation import image_settings
-    from .methods import get_method
-    from .toyworld.experiment import NOUN, prompts_of, score
-    from .toyworld.subject import read_subject
-
-    rows = []
-    sampling = SamplingConfig(model=p.cfg.model, steps=cfg.steps, guidance=cfg.guidance)
-    method = get_method(p.cfg)
-    for step, path in _candidates(Path(p.cfg.output_dir), method):
-        readings = {}
-        for kind, prompt, seeds in prompts_of("dreambooth", cfg.images_per_prompt, method.subject_phrase(NOUN)):
-            batch = [image_settings(sampling, engine, prompt, cfg.seed + s, **method.sampling(path)) for s in seeds]
-            readings[kind] = [read_subject(im) for im in engine.render(batch)]
-        r = score(readings)
-        rows.append(
-            {
-                "step": step,
-                "checkpoint": str(path),
-                "fidelity": round(sum(r["subject_features"].values()) / 4, 6),
-                "recontext": round(r["recontext_both"], 6),
-                "leakage": round(r["class_leakage"], 6),
-                "diversity": round(r["class_diversity"], 6),
-            }
-        )
-        log.info("%s step %d: %s", p.name, step, json.dumps({k: rows[-1][k] for k in ORACLE_METRICS}))
-    return rows
 
 
 def sweep_command(cfg: SweepConfig) -> int:
@@ -279,131 +205,3 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[str]:
             for r, front, value in zip(rows, pareto_front(rows, a, b), objective_values(rows, weights)):
                 r["pareto"], r["objective"] = front, round(value, 6)
     return write_report(cfg, planned, status, rows, metrics if cfg.evaluate else ())
-
-
-def _final_loss(run: Path) -> float | None:
-    """Mean instance loss over the last tenth of training (from train_log.csv)."""
-    f = run / "train_log.csv"
-    if not f.is_file():
-        return None
-    with open(f, newline="") as h:
-        values = [float(r["instance_loss"]) for r in csv.DictReader(h) if r.get("instance_loss")]
-    tail = values[-max(1, len(values) // 10) :]
-    return round(sum(tail) / len(tail), 6) if tail else None
-
-
-def write_report(cfg, planned: list[Planned], status: dict, rows: list[dict], metrics: tuple) -> list[str]:
-    """DIR/sweep.md (printed), sweep.json, sweep.csv, the plots and the grid; the runs that failed."""
-    out = Path(cfg.output_dir)
-    axes = list(planned[0].overrides)
-    best_of_run = {}
-    for r in rows:
-        if r["run"] not in best_of_run or r["objective"] > best_of_run[r["run"]]["objective"]:
-            best_of_run[r["run"]] = r
-    front = [r for r in rows if r.get("pareto")]
-    best = max(front, key=lambda r: r["objective"]) if front else None
-    head = ["run", *map(flag_name, axes), "status", "final loss"]
-    if metrics:
-        head += ["best step", *metrics, "objective"]
-    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    summary = []
-    for p in planned:
-        st = status.get(p.name, "not trained")
-        cells = [
-            p.name,
-            *(str(p.overrides[k]) for k in axes),
-            st.split(":")[0],
-            _fmt(_final_loss(Path(p.cfg.output_dir))),
-        ]
-        r = best_of_run.get(p.name)
-        if metrics:
-            cells += [str(r["step"]) if r else "-", *(_fmt(r[m] if r else None) for m in metrics)]
-            mark = " **recommended**" if r is not None and r is best else ""
-            cells.append((_fmt(r["objective"]) if r else "-") + mark)
-        lines.append("| " + " | ".join(cells) + " |")
-        summary.append(
-            {
-                "run": p.name,
-                "settings": p.overrides,
-                "status": st,
-                "final_loss": _final_loss(Path(p.cfg.output_dir)),
-                "best": r,
-            }
-        )
-    md = "\n".join(lines)
-    if best is not None:
-        md += f"\n\nRecommended: run {best['run']}, step {best['step']} ({best['checkpoint']}); objective over all checkpoints of all runs: {cfg.objective}.\n"
-    io.write_text(out / "sweep.md", md + "\n")
-    report = {"runs": summary, "recommended": best, "candidates": rows, "metrics": list(metrics)}
-    io.write_text(out / "sweep.json", json.dumps(report, indent=2, default=str))
-    if rows:
-        buf = _io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        io.write_text(out / "sweep.csv", buf.getvalue())
-        _plots(out, rows, metrics)
-        _grid(cfg, out, planned, best_of_run)
-    print(md)
-    return [p.name for p in planned if status.get(p.name) != "finished"]
-
-
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
-def _plots(out: Path, rows: list[dict], metrics: tuple) -> None:
-    from .evaluation.plot import line_plot
-
-    for m in metrics:
-        if any(r.get(m) is None for r in rows):
-            continue
-        series: dict[str, list] = {}
-        for r in rows:
-            series.setdefault(r["run"], []).append((r["step"], r[m]))
-        with io.atomic_path(out / f"{m}.png") as tmp:
-            line_plot(series, f"{m} over training steps, all runs", "step").save(tmp, format="PNG")
-
-
-def _grid(cfg: SweepConfig, out: Path, planned: list[Planned], best_of_run: dict) -> None:
-    """Rows: each run's best checkpoint; columns: the same prompts and seeds."""
-    from .config import SamplingConfig
-    from .generation import Engine, image_settings
-    from .methods import get_method
-    from .sheets import labelled_grid
-
-    done = [p for p in planned if p.name in best_of_run]
-    if not done:
-        return
-    if all(p.cfg.model == "toyworld" for p in done):
-        from .toyworld.experiment import CLASS_PROMPT, subject_prompt
-
-        prompts = [subject_prompt("dreambooth"), subject_prompt("dreambooth", "green"), CLASS_PROMPT]
-    else:
-        from .config import SelectConfig
-        from .evaluation import dreambench
-        from .evaluation.select import _subject_words
-
-        identifier, noun = _subject_words(done[0].cfg, SelectConfig(run=done[0].cfg.output_dir))
-        kind = dreambench.kind_of(noun)
-        prompts = dreambench.spread(dreambench.prompts(kind, identifier, noun), min(4, cfg.prompts))
-    engine = Engine()
-    grid_rows = []
-    seeds = [cfg.seed, cfg.seed + 1]
-    for p in done:
-        sampling = SamplingConfig(model=p.cfg.model, steps=cfg.steps, guidance=cfg.guidance)
-        weights = get_method(p.cfg).sampling(Path(best_of_run[p.name]["checkpoint"]))
-        grid_rows.append(
-            [engine.render([image_settings(sampling, engine, pr, s, **weights)])[0] for pr in prompts for s in seeds]
-        )
-    labels = [f"{p.name} @ {best_of_run[p.name]['step']}" for p in done]
-    grid = labelled_grid(
-        grid_rows,
-        [pr for pr in prompts for _ in seeds],
-        labels,
-        title="sweep: each run's best checkpoint",
-        cell=128 if done[0].cfg.model != "toyworld" else 96,
-        label_width=220,
-    )
-    with io.atomic_path(out / "grid.png") as tmp:
-        grid.save(tmp, format="PNG")

@@ -96,9 +96,22 @@ def sha256(path: str | Path) -> str:
     saved twice can differ byte for byte. (The tensor data part alone is what AUTOMATIC1111 and
     kohya call the file's "addnet" hash.)
     """
+    return _content_sha256(*_file_key(path))
+
+
+def _file_key(path) -> tuple[str, int, int]:
+    """(absolute path, size, modification time): a file's hash is kept while these stay the same."""
     p = Path(path).resolve()
     st = p.stat()
-    return _content_sha256(str(p), st.st_size, st.st_mtime_ns)
+    return str(p), st.st_size, st.st_mtime_ns
+
+
+def _rest_sha256(f, h=None) -> str:
+    """The SHA-256 (or h updated) of what is left to read of f."""
+    h = h or hashlib.sha256()
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+    return h.hexdigest()
 
 
 @lru_cache(maxsize=256)
@@ -113,9 +126,7 @@ def _content_sha256(path: str, size: int, mtime_ns: int) -> str:
         meta = header.pop("__metadata__", {}) or {}
         h.update(json.dumps(meta, sort_keys=True).encode())
         h.update(json.dumps(header, sort_keys=True).encode())
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return _rest_sha256(f, h)
 
 
 def addnet_hash(data: bytes | str | Path) -> str:
@@ -125,19 +136,14 @@ def addnet_hash(data: bytes | str | Path) -> str:
     if isinstance(data, bytes):
         n = int.from_bytes(data[:8], "little")
         return hashlib.sha256(data[8 + n :]).hexdigest()
-    p = Path(data).resolve()
-    st = p.stat()
-    return _addnet_file(str(p), st.st_size, st.st_mtime_ns)
+    return _addnet_file(*_file_key(data))
 
 
 @lru_cache(maxsize=256)
 def _addnet_file(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
         f.seek(8 + int.from_bytes(f.read(8), "little"))
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return _rest_sha256(f)
 
 
 def a1111_model_hash(model: str) -> str | None:
@@ -146,17 +152,13 @@ def a1111_model_hash(model: str) -> str | None:
     p = Path(model).expanduser()
     if not p.is_file():
         return None
-    st = p.resolve().stat()
-    return _file_sha256(str(p.resolve()), st.st_size, st.st_mtime_ns)[:10]
+    return _file_sha256(*_file_key(p))[:10]
 
 
 @lru_cache(maxsize=16)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return _rest_sha256(f)
 
 
 def model_name(model: str) -> str:

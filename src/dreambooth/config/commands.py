@@ -7,7 +7,7 @@ import dataclasses
 from ..errors import UserError
 from ..methods import METHODS
 from ..options import check_required, option
-from .sampling import DTYPES, SCHEDULER_NAMES
+from .sampling import DTYPES, SCHEDULER_NAMES, clip_model_field, dino_model_field
 from .train import MIXED_PRECISION, allow_pickle_field, model_config_field
 
 
@@ -30,8 +30,8 @@ class SelectConfig:
     scheduler: str = option("dpm++2m-karras", "sampler", choices=SCHEDULER_NAMES)
     seed: int = option(0, "seed of the first image of each prompt")
     dtype: str = option("auto", "weights' precision", choices=DTYPES)
-    dino_model: str = option("facebook/dino-vits16", "DINO extractor: hub id or local folder")
-    clip_model: str = option("openai/clip-vit-base-patch32", "CLIP extractor: hub id or local folder")
+    dino_model: str = dino_model_field()
+    clip_model: str = clip_model_field()
     embed_batch_size: int = option(16, "images per batch through the extractors")
 
     def validate(self) -> None:
@@ -63,8 +63,8 @@ class CompareConfig:
     guidance: float = option(7.5, "guidance scale when generating")
     seed: int = option(0, "seed of training and of the first image of each prompt")
     mixed_precision: str = option("no", "mixed precision for training", choices=MIXED_PRECISION)
-    dino_model: str = option("facebook/dino-vits16", "DINO extractor: hub id or local folder")
-    clip_model: str = option("openai/clip-vit-base-patch32", "CLIP extractor: hub id or local folder")
+    dino_model: str = dino_model_field()
+    clip_model: str = clip_model_field()
 
     @property
     def method_list(self) -> list[str]:

@@ -9,6 +9,15 @@ from ..errors import UserError
 from ..options import check_bounds, check_required, option
 from .train import allow_pickle_field, model_config_field
 
+
+def dino_model_field():
+    return option("facebook/dino-vits16", "DINO extractor: hub id or local folder")
+
+
+def clip_model_field():
+    return option("openai/clip-vit-base-patch32", "CLIP extractor: hub id or local folder")
+
+
 SCHEDULER_NAMES = ("ddim", "ddpm", "pndm", "euler", "euler-a", "dpm++2m", "dpm++2m-karras", "unipc")
 # Karras sigmas would start from the (near) infinite sigma of a zero-SNR schedule; PNDM has no such option.
 ZERO_SNR_SCHEDULERS = ("ddim", "ddpm", "euler", "euler-a", "dpm++2m", "unipc")
@@ -113,8 +122,8 @@ class EvaluateConfig(SamplingConfig):
     images_per_prompt: int = option(4, "images generated per prompt (the paper uses 4)")
     num_class_images: int = option(16, "images generated for the class prompt, for PRES")
     class_prompt: str | None = option(None, "the class prompt for PRES (default: 'a {class noun}')")
-    dino_model: str = option("facebook/dino-vits16", "DINO extractor: hub id or local folder")
-    clip_model: str = option("openai/clip-vit-base-patch32", "CLIP extractor: hub id or local folder")
+    dino_model: str = dino_model_field()
+    clip_model: str = clip_model_field()
     output_dir: str = option("evaluation", "where metrics.json, per_prompt.csv, metrics.md (and generated images) go")
     cache_dir: str | None = option(None, "embedding cache (default: OUTPUT/embeddings)")
     embed_batch_size: int = option(16, "images per batch through the extractors")

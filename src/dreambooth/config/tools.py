@@ -7,7 +7,7 @@ import dataclasses
 
 from ..formats.kohya import DORA_FOR
 from ..options import check_bounds, check_required, option
-from .sampling import DTYPES
+from .sampling import DTYPES, clip_model_field, dino_model_field
 
 
 @dataclasses.dataclass
@@ -61,8 +61,8 @@ class SweepConfig:
     guidance: float = option(7.5, "guidance scale of the scored images")
     steps: int = option(25, "denoising steps of the scored images", ge=1)
     seed: int = option(0, "seed of the first image of each prompt")
-    dino_model: str = option("facebook/dino-vits16", "DINO extractor: hub id or local folder")
-    clip_model: str = option("openai/clip-vit-base-patch32", "CLIP extractor: hub id or local folder")
+    dino_model: str = dino_model_field()
+    clip_model: str = clip_model_field()
 
     def validate(self) -> None:
         check_required(self)

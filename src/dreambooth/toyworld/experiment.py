@@ -28,6 +28,7 @@ from .. import io
 from ..config import SamplingConfig, TrainConfig
 from ..data.images import list_images, load_rgb
 from ..generation import Engine, image_settings
+from ..methods.textual_inversion import TextualInversion
 from ..sheets import labelled_grid
 from ..training.preflight import preflight
 from .subject import BACKGROUND, RECONTEXT, read_subject
@@ -108,7 +109,7 @@ def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
         ),
         "textual_inversion": TrainConfig(
             **dict(common, checkpoint_every=cfg.ti_steps),
-            method="textual-inversion",
+            method=TextualInversion.name,
             output_dir=str(out / "runs" / "textual_inversion"),
             token=TI_TOKEN,
             initializer_token=NOUN,

@@ -25,7 +25,6 @@ from pathlib import Path
 
 from .. import children, io, runs
 from ..errors import UserError
-from ..sweep import last_error_line
 from .projects import LOG, OUTSIDE, PROCESS_FILE, UI_CONFIG, active
 
 
@@ -135,7 +134,7 @@ class Supervisor:
         elif children.exit_code(code) == children.INTERRUPTED or job.stopping:  # 130, or killed by SIGINT
             self.ended[run] = "stopped"
         else:
-            self.ended[run] = f"failed (exit {code}): {last_error_line(run / self.log_name)}"
+            self.ended[run] = f"failed (exit {code}): {children.last_error_line(run / self.log_name)}"
         return self.ended[run]
 
     def stop(self, run: Path) -> None:
