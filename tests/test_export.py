@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from dreambooth.cli import main
-from dreambooth.formats.kohya import sgm_module_name
+from dreambooth.families.sdxl import sgm_module_name
 
 
 def _images(model, lora_path, prompt="a photo of sks dog"):

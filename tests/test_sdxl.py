@@ -13,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from dreambooth.cli import main
+from dreambooth.families import FAMILIES
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,8 @@ def sdxl_lora(sdxl, tmp_path_factory):
                 if "lora_B" in name:
                     p.normal_(0, 0.3)
     path = tmp_path_factory.mktemp("sdxl_lora") / "pytorch_lora_weights.safetensors"
-    return write_lora_file(path, pipe.unet, pipe.text_encoder, pipe.text_encoder_2, sdxl=True)
+    te = {"text_encoder": pipe.text_encoder, "text_encoder_2": pipe.text_encoder_2}
+    return write_lora_file(path, FAMILIES["sdxl"], pipe.unet, te)
 
 
 def _stock_images(model, lora):
@@ -244,7 +246,7 @@ def test_unet_only_sdxl_lora_exports_to_the_same_images(sdxl, tmp_path):
         for name, p in pipe.unet.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.3)
-    ours = write_lora_file(tmp_path / "pytorch_lora_weights.safetensors", pipe.unet, sdxl=True)
+    ours = write_lora_file(tmp_path / "pytorch_lora_weights.safetensors", FAMILIES["sdxl"], pipe.unet, {})
     kohya = tmp_path / "k.safetensors"
     assert main(["export", "--lora", str(ours), "--model", str(sdxl), str(kohya)]) == 0
     with safe_open(str(kohya), "pt") as f:

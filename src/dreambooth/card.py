@@ -23,6 +23,7 @@ def model_card(run: Path) -> str:
     if cfg is None:
         return f"# {run.name}\n\nA run whose config.yaml cannot be read.\n"
     method = get_method(cfg)
+    pipeline = _pipeline(cfg.model)
     status = runs.read_status(run)
     prompt, photos = _subjects(cfg)
     trigger = method.trigger() if not cfg.concepts else prompt
@@ -51,7 +52,7 @@ def model_card(run: Path) -> str:
         "",
         "## Use",
         "",
-        *method.usage(run, _load(cfg), trigger),
+        *method.usage(run, pipeline, _load(cfg, pipeline), trigger),
         "",
         "## Training config",
         "",
@@ -67,6 +68,17 @@ def write_card(run: Path) -> Path:
     path = Path(run) / CARD
     io.write_text(path, model_card(Path(run)))
     return path
+
+
+def _pipeline(model: str) -> str:
+    """The diffusers pipeline class of the model's family (Stable Diffusion's where its configs are gone)."""
+    from .errors import UserError
+    from .models import family_of
+
+    try:
+        return family_of(model).pipeline
+    except UserError:
+        return "StableDiffusionPipeline"
 
 
 def _subjects(cfg) -> tuple[str, str]:
@@ -94,15 +106,15 @@ def _samples_and_scores(run: Path) -> list[str]:
     return lines
 
 
-def _load(cfg) -> str:
-    """How stock diffusers loads the run's base model."""
+def _load(cfg, pipeline: str) -> str:
+    """How stock diffusers loads the run's base model with its family's pipeline class."""
     from .models import builtin_path
 
     model = str(builtin_path(cfg.model) or cfg.model)  # stock diffusers knows no built-in names: their folder
     if Path(model).suffix.lower() == ".safetensors":  # a single-file checkpoint
         config = f', config="{cfg.model_config}")' if cfg.model_config else ")"
-        return f'StableDiffusionPipeline.from_single_file("{model}"' + config
-    return f'StableDiffusionPipeline.from_pretrained("{model}")'
+        return f'{pipeline}.from_single_file("{model}"' + config
+    return f'{pipeline}.from_pretrained("{model}")'
 
 
 def _count(folder: str | None) -> str:

@@ -81,15 +81,15 @@ def _kohya_to_diffusers(src: Path, model: str, dest: Path) -> Path:
     converter, its alphas as peft's lora_alpha / alpha_pattern), so loading the result builds the
     same adapters."""
     from .formats.lora import write_lora_file
-    from .models import load_pipeline
+    from .models import family_of, load_pipeline
 
     pipe = load_pipeline(model)
     try:
         pipe.load_lora_weights(str(src.parent), weight_name=src.name, adapter_name="default")
     except (ValueError, RuntimeError, KeyError) as e:
         raise UserError(f"--lora {src}: does not fit --model {model} ({str(e).splitlines()[0][:200]})") from None
-    te2 = getattr(pipe, "text_encoder_2", None)
-    return write_lora_file(dest, pipe.unet, pipe.text_encoder, te2, sdxl=te2 is not None)
+    family = family_of(model)
+    return write_lora_file(dest, family, pipe.unet, {name: getattr(pipe, name) for name in family.text_encoders})
 
 
 def _export_single_file(model: str, dest: Path, dtype: str) -> Path:

@@ -92,6 +92,7 @@ class Engine:
         )
         self.fuse = fuse
         self.pipe = None
+        self.family = None  # the loaded model's (families.Family)
         self.state: tuple | None = None  # (model, embedding, lora or None, "fused"/"unfused"/None, scales)
         self.base_scheduler = None
         self._sizes: dict[str, int] = {}
@@ -117,37 +118,46 @@ class Engine:
                 self.pipe.delete_adapters(ADAPTER)
             self.state = (model, embedding, None, None, None)
             return
+        from .models import family_of
+
         self.pipe = None
         self.pipe = load_pipeline(model, self.dtype).to(self.device)
+        self.family = family_of(model)
         self.base_scheduler = self.pipe.scheduler.config
         if embedding:
             self._load_embedding(embedding)
         self.state = (model, embedding, None, None, None)
 
     def _load_embedding(self, path: str) -> None:
+        """A Textual Inversion file: one tensor named by its token, or one part per text encoder of the
+        family (SDXL's clip_l and clip_g, named by the file's token or, as AUTOMATIC1111 does, its name)."""
         from safetensors import safe_open
 
         with safe_open(path, "pt") as f:
             keys, meta = list(f.keys()), f.metadata() or {}
         token = keys[0] if len(keys) == 1 and keys[0] not in ("emb_params", "string_to_param") else None
+        parts = self.family.embedding_parts
         try:
-            if {"clip_l", "clip_g"} <= set(keys):  # an SDXL embedding: one part per text encoder
+            if parts and set(parts) <= set(keys):
                 from safetensors.torch import load_file
 
-                if not hasattr(self.pipe, "text_encoder_2"):
-                    raise ValueError("an SDXL embedding (clip_l, clip_g) on a model with one text encoder")
-                parts = load_file(path)
-                token = meta.get("token") or Path(path).stem  # AUTOMATIC1111 names it by the file
-                for part, te, tok in (
-                    ("clip_l", self.pipe.text_encoder, self.pipe.tokenizer),
-                    ("clip_g", self.pipe.text_encoder_2, self.pipe.tokenizer_2),
-                ):
-                    self.pipe.load_textual_inversion(parts[part], token=token, text_encoder=te, tokenizer=tok)
+                tensors = load_file(path)
+                token = meta.get("token") or Path(path).stem
+                for part, tok, te in zip(parts, self._tokenizers(), self._text_encoders()):
+                    self.pipe.load_textual_inversion(tensors[part], token=token, text_encoder=te, tokenizer=tok)
+            elif len(keys) > 1 and all(k not in ("emb_params", "string_to_param") for k in keys):
+                raise ValueError(f"an embedding with one part per text encoder ({', '.join(keys)}) on {self.family}")
             else:
                 self.pipe.load_textual_inversion(path, token=token)
         except (ValueError, RuntimeError, KeyError) as e:
             self.pipe, self.state = None, None
             raise UserError(f"--embedding {path}: does not fit the model ({str(e).splitlines()[0][:200]})") from None
+
+    def _text_encoders(self) -> list:
+        return [getattr(self.pipe, name) for name in self.family.text_encoders]
+
+    def _tokenizers(self) -> list:
+        return [getattr(self.pipe, name) for name in self.family.tokenizers]
 
     def prepare(self, s: ImageSettings):
         scales = (s.lora_scale_unet, s.lora_scale_text_encoder)
@@ -196,7 +206,7 @@ class Engine:
         return [c for c, names in self.pipe.get_list_adapters().items() if ADAPTER in names]
 
     def _component_scales(self, scales: tuple[float, float]) -> list[float]:
-        by_name = {"unet": scales[0], "text_encoder": scales[1], "text_encoder_2": scales[1]}
+        by_name = {"unet": scales[0], **{name: scales[1] for name in self.family.text_encoders}}
         return [by_name[c] for c in self._lora_components()]
 
     def _set_scales(self, scales: tuple[float, float]) -> None:

@@ -59,6 +59,7 @@ def check_model(model: str, flag: str = "--model", config: str | None = None, al
     A folder that exists must be a diffusers folder (model_index.json); a file must be a .safetensors
     single-file checkpoint (a pickle only with allow_pickle) whose configs can be found. Anything else
     must look like a hub id (owner/name); offline (HF_HUB_OFFLINE=1) it must also be in the local cache.
+    A folder or hub id must be of a family this tool trains (its configs say).
     """
     builtin = builtin_path(model)
     if builtin is not None and not (builtin / "model_index.json").is_file():
@@ -69,11 +70,11 @@ def check_model(model: str, flag: str = "--model", config: str | None = None, al
         return
     if config is not None:
         raise UserError(f"--model-config {config}: only for a single-file --model, and {flag} {model} is not a file")
-    if p.exists():
-        if p.is_dir() and (p / "model_index.json").is_file():
-            return
+    if p.exists() and not (p.is_dir() and (p / "model_index.json").is_file()):
         raise UserError(f"{flag} {model}: not a diffusers model folder (no model_index.json)")
-    _check_hub_id(model, flag)
+    if not p.exists():
+        _check_hub_id(model, flag)
+    family_of(model, flag)  # a family this tool trains (one line naming the model's pipeline if not)
 
 
 def _offline() -> bool:
@@ -176,10 +177,13 @@ def _inferred_config(p: Path, model: str, flag: str) -> str:
         kind = infer_diffusers_model_type(keys)
     except Exception as e:  # any failure to read the file's keys
         raise UserError(f"{flag} {model}: not a readable checkpoint ({str(e).splitlines()[0][:200]})") from None
-    if kind not in ("v1", "v2", "xl_base"):
+    from .families import FAMILIES, family_by_kind
+
+    if family_by_kind(kind) is None:
+        labels = ", ".join(f.label for f in FAMILIES.values())
         raise UserError(
-            f"{flag} {model}: diffusers reads it as a '{kind}' checkpoint; single files of Stable Diffusion "
-            "1.x, 2.x and SDXL base are supported (for others pass a diffusers folder)"
+            f"{flag} {model}: diffusers reads it as a '{kind}' checkpoint; single files of {labels} are "
+            "supported (for others pass a diffusers folder)"
         )
     source = fetch_diffusers_config(keys)["pretrained_model_name_or_path"]
     return MOVED_REPOS.get(source, source)  # diffusers still names withdrawn SD 2.x repositories
@@ -236,7 +240,7 @@ def quiet_libraries() -> None:
 
 @dataclass
 class Components:
-    """The parts of a Stable Diffusion model that training touches."""
+    """The parts of a model that training touches, and its family (which says how they fit together)."""
 
     tokenizer: Any
     text_encoder: Any
@@ -244,12 +248,22 @@ class Components:
     unet: Any
     noise_scheduler: Any  # DDPM, for adding noise in training
     pipeline: Any  # the loaded pipeline, for generating (class images, samples)
-    tokenizer_2: Any = None  # SDXL's second text encoder
+    tokenizer_2: Any = None  # a second text encoder (the family's text_encoders name it)
     text_encoder_2: Any = None
+    family: Any = None  # families.Family
 
     @property
-    def is_sdxl(self) -> bool:
-        return self.text_encoder_2 is not None
+    def text_encoders(self) -> list:
+        """The family's text encoders, in the order prompts are encoded."""
+        return [getattr(self, name) for name in self.family.text_encoders]
+
+    @property
+    def tokenizers(self) -> list:
+        return [getattr(self, name) for name in self.family.tokenizers]
+
+    def encoders(self) -> list[tuple[str, Any, Any]]:
+        """(component name, tokenizer, text encoder) of each of the family's text encoders."""
+        return list(zip(self.family.text_encoders, self.tokenizers, self.text_encoders))
 
 
 def resolve(model: str) -> str:
@@ -303,22 +317,21 @@ def unet_config(model: str) -> dict | None:
         return None
 
 
-def is_sdxl(model: str) -> bool:
-    """SDXL's UNet takes the pooled text embedding and the micro-conditioning sizes ("text_time")."""
-    config = unet_config(model)
-    return bool(config and config.get("addition_embed_type") == "text_time")
+def family_of(model: str, flag: str = "--model"):
+    """The model's family (families.Family), from its configs only; one line for a family not supported."""
+    from .families import recognise
+
+    return recognise(resolve(model), model, flag)
 
 
 def load_pipeline(model: str, dtype=None):
-    """A text-to-image pipeline without safety checker (StableDiffusionXLPipeline for SDXL), from a hub
-    id, a folder or a single file."""
+    """A text-to-image pipeline of the model's family (without safety checker), from a hub id, a folder
+    or a single file."""
     import torch
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     quiet_libraries()
-    sdxl = is_sdxl(model)
-    cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
-    extra = {} if sdxl else {"safety_checker": None, "requires_safety_checker": False}
+    family = family_of(model)
+    cls, extra = family.pipeline_class(), family.load_kwargs()
     try:
         config = single_file_config(model)
         if config is not None:
@@ -350,4 +363,5 @@ def load_components(model: str, dtype=None) -> Components:
         pipeline=pipe,
         tokenizer_2=getattr(pipe, "tokenizer_2", None),
         text_encoder_2=getattr(pipe, "text_encoder_2", None),
+        family=family_of(model),
     )

@@ -53,7 +53,7 @@ class ExampleSet:
     paths: list[Path]
     prompt_ids: torch.Tensor  # (P, L): one example is paired with one of P prompts
     stream: int
-    prompt_ids_2: torch.Tensor | None = None  # (P, L) of SDXL's second tokenizer
+    prompt_ids_2: torch.Tensor | None = None  # (P, L) of a second tokenizer, where the family has one
     prompt_of: list[int] | None = None  # image index -> its prompt row (captions); else drawn at random
     drawn_prompts: int | None = None  # rows drawn from (the empty prompt of caption dropout is the last row)
     caption_dropout: float = 0.0
@@ -61,6 +61,10 @@ class ExampleSet:
     _latent_cache: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict)
     _embedding_cache: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (P, L, D), pooled (P, D2)
     _sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # image index -> (width, height)
+
+    def token_ids(self, which=slice(None)) -> list[torch.Tensor]:
+        """The prompts' token ids, one tensor per tokenizer of the family (rows `which`)."""
+        return [ids[which] for ids in (self.prompt_ids, self.prompt_ids_2) if ids is not None]
 
     def size(self, i: int) -> tuple[int, int]:
         if i not in self._sizes:
@@ -79,9 +83,11 @@ class TrainingData:
         flip: bool,
         random_crop: bool,
         seed: int,
+        family,
     ):
         self.concepts = concepts
         self.resolution, self.flip, self.random_crop, self.seed = resolution, flip, random_crop, seed
+        self.family = family  # families.Family: how prompts are encoded and the UNet conditioned
 
     @property
     def instance(self) -> ExampleSet:
@@ -118,7 +124,7 @@ class TrainingData:
     @torch.no_grad()
     def cache_embeddings(self, text_encoders) -> None:
         for s in self.sets:
-            emb, pooled = encode_prompt(text_encoders, s.prompt_ids, s.prompt_ids_2, text_encoders[0].device)
+            emb, pooled = self.family.encode_prompt(text_encoders, s.token_ids(), text_encoders[0].device)
             s._embedding_cache = (emb.cpu(), None if pooled is None else pooled.cpu())
 
     def _target(self, s: ExampleSet, i: int):
@@ -141,8 +147,8 @@ class TrainingData:
         device,
         part: tuple[int, int] | None = None,
     ):
-        """Latents (n, 4, h, w), text embeddings (n, L, D) and, for SDXL, the UNet's added conditioning
-        (pooled text embeddings and micro-conditioning sizes; else None) of examples first_k .. first_k + n - 1;
+        """Latents (n, 4, h, w), text embeddings (n, L, D) and the UNet's added conditioning where the
+        family has one (SDXL: pooled text embeddings and micro-conditioning sizes; else None) of examples first_k .. first_k + n - 1;
         with part=(lo, hi) only those of examples first_k + lo .. first_k + hi - 1, drawing the same random
         numbers as for all n (how processes split a global batch)."""
         lo, hi = part or (0, n)
@@ -175,28 +181,12 @@ class TrainingData:
             emb, pooled = s._embedding_cache
             emb, pooled = emb[which], None if pooled is None else pooled[which]
         else:
-            ids_2 = None if s.prompt_ids_2 is None else s.prompt_ids_2[which]
-            emb, pooled = encode_prompt(text_encoders, s.prompt_ids[which], ids_2, device)
+            emb, pooled = self.family.encode_prompt(text_encoders, s.token_ids(which), device)
         added = None
         if pooled is not None:
             sizes = [micro_conditioning(s.size(i), self._target(s, i), c, f) for i, c, f in zip(idx, crops, flips)]
-            added = {"text_embeds": pooled.to(device), "time_ids": torch.tensor(sizes, dtype=torch.float32).to(device)}
+            added = {k: v.to(device) for k, v in self.family.added_conditions(pooled, sizes).items()}
         return latents.to(device), emb.to(device), added
-
-
-def encode_prompt(text_encoders, ids, ids_2, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(hidden states the UNet cross-attends to, pooled embedding or None) of token ids (n, L) (and
-    ids_2 of SDXL's second tokenizer).
-
-    Stable Diffusion 1.x/2.x: the text encoder's last hidden state. SDXL (two encoders): both encoders'
-    penultimate hidden states, concatenated, and the second's pooled projection (Podell et al., 2023;
-    as StableDiffusionXLPipeline.encode_prompt)."""
-    if len(text_encoders) == 1 or text_encoders[1] is None:
-        return text_encoders[0](ids.to(device))[0], None
-    te1, te2 = text_encoders
-    h1 = te1(ids.to(device), output_hidden_states=True).hidden_states[-2]
-    out2 = te2(ids_2.to(device), output_hidden_states=True)
-    return torch.cat([h1, out2.hidden_states[-2]], dim=-1), out2.text_embeds
 
 
 def tokenize(tokenizer, prompt: str) -> torch.Tensor:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.examples import encode_prompt, to_pixels, tokenize
+from ..data.examples import to_pixels, tokenize
 from ..training.losses import diffusion_target
 
 
@@ -26,7 +26,7 @@ def fixed_noise_loss(
     x = torch.stack([to_pixels(p, resolution, False) for p in image_paths]).to(device, vae.dtype)  # (N, 3, R, R)
     latents = vae.encode(x).latent_dist.mean.float() * vae.config.scaling_factor  # (N, 4, R/8, R/8)
     ids = tokenize(pipe.tokenizer, prompt).expand(len(image_paths), -1)
-    emb, _ = encode_prompt((pipe.text_encoder,), ids, None, device)
+    emb = pipe.text_encoder(ids.to(device))[0]  # (N, L, D): one text encoder (SD 1.x/2.x)
     g = torch.Generator().manual_seed(seed)
     total = 0.0
     for _ in range(draws):

@@ -42,53 +42,6 @@ A1111_DORA = (
     "use ComfyUI or LyCORIS (--dora-for comfyui|lycoris), or train without --use-dora"
 )
 
-_RESNET = {
-    "conv1": "in_layers.2",
-    "conv2": "out_layers.3",
-    "time_emb_proj": "emb_layers.1",
-    "conv_shortcut": "skip_connection",
-}
-_TOP = {
-    "conv_in": "input_blocks.0.0",
-    "conv_out": "out.2",
-    "time_embedding.linear_1": "time_embed.0",
-    "time_embedding.linear_2": "time_embed.2",
-    "add_embedding.linear_1": "label_emb.0.0",
-    "add_embedding.linear_2": "label_emb.0.2",
-}
-
-
-def sgm_module_name(name: str, layers_per_block: int, up_has_attention: list[bool]) -> str:
-    """A diffusers UNet module path in the SGM/LDM layout of SDXL's original UNet (pure).
-
-    layers_per_block: the UNet's (2 for SDXL); up_has_attention[i]: whether up block i has attentions
-    (its upsampler then sits at index 2 of the output block instead of 1)."""
-    for old, new in _TOP.items():
-        if name == old or name.startswith(old + "."):
-            return new + name[len(old) :]
-    lpb = layers_per_block
-    m = re.match(r"(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.?(.*)$", name)
-    mid = re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.?(.*)$", name)
-    if m:
-        kind, i, part, j, rest = m.group(1), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
-        if kind == "down_blocks":
-            if part == "downsamplers":
-                return f"input_blocks.{(lpb + 1) * (i + 1)}.0.op" + rest[len("conv") :]
-            block = f"input_blocks.{(lpb + 1) * i + j + 1}.{0 if part == 'resnets' else 1}"
-        else:
-            if part == "upsamplers":
-                return f"output_blocks.{(lpb + 1) * i + lpb}.{2 if up_has_attention[i] else 1}.{rest}"
-            block = f"output_blocks.{(lpb + 1) * i + j}.{0 if part == 'resnets' else 1}"
-    elif mid:
-        part, j, rest = mid.group(1), int(mid.group(2)), mid.group(3)
-        block = f"middle_block.{2 * j if part == 'resnets' else 1}"
-    else:
-        raise UserError(f"cannot name the UNet module {name} in the SGM layout")
-    if part == "resnets":
-        head, _, tail = rest.partition(".")
-        rest = _RESNET.get(head, head) + (f".{tail}" if tail else "")
-    return f"{block}.{rest}" if rest else block
-
 
 def _modules(state: dict) -> dict[str, dict[str, object]]:
     """{'unet.down_blocks...to_q': {'down': A, 'up': B}} from diffusers-format keys (pure)."""
@@ -120,32 +73,30 @@ def _alpha(meta: dict, component: str, module: str, rank: int) -> float:
 def to_kohya(
     state: dict,
     adapter_meta: dict,
-    sdxl_unet: dict | None = None,
+    family,
+    unet_config: dict | None = None,
     dora_for: str = "comfyui",
     base_weight: Callable[[str], object] | None = None,
 ) -> dict:
-    """Our diffusers-format LoRA state dict as kohya's (pure). sdxl_unet: the UNet's config when the
-    LoRA is for SDXL (SGM names, lora_te1_/lora_te2_); None for SD 1.x/2.x. A DoRA's magnitudes become
-    dora_scale for the program dora_for names (see dora_scale); base_weight(module) gives the base
-    model's weight of a module ('unet.down_blocks...'), which ComfyUI's convention needs."""
+    """Our diffusers-format LoRA state dict as kohya's (pure). family: the base model's (families.Family),
+    which names its UNet modules and text-encoder prefixes; unet_config: the UNet's config where the
+    family's names need it (SDXL's SGM blocks). A DoRA's magnitudes become dora_scale for the program
+    dora_for names (see dora_scale); base_weight(module) gives the base model's weight of a module
+    ('unet.down_blocks...'), which ComfyUI's convention needs."""
     import torch
 
     out = {}
-    up_attn = None
-    if sdxl_unet is not None:
-        up_attn = [t.startswith("CrossAttn") for t in sdxl_unet["up_block_types"]]
     for module, parts in _modules(state).items():
         if not {"down", "up"} <= set(parts):
             raise UserError(f"{module}: has lora_A or lora_B but not both")
         component, _, path = module.partition(".")
         if component == "unet":
-            name = sgm_module_name(path, sdxl_unet["layers_per_block"], up_attn) if sdxl_unet else path
-            prefix = "lora_unet"
-        elif component in ("text_encoder", "text_encoder_2"):
+            name, prefix = family.kohya_unet_name(path, unet_config), "lora_unet"
+        elif component in family.kohya_text_encoder_prefixes:
             name = path if path.startswith("text_model.") else f"text_model.{path}"
-            prefix = {"text_encoder": "lora_te1" if sdxl_unet else "lora_te", "text_encoder_2": "lora_te2"}[component]
+            prefix = family.kohya_text_encoder_prefixes[component]
         else:
-            raise UserError(f"{module}: LoRA on '{component}' has no kohya equivalent")
+            raise UserError(f"{module}: LoRA on '{component}' has no kohya equivalent for {family.label}")
         key = f"{prefix}_{name.replace('.', '_')}"
         down, up = parts["down"], parts["up"]
         alpha = _alpha(adapter_meta, component, path, down.shape[0])
@@ -194,7 +145,7 @@ def base_weights(models: dict) -> Callable[[str], object]:
     return get
 
 
-def kohya_metadata(adapter: dict, run: dict | None, sdxl: bool, v2: bool, name: str) -> dict[str, str]:
+def kohya_metadata(adapter: dict, run: dict | None, family, name: str) -> dict[str, str]:
     """kohya's ss_* training metadata (what AUTOMATIC1111's and ComfyUI's LoRA browsers show)."""
     rank = adapter.get("unet.r") or adapter.get("text_encoder.r")
     alpha = adapter.get("unet.lora_alpha") or adapter.get("text_encoder.lora_alpha") or rank
@@ -202,8 +153,8 @@ def kohya_metadata(adapter: dict, run: dict | None, sdxl: bool, v2: bool, name: 
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(float(alpha)) if alpha is not None else "None",
-        "ss_base_model_version": "sdxl_base_v1-0" if sdxl else ("sd_v2" if v2 else "sd_v1"),
-        "ss_v2": str(bool(v2)),
+        "ss_base_model_version": family.kohya_version,
+        "ss_v2": str(family.kohya_version == "sd_v2"),
         "ss_output_name": name,
         "ss_training_comment": "trained with dreambooth (https://github.com/) LoRA DreamBooth; exported to kohya's layout",
     }
@@ -233,14 +184,12 @@ def kohya_tensors(
     src: Path, run: dict | None, name: str, flag: str = "--lora", dora_for: str = "comfyui", models: dict | None = None
 ) -> tuple[dict, dict]:
     """(tensors, metadata) of the kohya file of the diffusers-format LoRA file src: its LoRA layers, a
-    pivotal run's bundled embedding, kohya's ss_* metadata; run: the run's config (its base model names
-    SDXL's blocks). models: the base model's components, for a DoRA for ComfyUI (else loaded from run's
+    pivotal run's bundled embedding, kohya's ss_* metadata; run: the run's config (its base model's
+    family names the modules). models: the base model's components, for a DoRA for ComfyUI (else loaded from run's
     model when needed)."""
     state, _, adapter = read_lora(src, flag)
-    sdxl = any(k.startswith("text_encoder_2.") for k in state) or bool(run and _is_sdxl(run.get("model")))
-    unet_config = _unet_config(run.get("model")) if sdxl and run else None
-    if sdxl and unet_config is None:
-        raise UserError(f"{flag}: an SDXL LoRA needs its base model to name the SGM blocks; give --model")
+    family = _family(state, run)
+    unet_config = _unet_config(run.get("model")) if run else None
     dora = any("lora_magnitude_vector" in k for k in state)
     if dora and dora_for == "comfyui" and models is None:
         if not (run and run.get("model")):
@@ -248,10 +197,13 @@ def kohya_tensors(
         from ..models import load_pipeline
 
         pipe = load_pipeline(run["model"])
-        models = {c: getattr(pipe, c, None) for c in ("unet", "text_encoder", "text_encoder_2")}
-    tensors = to_kohya(state, adapter, unet_config, dora_for, base_weights(models) if models else None)
+        models = {c: getattr(pipe, c) for c in ("unet", *family.text_encoders)}
+    try:
+        tensors = to_kohya(state, adapter, family, unet_config, dora_for, base_weights(models) if models else None)
+    except UserError as e:
+        raise UserError(f"{flag}: {e}") from None
     tensors.update(bundled_embedding(src.parent, run))
-    metadata = kohya_metadata(adapter, run, sdxl, _cross_attention_dim(state) == 1024, name)
+    metadata = kohya_metadata(adapter, run, family, name)
     if dora:
         metadata["dreambooth_dora_for"] = dora_for
     return tensors, metadata
@@ -259,7 +211,8 @@ def kohya_tensors(
 
 def bundled_embedding(folder: Path, run: dict | None) -> dict:
     """A pivotal-tuning run's identifier embedding as AUTOMATIC1111's bundled embedding keys in a LoRA
-    file (bundle_emb.<token>.string_to_param.*, or .clip_l/.clip_g for SDXL); {} for other runs."""
+    file (bundle_emb.<token>.string_to_param.*, or one key per text encoder's part, .clip_l/.clip_g for
+    SDXL); {} for other runs."""
     from safetensors import safe_open
 
     from ..weights import EMBEDDING
@@ -270,9 +223,9 @@ def bundled_embedding(folder: Path, run: dict | None) -> dict:
     with safe_open(str(path), "pt") as f:
         token = (f.metadata() or {}).get("token")
         parts = {k: f.get_tensor(k) for k in f.keys()}
-    if {"clip_l", "clip_g"} <= set(parts):
-        return {f"bundle_emb.{token}.clip_l": parts["clip_l"], f"bundle_emb.{token}.clip_g": parts["clip_g"]}
-    return {f"bundle_emb.{token}.string_to_param.*": parts[token]}
+    if set(parts) == {token}:
+        return {f"bundle_emb.{token}.string_to_param.*": parts[token]}
+    return {f"bundle_emb.{token}.{part}": tensor for part, tensor in parts.items()}
 
 
 def write_kohya(src: Path, dest: Path, run: dict | None, models: dict | None = None) -> Path:
@@ -298,20 +251,17 @@ def run_config(lora: Path) -> dict | None:
     return None
 
 
-def _cross_attention_dim(state: dict) -> int | None:
-    for key, value in state.items():
-        if key.startswith("unet.") and ".attn2.to_k.lora_A" in key:
-            return int(value.shape[1])
-    return None
+def _family(state: dict, run: dict | None):
+    """The LoRA's family: its base model's, from the run's config; else what its keys say."""
+    from ..families import family_of_lora
+    from ..models import family_of
+
+    if run and run.get("model"):
+        return family_of(run["model"])
+    return family_of_lora(state)
 
 
 def _unet_config(model: str | None) -> dict | None:
     from ..models import unet_config
 
     return unet_config(model) if model else None
-
-
-def _is_sdxl(model: str | None) -> bool:
-    from ..models import is_sdxl
-
-    return bool(model) and is_sdxl(model)

@@ -54,11 +54,11 @@ def is_kohya(state: dict) -> bool:
     return any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in state)
 
 
-def write_lora_file(path: Path, unet, text_encoder=None, text_encoder_2=None, sdxl: bool = False) -> Path:
-    """diffusers' LoRA file (pytorch_lora_weights.safetensors) of the adapters on these models, with
-    peft's config of each in its metadata, so stock `load_lora_weights` restores them exactly. A text
-    encoder without an adapter is left out."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+def write_lora_file(path: Path, family, unet, text_encoders: dict) -> Path:
+    """diffusers' LoRA file (pytorch_lora_weights.safetensors) of the adapters on the UNet and on the text
+    encoders ({pipeline attribute: model}), with peft's config of each in its metadata, written by the
+    family's pipeline class, so stock `load_lora_weights` restores them exactly. A text encoder without
+    an adapter is left out."""
     from peft.utils import get_peft_model_state_dict
 
     def layers(te):
@@ -76,17 +76,13 @@ def write_lora_file(path: Path, unet, text_encoder=None, text_encoder_2=None, sd
             state = {f"text_model.{k}": v for k, v in state.items()}
         return state, te.peft_config["default"].to_dict()
 
-    te1, te1_meta = layers(text_encoder)
     kw = dict(
         unet_lora_layers=get_peft_model_state_dict(unet, save_embedding_layers=False),
-        text_encoder_lora_layers=te1,
         unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-        text_encoder_lora_adapter_metadata=te1_meta,
     )
-    if sdxl:
-        te2, te2_meta = layers(text_encoder_2)
-        kw.update(text_encoder_2_lora_layers=te2, text_encoder_2_lora_adapter_metadata=te2_meta)
-    cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+    for name in family.text_encoders:  # text_encoder_lora_layers, text_encoder_2_lora_layers, ...
+        state, meta = layers(text_encoders.get(name))
+        kw.update({f"{name}_lora_layers": state, f"{name}_lora_adapter_metadata": meta})
     with atomic_path(path) as tmp:
-        cls.save_lora_weights(tmp.parent, weight_name=tmp.name, **kw)
+        family.pipeline_class().save_lora_weights(tmp.parent, weight_name=tmp.name, **kw)
     return path

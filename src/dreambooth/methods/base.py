@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
     from ..config import TrainConfig
 
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
-
 
 @dataclasses.dataclass
 class NoOptions:
@@ -124,12 +122,22 @@ class Method:
         """How a prompt names the subject: 'sks dog' (the paper's "a [V] dog")."""
         return f"{self.subject_word()} {class_noun}"
 
+    def _pairs(self, comps: Components) -> list[tuple]:
+        """(tokenizer, text encoder) of each of the family's text encoders."""
+        return list(zip(comps.tokenizers, comps.text_encoders))
+
+    def text_encoder_lrs(self, comps: Components) -> list[float]:
+        """Each text encoder's learning rate: --text-encoder-lr, a second one's --text-encoder-2-lr (else the same)."""
+        second = self.cfg.text_encoder_2_lr if self.cfg.text_encoder_2_lr is not None else self.cfg.text_encoder_lr
+        return [self.cfg.text_encoder_lr, *[second] * (len(comps.text_encoders) - 1)]
+
     def card_lines(self) -> list[str]:
         """What the model card says about the method's own settings."""
         return []
 
-    def usage(self, run: Path, load: str, trigger: str) -> list[str]:
-        """How to use the trained result (markdown lines); load: how the base pipeline is loaded."""
+    def usage(self, run: Path, pipeline: str, load: str, trigger: str) -> list[str]:
+        """How to use the trained result (markdown lines); pipeline: diffusers' class for the model's
+        family; load: how the base pipeline is loaded."""
         raise NotImplementedError
 
     def trigger(self) -> str:
@@ -139,9 +147,7 @@ class Method:
     def state_dict(self, comps: Components) -> dict[str, torch.Tensor]:
         """Every trainable tensor, by component and parameter name (for exact resume)."""
         out = {}
-        for comp in COMPONENTS:
-            if getattr(comps, comp, None) is None:
-                continue
+        for comp in ("unet", *comps.family.text_encoders):
             for name, p in getattr(comps, comp).named_parameters():
                 if p.requires_grad:
                     out[f"{comp}.{name}"] = p.detach().float().cpu().contiguous()
@@ -149,9 +155,7 @@ class Method:
 
     def load_state_dict(self, comps: Components, state: dict[str, torch.Tensor]) -> None:
         own = {}
-        for comp in COMPONENTS:
-            if getattr(comps, comp, None) is None:
-                continue
+        for comp in ("unet", *comps.family.text_encoders):
             for name, p in getattr(comps, comp).named_parameters():
                 if p.requires_grad:
                     own[f"{comp}.{name}"] = p

@@ -29,11 +29,11 @@ class Full(Method):
         size = sum(f.stat().st_size for f in files)
         return size * 2 if any(".fp16." in f.name for f in files) else size
 
-    def usage(self, run: Path, load: str, trigger: str) -> list[str]:
+    def usage(self, run: Path, pipeline: str, load: str, trigger: str) -> list[str]:
         return [
             "```python",
-            "from diffusers import StableDiffusionPipeline",
-            f'pipe = StableDiffusionPipeline.from_pretrained("{run}")',
+            f"from diffusers import {pipeline}",
+            f'pipe = {pipeline}.from_pretrained("{run}")',
             f'pipe("{trigger}").images[0]',
             "```",
         ]
@@ -48,15 +48,12 @@ class Full(Method):
         comps.vae.requires_grad_(False)
         comps.unet.requires_grad_(True)
         groups = [{"params": list(comps.unet.parameters()), "lr": self.cfg.learning_rate}]
-        lr_2 = self.cfg.text_encoder_2_lr if self.cfg.text_encoder_2_lr is not None else self.cfg.text_encoder_lr
-        for te, lr in ((comps.text_encoder, self.cfg.text_encoder_lr), (comps.text_encoder_2, lr_2)):
-            if te is None:
-                continue
+        for te, lr in zip(comps.text_encoders, self.text_encoder_lrs(comps)):
             te.requires_grad_(self.trains_text_encoder)
             if self.trains_text_encoder:
                 groups.append({"params": list(te.parameters()), "lr": lr})
         # Trained weights stay in fp32 under mixed precision (autocast computes in fp16/bf16).
-        cast_training_params([m for m in (comps.unet, comps.text_encoder, comps.text_encoder_2) if m is not None])
+        cast_training_params([comps.unet, *comps.text_encoders])
         return groups
 
     def weights_in(self, folder: Path) -> bool:

@@ -126,7 +126,7 @@ class LoRA(Method):
             + (f"; text encoder too (lr {cfg.text_encoder_lr})" if cfg.train_text_encoder else "")
         ]
 
-    def usage(self, run: Path, load: str, trigger: str) -> list[str]:
+    def usage(self, run: Path, pipeline: str, load: str, trigger: str) -> list[str]:
         cfg = self.cfg
         dora = []
         if cfg.use_dora:
@@ -138,7 +138,7 @@ class LoRA(Method):
             ]
         return [
             "```python",
-            "from diffusers import StableDiffusionPipeline",
+            f"from diffusers import {pipeline}",
             f"pipe = {load}",
             f'pipe.load_lora_weights("{run}")  # pytorch_lora_weights.safetensors',
             f'pipe("{trigger}", guidance_scale=5).images[0]',
@@ -207,18 +207,11 @@ class LoRA(Method):
                 f"{self.cfg.instance_prompt!r} (the word before the class noun); give --identifier"
             )
 
-    def _pairs(self, comps: Components) -> list[tuple]:
-        pairs = [(comps.tokenizer, comps.text_encoder)]
-        if comps.text_encoder_2 is not None:
-            pairs.append((comps.tokenizer_2, comps.text_encoder_2))
-        return pairs
-
     def prepare(self, comps: Components) -> list[dict]:
         from diffusers.training_utils import cast_training_params
 
-        for m in (comps.unet, comps.text_encoder, comps.text_encoder_2, comps.vae):
-            if m is not None:
-                m.requires_grad_(False)
+        for m in (comps.unet, comps.vae, *comps.text_encoders):
+            m.requires_grad_(False)
         self.pivots = []  # (ids, original embedding, rows to keep) per text encoder
         if self.cfg.train_identifier_embedding:
             from .textual_inversion import learnable_tokens
@@ -238,15 +231,12 @@ class LoRA(Method):
             emb.requires_grad_(True)
             groups.append({"params": [emb], "lr": self.cfg.identifier_lr, "weight_decay": 0.0})
         if self.cfg.train_text_encoder:
-            lr_2 = self.cfg.text_encoder_2_lr if self.cfg.text_encoder_2_lr is not None else self.cfg.text_encoder_lr
-            for te, lr in ((comps.text_encoder, self.cfg.text_encoder_lr), (comps.text_encoder_2, lr_2)):
-                if te is None:
-                    continue
+            for te, lr in zip(comps.text_encoders, self.text_encoder_lrs(comps)):
                 if not getattr(te, "peft_config", None):
                     te.add_adapter(self._config(TEXT_ENCODER_TARGETS))
                 groups.append({"params": _lora_params(te), "lr": lr})
         # Trainable adapters stay in fp32 under mixed precision (frozen weights are fp16/bf16).
-        cast_training_params([m for m in (comps.unet, comps.text_encoder, comps.text_encoder_2) if m is not None])
+        cast_training_params([comps.unet, *comps.text_encoders])
         return groups
 
     def _load_init(self, comps: Components) -> None:
@@ -280,9 +270,7 @@ class LoRA(Method):
         from ..formats.lora import write_lora_file
 
         path = Path(folder) / WEIGHTS_NAME
-        write_lora_file(
-            path, comps.unet, comps.text_encoder, getattr(comps, "text_encoder_2", None), sdxl=comps.is_sdxl
-        )
+        write_lora_file(path, comps.family, comps.unet, dict(zip(comps.family.text_encoders, comps.text_encoders)))
         written, problems = [path], []
         if self.pivots:
             written.append(self._save_embedding(comps, folder))
@@ -290,11 +278,7 @@ class LoRA(Method):
             # kohya's file is named after the run: AUTOMATIC1111 and ComfyUI list LoRAs by file name.
             kohya = Path(folder) / f"{Path(self.cfg.output_dir).name}.safetensors"
             try:
-                models = {
-                    "unet": comps.unet,
-                    "text_encoder": comps.text_encoder,
-                    "text_encoder_2": comps.text_encoder_2,
-                }
+                models = {"unet": comps.unet, **dict(zip(comps.family.text_encoders, comps.text_encoders))}
                 write_kohya(path, kohya, dataclasses.asdict(self.cfg), models)
             except Exception as e:  # any failure: the diffusers file holds the same weights
                 problems.append(
@@ -310,8 +294,8 @@ class LoRA(Method):
         return written
 
     def _save_embedding(self, comps: Components, folder: Path) -> Path:
-        """The identifier's learned embedding in Textual Inversion's file (SD: {token: (1, D)}; SDXL:
-        clip_l and clip_g), which `load_textual_inversion` and AUTOMATIC1111 load."""
+        """The identifier's learned embedding in Textual Inversion's file ({token: (1, D)}, or one part per
+        text encoder as the family names them), which `load_textual_inversion` and AUTOMATIC1111 load."""
         from safetensors.torch import save_file
 
         from .textual_inversion import EMBEDS_NAME
@@ -320,7 +304,7 @@ class LoRA(Method):
             te.get_input_embeddings().weight[ids].detach().float().cpu().contiguous()
             for (_, te), (ids, _, _) in zip(self._pairs(comps), self.pivots)
         ]
-        state = {"clip_l": vectors[0], "clip_g": vectors[1]} if len(vectors) == 2 else {self.token: vectors[0]}
+        state = dict(zip(comps.family.embedding_parts or (self.token,), vectors))
         path = Path(folder) / EMBEDS_NAME
         with atomic_path(path) as tmp:
             save_file(state, str(tmp), metadata={"token": self.token, "identifier": self.identifier})

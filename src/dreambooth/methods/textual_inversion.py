@@ -127,10 +127,10 @@ class TextualInversion(Method):
         token = f"<{identifier}-{subject}>"
         return {"instance_prompt": f"a photo of {token}", "token": token, "initializer_token": noun}
 
-    def usage(self, run: Path, load: str, trigger: str) -> list[str]:
+    def usage(self, run: Path, pipeline: str, load: str, trigger: str) -> list[str]:
         return [
             "```python",
-            "from diffusers import StableDiffusionPipeline",
+            f"from diffusers import {pipeline}",
             f"pipe = {load}",
             f'pipe.load_textual_inversion("{run}", weight_name="learned_embeds.safetensors", token="{trigger}")',
             f'pipe("a photo of a {trigger}").images[0]',
@@ -150,10 +150,10 @@ class TextualInversion(Method):
     def check(self) -> None:
         from transformers import CLIPTokenizer
 
-        from ..models import is_sdxl, quiet_libraries, resolve
+        from ..models import family_of, quiet_libraries, resolve
 
         quiet_libraries()
-        for sub in ("tokenizer", "tokenizer_2") if is_sdxl(self.cfg.model) else ("tokenizer",):
+        for sub in family_of(self.cfg.model).tokenizers:
             tok = CLIPTokenizer.from_pretrained(resolve(self.cfg.model), subfolder=sub)
             vocab = tok.get_vocab()
             for t in placeholder_tokens(self.cfg.token, self.cfg.num_vectors):
@@ -182,13 +182,6 @@ class TextualInversion(Method):
     def instance_prompts(self) -> list[str]:
         word = " ".join(placeholder_tokens(self.cfg.token, self.cfg.num_vectors))
         return [t.format(word) for t in TEMPLATES]
-
-    def _pairs(self, comps: Components) -> list[tuple]:
-        """(tokenizer, text encoder) pairs the token is learned in: one, or SDXL's two."""
-        pairs = [(comps.tokenizer, comps.text_encoder)]
-        if comps.text_encoder_2 is not None:
-            pairs.append((comps.tokenizer_2, comps.text_encoder_2))
-        return pairs
 
     def prepare(self, comps: Components) -> list[dict]:
         tokens = placeholder_tokens(self.cfg.token, self.cfg.num_vectors)
@@ -220,10 +213,8 @@ class TextualInversion(Method):
         from safetensors.torch import save_file
 
         path = Path(folder) / EMBEDS_NAME
-        if comps.text_encoder_2 is not None:
-            state = {"clip_l": self.learned(comps, 0).contiguous(), "clip_g": self.learned(comps, 1).contiguous()}
-        else:
-            state = {self.cfg.token: self.learned(comps).contiguous()}
+        parts = comps.family.embedding_parts or (self.cfg.token,)  # one part per text encoder
+        state = {part: self.learned(comps, i).contiguous() for i, part in enumerate(parts)}
         with atomic_path(path) as tmp:
             save_file(state, str(tmp), metadata={"token": self.cfg.token})
         return [path]

@@ -48,10 +48,13 @@ def preflight(cfg: TrainConfig) -> Plan:
     check_model(cfg.model, config=cfg.model_config, allow_pickle=cfg.allow_pickle)
     if cfg.zero_terminal_snr:
         _check_v_prediction(cfg.model)
-    from ..models import is_sdxl
+    from ..models import family_of
 
-    if not is_sdxl(cfg.model) and cfg.text_encoder_2_lr is not None:
-        raise UserError(f"--text-encoder-2-lr: an SDXL setting, and --model {cfg.model} has one text encoder")
+    family = family_of(cfg.model)
+    if len(family.text_encoders) < 2 and cfg.text_encoder_2_lr is not None:
+        raise UserError(
+            f"--text-encoder-2-lr: for a second text encoder, and --model {cfg.model} ({family.label}) has one"
+        )
     get_method(cfg).check()
     concepts = [_concept_plan(cfg, c, i) for i, c in enumerate(concepts_of(cfg), start=1)]
     _check_hardware(cfg)

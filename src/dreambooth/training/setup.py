@@ -33,10 +33,9 @@ class Run:
     optimizer: Any
     lr_scheduler: Any
     unet: Any  # prepared (autocast / DDP) views of the trained models
-    text_encoder: Any
+    text_encoders: list  # the family's text encoders, prepared where they train
     start_step: int
     weight_dtype: torch.dtype
-    text_encoder_2: Any = None  # SDXL
     ema: Any = None  # diffusers' EMAModel of the trained parameters, with --ema-decay
 
     @property
@@ -52,10 +51,6 @@ class Run:
             return self.method.save(self.comps, folder)
         finally:
             self.ema.restore(params)
-
-    @property
-    def text_encoders(self) -> tuple:
-        return (self.text_encoder, self.text_encoder_2)
 
 
 def resolved(cfg: TrainConfig) -> TrainConfig:
@@ -86,6 +81,7 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
         flip=cfg.random_flip,
         random_crop=cfg.random_crop,
         seed=cfg.seed,
+        family=comps.family,
     )
     if not cfg.no_cache:
         _cache(data, comps, method, progress)
@@ -95,9 +91,9 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
 
         ema = EMAModel([p for g in optimizer.param_groups for p in g["params"]], decay=cfg.ema_decay)
     start = _resume(plan.resume_from, method, comps, ema, optimizer, lr_scheduler) if plan.resume_from else 0
-    unet, text_encoder, text_encoder_2, optimizer = _prepare(accelerator, comps, method, optimizer)
-    return Run(cfg, accelerator, comps, method, data, optimizer, lr_scheduler, unet, text_encoder, start,
-               weight_dtype, text_encoder_2, ema)  # fmt: skip
+    unet, text_encoders, optimizer = _prepare(accelerator, comps, method, optimizer)
+    return Run(cfg, accelerator, comps, method, data, optimizer, lr_scheduler, unet, text_encoders, start,
+               weight_dtype, ema)  # fmt: skip
 
 
 def _accelerator(cfg: TrainConfig):
@@ -128,11 +124,10 @@ def _models(cfg: TrainConfig, device, weight_dtype) -> Components:
         from diffusers import DDPMScheduler
 
         comps.noise_scheduler = DDPMScheduler.from_config(comps.noise_scheduler.config, rescale_betas_zero_snr=True)
-    for m in (comps.unet, comps.vae, comps.text_encoder, comps.text_encoder_2):
-        if m is not None:
-            m.to(device)
-    if comps.is_sdxl and comps.vae.config.force_upcast:
-        comps.vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (diffusers upcasts it too)
+    for m in (comps.unet, comps.vae, *comps.text_encoders):
+        m.to(device)
+    if comps.family.upcast_vae and comps.vae.config.force_upcast:
+        comps.vae.to(torch.float32)  # it overflows in fp16 (diffusers upcasts it too)
     return comps
 
 
@@ -144,10 +139,9 @@ def _trainable(cfg: TrainConfig, method: Method, comps: Components):
     if cfg.gradient_checkpointing:
         comps.unet.enable_gradient_checkpointing()
         if method.trains_text_encoder:
-            for te in (comps.text_encoder, comps.text_encoder_2):
-                if te is not None:  # (transformers 5 renamed it)
-                    enable = getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable
-                    enable()
+            for te in comps.text_encoders:  # (transformers 5 renamed it)
+                enable = getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable
+                enable()
     optimizer = _optimizer(cfg, param_groups)
     lr_scheduler = get_scheduler(
         cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
@@ -161,10 +155,9 @@ def _cache(data: TrainingData, comps: Components, method: Method, progress: bool
     data.cache_latents(comps.vae, progress)
     comps.vae.to("cpu")
     if not method.trains_text_encoder:
-        data.cache_embeddings((comps.text_encoder, comps.text_encoder_2))
-        for te in (comps.text_encoder, comps.text_encoder_2):
-            if te is not None:
-                te.to("cpu")
+        data.cache_embeddings(comps.text_encoders)
+        for te in comps.text_encoders:
+            te.to("cpu")
 
 
 def _resume(path: Path, method: Method, comps: Components, ema, optimizer, lr_scheduler) -> int:
@@ -183,14 +176,12 @@ def _resume(path: Path, method: Method, comps: Components, ema, optimizer, lr_sc
 
 
 def _prepare(accelerator, comps: Components, method: Method, optimizer) -> tuple:
-    """(unet, text encoder, text encoder 2, optimizer) as accelerate wraps what trains."""
-    if method.trains_text_encoder and comps.is_sdxl:
-        return accelerator.prepare(comps.unet, comps.text_encoder, comps.text_encoder_2, optimizer)
+    """(unet, text encoders, optimizer) as accelerate wraps what trains."""
     if method.trains_text_encoder:
-        unet, text_encoder, optimizer = accelerator.prepare(comps.unet, comps.text_encoder, optimizer)
-        return unet, text_encoder, comps.text_encoder_2, optimizer
+        unet, *text_encoders, optimizer = accelerator.prepare(comps.unet, *comps.text_encoders, optimizer)
+        return unet, text_encoders, optimizer
     unet, optimizer = accelerator.prepare(comps.unet, optimizer)
-    return unet, comps.text_encoder, comps.text_encoder_2, optimizer
+    return unet, comps.text_encoders, optimizer
 
 
 def _instance_examples(cfg: TrainConfig, cp, stream: int, comps: Components, method) -> ExampleSet:
@@ -214,12 +205,13 @@ def _instance_examples(cfg: TrainConfig, cp, stream: int, comps: Components, met
         buckets = bucket_sizes(cfg.resolution, size_step(cfg.model))
         targets = [nearest_bucket(load_rgb(p).size, buckets) for p in cp.paths]
         log.info("buckets: %s", ", ".join(f"{w}x{h}: {targets.count((w, h))}" for w, h in sorted(set(targets))))
+    ids = _token_ids(comps, prompts)
     return ExampleSet(
         cp.paths,
-        torch.cat([tokenize(comps.tokenizer, p) for p in prompts]),
+        ids[0],
         stream=stream,
         targets=targets,
-        prompt_ids_2=torch.cat([tokenize(comps.tokenizer_2, p) for p in prompts]) if comps.is_sdxl else None,
+        prompt_ids_2=ids[1] if len(ids) > 1 else None,
         prompt_of=prompt_of,
         drawn_prompts=drawn,
         caption_dropout=cfg.caption_dropout,
@@ -257,8 +249,13 @@ def _class_examples(cfg: TrainConfig, concept, stream: int, comps: Components, p
         )
     acc.wait_for_everyone()
     paths = class_images(concept.class_dir, concept.num_class_images)
-    ids_2 = tokenize(comps.tokenizer_2, concept.class_prompt) if comps.is_sdxl else None
-    return ExampleSet(paths, tokenize(comps.tokenizer, concept.class_prompt), stream=stream, prompt_ids_2=ids_2)
+    ids = _token_ids(comps, [concept.class_prompt])
+    return ExampleSet(paths, ids[0], stream=stream, prompt_ids_2=ids[1] if len(ids) > 1 else None)
+
+
+def _token_ids(comps: Components, prompts: list[str]) -> list[torch.Tensor]:
+    """The prompts' token ids (P, L), one tensor per tokenizer of the model's family."""
+    return [torch.cat([tokenize(tokenizer, p) for p in prompts]) for tokenizer in comps.tokenizers]
 
 
 def _optimizer(cfg: TrainConfig, groups: list[dict]):

@@ -25,8 +25,8 @@ def due(cfg, step: int) -> bool:
 
 
 def sampling_modules(comps) -> list:
-    """What sampling runs besides the UNet: the VAE and every text encoder (SDXL's second too)."""
-    return [m for m in (comps.vae, comps.text_encoder, comps.text_encoder_2) if m is not None]
+    """What sampling runs besides the UNet: the VAE and every text encoder of the family."""
+    return [comps.vae, *comps.text_encoders]
 
 
 @torch.no_grad()
@@ -40,7 +40,7 @@ def render(run, step: int) -> Path:
     moved = [m for m in sampling_modules(comps) if m.device != acc.device]  # caching moved them off
     for m in moved:
         m.to(acc.device)
-    modes = [(m, m.training) for m in (comps.unet, comps.text_encoder, comps.text_encoder_2) if m is not None]
+    modes = [(m, m.training) for m in (comps.unet, *comps.text_encoders)]
     for m, _ in modes:
         m.eval()
     scheduler = pipe.scheduler
