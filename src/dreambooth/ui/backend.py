@@ -246,17 +246,20 @@ class Backend:
         total, done = len(plan.cells), len(plan.cells) - len(plan.todo())
         if total > 400:
             raise UserError(f"grid: {total} cells; at most 400")
+        if done == total:  # every cell cached: the grid is written before the page hears it is done
+            write_grids(cfg, plan)
         yield plan.image(), done, total
         # The lock is held for one cell at a time, never across a yield: a page closed mid-grid leaves
         # this generator suspended, and must not keep every other generation waiting.
         cells = fill_grid(plan, self.engine)
-        while True:
+        while done < total:
             with self.lock:
                 if next(cells, None) is None:
                     break
             done += 1
+            if done == total:
+                write_grids(cfg, plan)
             yield plan.image(), done, total
-        write_grids(cfg, plan)
 
     # -- training ----------------------------------------------------------------------------------------
     def start_training(self, form: TrainForm, model: str, uploads: list[str]) -> str:
