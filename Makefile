@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,ui]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,ui,quantize]'
 	touch $(STAMP)
 
 # The web UI's tests drive Debian's chromium (headless) through Playwright; install it where missing.

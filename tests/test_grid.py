@@ -117,7 +117,7 @@ def test_axis_values(spec, values):
         ("seed=1-", "not a whole number or range"),
         ("steps=a-b", "not a whole number or range"),
         ("seed=0.5-2", "whole numbers"),
-        ("scheduler=heun", "unknown scheduler"),
+        ("scheduler=lms", "unknown scheduler"),
         ("checkpoint=latest", "not a step number"),
         ("guidance=", "no values"),
     ],

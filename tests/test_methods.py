@@ -201,13 +201,13 @@ def test_fp16_mixed_precision_never_unscales_fp16_gradients(method, kw, tiny_mod
     groups = get_method(cfg).prepare(comps)
     assert {p.dtype for g in groups for p in g["params"]} == {torch.float32}
     if method != "full":
-        assert comps.unet.conv_in.weight.dtype == torch.float16  # the frozen weights stay half
+        assert comps.denoiser.conv_in.weight.dtype == torch.float16  # the frozen weights stay half
     optimizer, scaler = torch.optim.AdamW(groups), torch.amp.GradScaler("cpu")
     ids = comps.tokenizer(
         [prompt], padding="max_length", max_length=comps.tokenizer.model_max_length, return_tensors="pt"
     )
     with torch.autocast("cpu", dtype=torch.float16):
-        pred = comps.unet(torch.randn(1, 4, 8, 8), torch.tensor([10]), comps.text_encoder(ids.input_ids)[0]).sample
+        pred = comps.denoiser(torch.randn(1, 4, 8, 8), torch.tensor([10]), comps.text_encoder(ids.input_ids)[0]).sample
     scaler.scale(pred.float().pow(2).mean()).backward()
     scaler.unscale_(optimizer)  # raises on an fp16 gradient
     scaler.step(optimizer)

@@ -58,7 +58,9 @@ def first_step_gradients(cfg):
     run = setup(cfg, preflight(cfg), progress=False)
     loss, _, prior = training_step(run, 0, 0)
     loss.backward()
-    return {n: p.grad.clone() for n, p in run.comps.unet.named_parameters() if p.requires_grad}, float(prior.detach())
+    return {n: p.grad.clone() for n, p in run.comps.denoiser.named_parameters() if p.requires_grad}, float(
+        prior.detach()
+    )
 
 
 def test_zero_prior_weight_gives_the_update_of_a_run_without_class_images(make_cfg, class_dir):

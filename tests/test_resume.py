@@ -131,7 +131,7 @@ def test_a_non_finite_gradient_is_caught_too(make_cfg, tmp_path, monkeypatch):
     def nan_gradient_at_step_2(run, step, micro):
         loss, inst, prior = real_step(run, step, micro)
         if step == 1:  # finite value, NaN gradient: d sqrt(u)/du is infinite at 0, times du/dp = 0
-            p = next(p for p in run.unet.parameters() if p.requires_grad)
+            p = next(p for p in run.denoiser.parameters() if p.requires_grad)
             loss = loss + torch.sqrt((p * 0).pow(2).sum())
         return loss, inst, prior
 

@@ -302,7 +302,7 @@ def test_validation_moves_both_text_encoders_back_to_the_accelerator(sdxl, tmp_p
     run.accelerator = SimpleNamespace(device=torch.device("cuda"), autocast=contextlib.nullcontext)
     moved = []
     for name in ("vae", "text_encoder", "text_encoder_2"):
-        module = getattr(run.comps, name)
+        module = run.comps.vae if name == "vae" else run.comps.parts[name]
         monkeypatch.setattr(module, "to", lambda *a, _n=name, _m=module, **k: moved.append((_n, str(a[0]))) or _m)
     validation.render(run, 0)
     assert {name for name, device in moved if device == "cuda"} == {"vae", "text_encoder", "text_encoder_2"}

@@ -135,7 +135,7 @@ def test_gradient_checkpointing_trains_the_same_weights(make_cfg, tmp_path, monk
     runs = _capture_run(monkeypatch)
     ckpt = train(make_cfg(output_dir=str(tmp_path / "ckpt"), gradient_checkpointing=True, **kw), progress=False)
     (run,) = runs
-    assert run.comps.unet.is_gradient_checkpointing and calls  # it did recompute (diffusers' UNet blocks)
+    assert run.comps.denoiser.is_gradient_checkpointing and calls  # it did recompute (diffusers' UNet blocks)
     assert any(getattr(m, "gradient_checkpointing", False) for m in run.comps.text_encoder.modules())
     a, b = lora_weights(plain), lora_weights(ckpt)
     assert any(k.startswith("text_encoder.") for k in a)
@@ -156,7 +156,7 @@ def test_bf16_mixed_precision_trains_fp32_adapters_close_to_fp32_training(make_c
     runs = _capture_run(monkeypatch)
     bf16 = train(make_cfg(output_dir=str(tmp_path / "bf16"), batch_size=2, mixed_precision="bf16"), progress=False)
     (run,) = runs
-    assert run.weight_dtype == torch.bfloat16 and run.comps.unet.conv_in.weight.dtype == torch.bfloat16  # frozen
+    assert run.weight_dtype == torch.bfloat16 and run.comps.denoiser.conv_in.weight.dtype == torch.bfloat16  # frozen
     assert {p.dtype for p in run.trained} == {torch.float32}  # what the optimizer updates
     a, b = lora_weights(fp32), lora_weights(bf16)
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in b.values())
@@ -167,7 +167,7 @@ def test_bf16_mixed_precision_trains_fp32_adapters_close_to_fp32_training(make_c
 
 def test_v_prediction_models_train_on_the_velocity(make_cfg, tmp_path, monkeypatch):
     """The tiny SD 2.x (`tiny-model --arch sd2`) predicts v: the loss target is the scheduler's velocity."""
-    import dreambooth.training.step as step_module
+    import dreambooth.families.objectives as step_module
     from dreambooth.cli import main
 
     vmodel = tmp_path / "vmodel"
@@ -247,7 +247,7 @@ def test_report_to_tensorboard_logs_losses_lr_and_validation_images(make_cfg):
 def test_zero_terminal_snr_trains_and_samples_on_the_rescaled_schedule(make_cfg, tmp_path, monkeypatch, capsys):
     """--zero-terminal-snr (Lin et al., 2024) on the tiny SD 2.x: training noises with a schedule whose
     last step holds no signal, generation samples it from that step; an epsilon model is refused."""
-    import dreambooth.training.step as step_module
+    import dreambooth.families.objectives as step_module
     from dreambooth.cli import main
 
     vmodel = tmp_path / "sd2"

@@ -9,7 +9,6 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
 
 from PIL import Image
 
@@ -20,20 +19,6 @@ from .weights import embedding_file, lora_file, lora_name, model_identity, pivot
 
 log = logging.getLogger(__name__)
 
-# Our sampler names -> diffusers scheduler class and the options that make it that sampler.
-SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ddim": ("DDIMScheduler", {}),
-    "ddpm": ("DDPMScheduler", {}),
-    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
-    "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "dpm++2m-karras": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
-    ),
-    "unipc": ("UniPCMultistepScheduler", {}),
-}
 ADAPTER = "subject"
 
 
@@ -58,6 +43,7 @@ class ImageSettings:
     steps: int = 30
     scheduler: str = "dpm++2m-karras"
     zero_terminal_snr: bool = False
+    max_sequence_length: int | None = None  # T5's prompt length (SD3, FLUX); None: the pipeline's
 
     def batch_key(self) -> tuple:
         """Images that agree on this can share one forward pass."""
@@ -65,17 +51,13 @@ class ImageSettings:
         return tuple(v for k, v in d.items() if k not in ("prompt", "negative_prompt", "seed"))
 
 
-ZERO_SNR = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
-GUIDANCE_RESCALE = 0.7  # Lin et al., 2024, section 3.4
+def make_scheduler(name: str, base_config, zero_terminal_snr: bool = False, family=None):
+    """Our sampler `name` on the model's noise schedule (family.sampler; a UNet family's by default); with
+    zero_terminal_snr, the schedule rescaled to zero SNR at the last step and sampled from that step
+    (trailing spacing), as Lin et al. (2024) do."""
+    from .families import FAMILIES
 
-
-def make_scheduler(name: str, base_config, zero_terminal_snr: bool = False):
-    """Our sampler `name` on the model's noise schedule; with zero_terminal_snr, the schedule rescaled to
-    zero SNR at the last step and sampled from that step (trailing spacing), as Lin et al. (2024) do."""
-    import diffusers
-
-    cls_name, options = SCHEDULERS[name]
-    return getattr(diffusers, cls_name).from_config(base_config, **options, **(ZERO_SNR if zero_terminal_snr else {}))
+    return (family or FAMILIES["sd1"]).sampler(name, base_config, zero_terminal_snr)
 
 
 class Engine:
@@ -101,12 +83,34 @@ class Engine:
         """The model's own resolution (UNet sample size x VAE factor), read from its configs."""
         if model not in self._sizes:
             if self.pipe is not None and self.state and self.state[0] == model:
-                self._sizes[model] = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+                from .models import native_size
+
+                self._sizes[model] = native_size(model)
             else:
                 from .models import native_size
 
                 self._sizes[model] = native_size(model)
         return self._sizes[model]
+
+    def sampler_for(self, model: str, name: str | None) -> str:
+        """The sampler to use: name, or the model family's default; one line when the family has no such."""
+        from .models import family_of
+
+        family = family_of(model)
+        if name is None:
+            return family.default_sampler
+        if name not in family.samplers():
+            raise UserError(f"--scheduler {name}: {family.label} samples with {', '.join(family.samplers())}")
+        return name
+
+    def sequence_length_for(self, model: str, length: int | None) -> int | None:
+        """T5's prompt length, for a family with T5; one line for a family without."""
+        from .models import family_of
+
+        family = family_of(model)
+        if length is not None and family.t5_tokenizer is None:
+            raise UserError(f"--max-sequence-length: for models with a T5 text encoder, and {model} is {family.label}")
+        return length
 
     def _base(self, model: str, embedding: str | None) -> None:
         """Make self.pipe the base model with the embedding, without LoRA (reloading only when a
@@ -206,7 +210,7 @@ class Engine:
         return [c for c, names in self.pipe.get_list_adapters().items() if ADAPTER in names]
 
     def _component_scales(self, scales: tuple[float, float]) -> list[float]:
-        by_name = {"unet": scales[0], **{name: scales[1] for name in self.family.text_encoders}}
+        by_name = {self.family.denoiser: scales[0], **{name: scales[1] for name in self.family.text_encoders}}
         return [by_name[c] for c in self._lora_components()]
 
     def _set_scales(self, scales: tuple[float, float]) -> None:
@@ -229,18 +233,17 @@ class Engine:
         assert len({s.batch_key() for s in batch}) == 1, "a batch must share its settings"
         s0 = batch[0]
         pipe = self.prepare(s0)
-        pipe.scheduler = make_scheduler(s0.scheduler, self.base_scheduler, s0.zero_terminal_snr)
+        pipe.scheduler = self.family.sampler(s0.scheduler, self.base_scheduler, s0.zero_terminal_snr)
         generators = [torch.Generator("cpu").manual_seed(s.seed) for s in batch]
+        negative = [s.negative_prompt for s in batch] if any(s.negative_prompt for s in batch) else None
         with torch.no_grad():
             return pipe(
                 prompt=[s.prompt for s in batch],
-                negative_prompt=[s.negative_prompt for s in batch] if any(s.negative_prompt for s in batch) else None,
                 generator=generators,
                 num_inference_steps=s0.steps,
-                guidance_scale=s0.guidance,
-                guidance_rescale=GUIDANCE_RESCALE if s0.zero_terminal_snr else 0.0,
                 width=s0.width,
                 height=s0.height,
+                **self.family.call_kwargs(negative, s0.guidance, s0.zero_terminal_snr, s0.max_sequence_length),
             ).images
 
 
@@ -282,8 +285,9 @@ def image_settings(cfg, engine: Engine, prompt: str, seed: int, **override) -> I
         embedding_sha256=sha256(emb) if emb else None,
         guidance=float(values["guidance"]),
         steps=int(values["steps"]),
-        scheduler=values["scheduler"],
+        scheduler=engine.sampler_for(model, values["scheduler"]),
         zero_terminal_snr=bool(values.get("zero_terminal_snr", False)),
+        max_sequence_length=engine.sequence_length_for(model, values.get("max_sequence_length")),
     )
 
 

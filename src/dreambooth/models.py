@@ -242,28 +242,41 @@ def quiet_libraries() -> None:
 class Components:
     """The parts of a model that training touches, and its family (which says how they fit together)."""
 
-    tokenizer: Any
-    text_encoder: Any
+    family: Any  # families.Family
+    denoiser: Any  # the UNet or transformer (the family's `denoiser` names it)
     vae: Any
-    unet: Any
-    noise_scheduler: Any  # DDPM, for adding noise in training
+    noise_scheduler: Any  # the training scheduler (DDPM, or flow matching), for noising examples
     pipeline: Any  # the loaded pipeline, for generating (class images, samples)
-    tokenizer_2: Any = None  # a second text encoder (the family's text_encoders name it)
-    text_encoder_2: Any = None
-    family: Any = None  # families.Family
+    parts: dict[str, Any]  # text encoders and tokenizers, by pipeline attribute
+
+    def module(self, name: str) -> Any:
+        """A trained part by pipeline attribute: the denoiser or a text encoder."""
+        return self.denoiser if name == self.family.denoiser else self.parts[name]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.parts[self.family.tokenizers[0]]
+
+    @property
+    def text_encoder(self) -> Any:
+        return self.parts[self.family.text_encoders[0]]
 
     @property
     def text_encoders(self) -> list:
         """The family's text encoders, in the order prompts are encoded."""
-        return [getattr(self, name) for name in self.family.text_encoders]
+        return [self.parts[name] for name in self.family.text_encoders]
 
     @property
     def tokenizers(self) -> list:
-        return [getattr(self, name) for name in self.family.tokenizers]
+        return [self.parts[name] for name in self.family.tokenizers]
 
     def encoders(self) -> list[tuple[str, Any, Any]]:
         """(component name, tokenizer, text encoder) of each of the family's text encoders."""
         return list(zip(self.family.text_encoders, self.tokenizers, self.text_encoders))
+
+    def trainable_encoders(self) -> list[tuple[str, Any, Any]]:
+        """(name, tokenizer, text encoder) of the text encoders that can train (T5 stays frozen)."""
+        return [e for e in self.encoders() if e[0] in self.family.trainable_text_encoders]
 
 
 def resolve(model: str) -> str:
@@ -280,40 +293,42 @@ def resolve(model: str) -> str:
 
 
 def native_size(model: str) -> int:
-    """The model's own resolution (UNet sample size x VAE factor), read from its configs only:
-    512 for SD 1.x, 768 for SD 2.x-768, 1024 for SDXL, 64 for the toy world."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    path = resolve(model)
-    try:
-        unet = UNet2DConditionModel.load_config(path, subfolder="unet")
-        vae = AutoencoderKL.load_config(path, subfolder="vae")
-    except (OSError, ValueError) as e:
-        raise UserError(f"--model {model}: could not read its configs ({str(e).splitlines()[0]})") from None
-    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    """The model's own resolution (as its family reads its configs): 512 for SD 1.x, 768 for SD 2.x-768,
+    1024 for SDXL, SD3 and FLUX, 64 for the toy world."""
+    denoiser, vae = _configs(model)
+    return family_of(model).native_size(denoiser, vae)
 
 
 def size_step(model: str) -> int:
-    """The pixel step image sides must be multiples of: the VAE's factor times the UNet's downsampling
-    (64 for SD 1.x/2.x, 32 for SDXL, 16 for the toy world), read from the configs only."""
+    """The pixel step image sides must be multiples of: the VAE's factor times the denoiser's
+    downsampling (64 for SD 1.x/2.x, 32 for SDXL, 16 for SD3, FLUX and the toy world), from the configs."""
+    denoiser, vae = _configs(model)
+    return family_of(model).size_step(denoiser, vae)
+
+
+def _configs(model: str) -> tuple[dict, dict]:
+    """The model's denoiser and VAE configs (read from its configs only)."""
     from diffusers import AutoencoderKL
 
     path = resolve(model)
     try:
-        vae = AutoencoderKL.load_config(path, subfolder="vae")
+        vae = dict(AutoencoderKL.load_config(path, subfolder="vae"))
     except (OSError, ValueError) as e:
         raise UserError(f"--model {model}: could not read its configs ({str(e).splitlines()[0]})") from None
-    unet = unet_config(model) or {}
-    return 2 ** (len(vae["block_out_channels"]) - 1) * 2 ** (len(unet.get("block_out_channels", (0,))) - 1)
+    return denoiser_config(model) or {}, vae
 
 
-def unet_config(model: str) -> dict | None:
-    """The model's UNet config (read from its configs only), or None when it cannot be read."""
-    from diffusers import UNet2DConditionModel
+def denoiser_config(model: str) -> dict | None:
+    """The config of the model's UNet or transformer (read from its configs only), or None when it
+    cannot be read."""
+    from diffusers.configuration_utils import ConfigMixin
+
+    class _Any(ConfigMixin):
+        config_name = "config.json"
 
     try:
-        return dict(UNet2DConditionModel.load_config(resolve(model), subfolder="unet"))
-    except (OSError, ValueError):
+        return dict(_Any.load_config(resolve(model), subfolder=family_of(model).denoiser))
+    except (OSError, ValueError, UserError):
         return None
 
 
@@ -324,14 +339,19 @@ def family_of(model: str, flag: str = "--model"):
     return recognise(resolve(model), model, flag)
 
 
-def load_pipeline(model: str, dtype=None):
+def load_pipeline(model: str, dtype=None, quantize: str | None = None):
     """A text-to-image pipeline of the model's family (without safety checker), from a hub id, a folder
-    or a single file."""
+    or a single file; quantize (int8, nf4, fp8): its frozen denoiser and T5 loaded quantised."""
     import torch
 
     quiet_libraries()
     family = family_of(model)
     cls, extra = family.pipeline_class(), family.load_kwargs()
+    if quantize:
+        from .quantize import pipeline_config
+
+        frozen = tuple(n for n in family.text_encoders if n not in family.trainable_text_encoders)
+        extra["quantization_config"] = pipeline_config(quantize, (family.denoiser,), frozen)
     try:
         config = single_file_config(model)
         if config is not None:
@@ -350,18 +370,15 @@ def load_pipeline(model: str, dtype=None):
     return pipe
 
 
-def load_components(model: str, dtype=None) -> Components:
-    from diffusers import DDPMScheduler
-
-    pipe = load_pipeline(model, dtype)
+def load_components(model: str, dtype=None, quantize: str | None = None) -> Components:
+    pipe = load_pipeline(model, dtype, quantize)
+    family = family_of(model)
+    names = dict.fromkeys([*family.text_encoders, *family.tokenizers])
     return Components(
-        tokenizer=pipe.tokenizer,
-        text_encoder=pipe.text_encoder,
+        family=family,
+        denoiser=getattr(pipe, family.denoiser),
         vae=pipe.vae,
-        unet=pipe.unet,
-        noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config),
+        noise_scheduler=family.training_scheduler(pipe.scheduler.config),
         pipeline=pipe,
-        tokenizer_2=getattr(pipe, "tokenizer_2", None),
-        text_encoder_2=getattr(pipe, "text_encoder_2", None),
-        family=family_of(model),
+        parts={name: getattr(pipe, name, None) for name in names},
     )

@@ -117,7 +117,7 @@ def coerce(cls: type, key: str, value: Any, source: str) -> Any:
     """Check (and lightly convert) one value against the field's type and choices; raise UserError."""
     value = _convert(cls, key, value, source)
     choices = next(f for f in dataclasses.fields(cls) if f.name == key).metadata.get("choices")
-    if choices and value not in choices:
+    if choices and value not in choices and value is not None:  # (None: an optional field's "not given")
         raise UserError(f"{source}: must be one of {', '.join(choices)}, got {value!r}")
     return value
 

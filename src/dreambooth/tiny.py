@@ -183,7 +183,7 @@ def save_sd_pipeline(out: Path, unet, vae, text_config_kwargs: dict, prediction_
     return out
 
 
-ARCHS = ("sd15", "sd2", "sdxl")
+ARCHS = ("sd15", "sd2", "sdxl", "sd3", "flux", "flux-schnell")
 
 
 def tiny_model_command(cfg) -> Path:
@@ -206,8 +206,16 @@ def build_tiny_pipeline(out: str | Path, seed: int = 0, arch: str = "sd15") -> P
 
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; one of {', '.join(ARCHS)}")
+    from . import tiny_flow
+
+    builders = {
+        "sdxl": build_tiny_sdxl,
+        "sd3": lambda tmp, seed, arch: tiny_flow.build_tiny_sd3(tmp, seed),
+        "flux": lambda tmp, seed, arch: tiny_flow.build_tiny_flux(tmp, seed, guidance=True),
+        "flux-schnell": lambda tmp, seed, arch: tiny_flow.build_tiny_flux(tmp, seed, guidance=False),
+    }
     with atomic_dir(out) as tmp:
-        (build_tiny_sdxl if arch == "sdxl" else _build_tiny_sd)(tmp, seed, arch)
+        builders.get(arch, _build_tiny_sd)(tmp, seed, arch)
     return Path(out)
 
 

@@ -7,7 +7,7 @@ import dataclasses
 from ..errors import UserError
 from ..methods import METHODS
 from ..options import check_required, option
-from .sampling import DTYPES, SCHEDULER_NAMES, clip_model_field, dino_model_field
+from .sampling import DTYPES, SAMPLER_HELP, SCHEDULER_NAMES, clip_model_field, dino_model_field
 from .train import MIXED_PRECISION, allow_pickle_field, model_config_field
 
 
@@ -27,7 +27,7 @@ class SelectConfig:
         "dino=1,clip_t=1", "weights of the min-max-normalised metrics whose sum picks the recommendation"
     )
     steps: int = option(30, "denoising steps")
-    scheduler: str = option("dpm++2m-karras", "sampler", choices=SCHEDULER_NAMES)
+    scheduler: str | None = option(None, SAMPLER_HELP, choices=SCHEDULER_NAMES)
     seed: int = option(0, "seed of the first image of each prompt")
     dtype: str = option("auto", "weights' precision", choices=DTYPES)
     dino_model: str = dino_model_field()

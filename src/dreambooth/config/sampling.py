@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import UserError
+from ..families.samplers import SAMPLER_NAMES
 from ..options import check_bounds, check_required, option
 from .train import allow_pickle_field, model_config_field
 
@@ -18,7 +19,9 @@ def clip_model_field():
     return option("openai/clip-vit-base-patch32", "CLIP extractor: hub id or local folder")
 
 
-SCHEDULER_NAMES = ("ddim", "ddpm", "pndm", "euler", "euler-a", "dpm++2m", "dpm++2m-karras", "unipc")
+SCHEDULER_NAMES = SAMPLER_NAMES  # the families' samplers (families.samplers)
+DEFAULT_SAMPLER = "dpm++2m-karras"  # (a UNet family's; flow-matching families default to euler)
+SAMPLER_HELP = "sampler (default: the model family's: dpm++2m-karras; SD3 and FLUX: euler, or heun)"
 # Karras sigmas would start from the (near) infinite sigma of a zero-SNR schedule; PNDM has no such option.
 ZERO_SNR_SCHEDULERS = ("ddim", "ddpm", "euler", "euler-a", "dpm++2m", "unipc")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -43,8 +46,14 @@ class SamplingConfig:
     lora_scale_text_encoder: float = option(1.0, "strength of the LoRA in the text encoder")
     guidance: float = option(7.5, "classifier-free guidance scale (CFG)", ge=0)
     steps: int = option(30, "denoising steps", ge=1)
-    scheduler: str = option("dpm++2m-karras", "sampler", choices=SCHEDULER_NAMES)
+    scheduler: str | None = option(None, SAMPLER_HELP, choices=SCHEDULER_NAMES)
     seed: int = option(0, "seed of the first image; image i uses seed + i")
+    max_sequence_length: int | None = option(
+        None,
+        "models with a T5 text encoder (SD3, FLUX): its prompt length in tokens (default: the pipeline's)",
+        ge=1,
+        le=512,
+    )
     width: int | None = option(None, "image width (default: the model's native size)", gt=0, multiple_of=8)
     height: int | None = option(None, "image height (default: the model's native size)", gt=0, multiple_of=8)
     dtype: str = option("auto", "weights' precision (auto: fp16 on a GPU, fp32 on the CPU)", choices=DTYPES)
@@ -56,10 +65,11 @@ class SamplingConfig:
 
     def validate(self) -> None:
         check_required(self)
-        if self.zero_terminal_snr and self.scheduler not in ZERO_SNR_SCHEDULERS:
-            why = "spends its steps next to pure noise" if "karras" in self.scheduler else "has no such schedule"
+        sampler = self.scheduler or DEFAULT_SAMPLER
+        if self.zero_terminal_snr and sampler not in ZERO_SNR_SCHEDULERS:
+            why = "spends its steps next to pure noise" if "karras" in sampler else "has no such schedule"
             raise UserError(
-                f"--zero-terminal-snr: --scheduler {self.scheduler} {why} on a zero-SNR schedule; give --scheduler "
+                f"--zero-terminal-snr: --scheduler {sampler} {why} on a zero-SNR schedule; give --scheduler "
                 + " or ".join(ZERO_SNR_SCHEDULERS)
             )
         check_bounds(self)

@@ -103,9 +103,10 @@ class TinyModelConfig:
     seed: int = option(0, "seed of the random weights")
     arch: str = option(
         "sd15",
-        "sd15 (epsilon prediction), sd2 (v-prediction, linear projections, OpenCLIP-style text encoder) or sdxl "
-        "(two text encoders, pooled embeddings and micro-conditioning)",
-        choices=("sd15", "sd2", "sdxl"),
+        "sd15 (epsilon prediction), sd2 (v-prediction, linear projections, OpenCLIP-style text encoder), sdxl "
+        "(two text encoders, pooled embeddings and micro-conditioning), sd3 (MMDiT, CLIP x2 + T5, flow matching), "
+        "flux (FLUX.1 [dev] layout: packed latents, CLIP + T5, embedded guidance) or flux-schnell (without it)",
+        choices=("sd15", "sd2", "sdxl", "sd3", "flux", "flux-schnell"),
     )
 
     def validate(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import UserError
+from ..families.base import WEIGHTING_SCHEMES
 from ..methods import METHODS
 from ..methods.lora import LoRAOptions
 from ..methods.textual_inversion import TextualInversionOptions
@@ -100,6 +101,12 @@ class TrainConfig(TextualInversionOptions, LoRAOptions, TrainData):
     text_encoder_2_lr: float | None = option(
         None, "SDXL: learning rate of the second text encoder (default: --text-encoder-lr)", gt=0
     )
+    quantize_base: str | None = option(
+        None,
+        "load the frozen UNet/transformer (and T5) quantised, LoRA training on top (QLoRA): int8 (torchao, also "
+        "on the CPU), fp8 (torchao, CUDA 8.9+) or nf4 (bitsandbytes, CUDA); about 1/2, 1/2 and 1/4 of bf16's memory",
+        choices=("int8", "nf4", "fp8"),
+    )
     # optimisation
     learning_rate: float | None = option(
         None, "learning rate (default by method: lora 1e-4, full 5e-6, textual-inversion 5e-4 x batch)", gt=0, le=1
@@ -122,6 +129,26 @@ class TrainConfig(TextualInversionOptions, LoRAOptions, TrainData):
         "min-SNR loss weighting (Hang et al., 2023): each example's loss times min(SNR, G)/SNR (v-prediction: "
         "/(SNR + 1)); 5 is the paper's value. Faster convergence, less weight on the nearly clean timesteps",
         gt=0,
+    )
+    weighting_scheme: str | None = option(
+        None,
+        "flow matching (SD3, FLUX): how training timesteps are drawn and losses weighted, as diffusers' scripts do "
+        "(default: logit_normal for SD3, none for FLUX)",
+        choices=WEIGHTING_SCHEMES,
+    )
+    logit_mean: float | None = option(None, "flow matching, --weighting-scheme logit_normal: its mean (default 0)")
+    logit_std: float | None = option(None, "flow matching, --weighting-scheme logit_normal: its std (default 1)", gt=0)
+    mode_scale: float | None = option(None, "flow matching, --weighting-scheme mode: its scale (default 1.29)")
+    guidance_scale: float | None = option(
+        None,
+        "guidance-distilled models (FLUX.1 [dev]): the guidance embedded in the model during training (default 3.5, as diffusers' FLUX script)",
+        ge=0,
+    )
+    max_sequence_length: int | None = option(
+        None,
+        "models with a T5 text encoder (SD3, FLUX): its prompt length in tokens (default: SD3 77, FLUX 512)",
+        ge=1,
+        le=512,
     )
     noise_offset: float = option(
         0.0,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..families.base import tokenize  # noqa: F401  (where tests and evaluation import it)
 from .buckets import batch_of
 from .images import load_rgb, micro_conditioning, resize_and_crop
 from .order import epoch_order
@@ -53,7 +54,7 @@ class ExampleSet:
     paths: list[Path]
     prompt_ids: torch.Tensor  # (P, L): one example is paired with one of P prompts
     stream: int
-    prompt_ids_2: torch.Tensor | None = None  # (P, L) of a second tokenizer, where the family has one
+    more_ids: list[torch.Tensor] = field(default_factory=list)  # (P, L') of the family's further tokenizers
     prompt_of: list[int] | None = None  # image index -> its prompt row (captions); else drawn at random
     drawn_prompts: int | None = None  # rows drawn from (the empty prompt of caption dropout is the last row)
     caption_dropout: float = 0.0
@@ -64,7 +65,7 @@ class ExampleSet:
 
     def token_ids(self, which=slice(None)) -> list[torch.Tensor]:
         """The prompts' token ids, one tensor per tokenizer of the family (rows `which`)."""
-        return [ids[which] for ids in (self.prompt_ids, self.prompt_ids_2) if ids is not None]
+        return [ids[which] for ids in (self.prompt_ids, *self.more_ids)]
 
     def size(self, i: int) -> tuple[int, int]:
         if i not in self._sizes:
@@ -87,7 +88,7 @@ class TrainingData:
     ):
         self.concepts = concepts
         self.resolution, self.flip, self.random_crop, self.seed = resolution, flip, random_crop, seed
-        self.family = family  # families.Family: how prompts are encoded and the UNet conditioned
+        self.family = family  # families.Family: how prompts are encoded and the denoiser conditioned
 
     @property
     def instance(self) -> ExampleSet:
@@ -147,8 +148,8 @@ class TrainingData:
         device,
         part: tuple[int, int] | None = None,
     ):
-        """Latents (n, 4, h, w), text embeddings (n, L, D) and the UNet's added conditioning where the
-        family has one (SDXL: pooled text embeddings and micro-conditioning sizes; else None) of examples first_k .. first_k + n - 1;
+        """Latents (n, C, h, w), text embeddings (n, L, D) and the denoiser's further conditioning where
+        the family has one (family.conditions; else None) of examples first_k .. first_k + n - 1;
         with part=(lo, hi) only those of examples first_k + lo .. first_k + hi - 1, drawing the same random
         numbers as for all n (how processes split a global batch)."""
         lo, hi = part or (0, n)
@@ -185,11 +186,5 @@ class TrainingData:
         added = None
         if pooled is not None:
             sizes = [micro_conditioning(s.size(i), self._target(s, i), c, f) for i, c, f in zip(idx, crops, flips)]
-            added = {k: v.to(device) for k, v in self.family.added_conditions(pooled, sizes).items()}
+            added = {k: v.to(device) for k, v in self.family.conditions(pooled, sizes).items()}
         return latents.to(device), emb.to(device), added
-
-
-def tokenize(tokenizer, prompt: str) -> torch.Tensor:
-    return tokenizer(
-        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids

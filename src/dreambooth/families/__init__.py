@@ -9,11 +9,14 @@ from functools import lru_cache
 
 from ..errors import UserError
 from .base import Family
+from .flux import Flux
 from .sd1 import SD1
 from .sd2 import SD2
+from .sd3 import SD3
 from .sdxl import SDXL
 
-FAMILIES: dict[str, Family] = {f.name: f() for f in (SDXL, SD2, SD1)}  # the first that recognises wins
+# The first that recognises a model (or a LoRA file's keys) wins.
+FAMILIES: dict[str, Family] = {f.name: f() for f in (Flux, SD3, SDXL, SD2, SD1)}
 
 
 @lru_cache(maxsize=64)
@@ -48,6 +51,21 @@ def _component_config(source: str, subfolder: str) -> dict:
         return dict(_Any.load_config(source, subfolder=subfolder))
     except (OSError, ValueError):
         return {}
+
+
+def family_of_pipeline(pipe) -> Family:
+    """The family of a loaded pipeline, by its class (SD 1.x and 2.x share theirs, and every question a
+    loaded pipeline asks is answered the same by both)."""
+    name = type(pipe).__name__
+    found = next((f for f in FAMILIES.values() if f.pipeline == name), None)
+    if found is None:
+        raise UserError(f"a {name}, which this tool does not train")
+    return found
+
+
+def denoiser_names() -> tuple[str, ...]:
+    """The families' denoisers' pipeline attributes (a diffusers LoRA file's key prefixes): unet, transformer."""
+    return tuple(dict.fromkeys(f.denoiser for f in FAMILIES.values()))
 
 
 def family_of_lora(state: dict) -> Family:

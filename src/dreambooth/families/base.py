@@ -8,14 +8,34 @@ from __future__ import annotations
 
 from typing import Any
 
+# Named groups of LoRA target modules of a UNet (peft matches a target against the end of a module's
+# name). "attn" is the DreamBooth-LoRA default; the others follow kohya's LoCon-style options.
+UNET_TARGET_GROUPS = {
+    "attn": ("to_q", "to_k", "to_v", "to_out.0"),
+    "ff": ("ff.net.0.proj", "ff.net.2"),
+    "proj": ("proj_in", "proj_out"),
+    "conv": ("conv1", "conv2", "conv_shortcut", "time_emb_proj"),
+}
+# Flow matching's timestep densities and loss weights (diffusers.training_utils).
+WEIGHTING_SCHEMES = ("none", "sigma_sqrt", "logit_normal", "mode", "cosmap")
+CLIP_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # a CLIP text encoder's attention
+
 
 class Family:
     name = "base"  # the registry's key: sd1, sd2, sdxl
     label = "base"  # in sentences: "Stable Diffusion 1.x"
     pipeline = "StableDiffusionPipeline"  # diffusers' pipeline class for it
+    denoiser = "unet"  # the pipeline attribute of the network that denoises (and LoRA adapts)
     # Its text encoders and tokenizers, by pipeline attribute, in the order prompts are encoded.
     text_encoders: tuple[str, ...] = ("text_encoder",)
     tokenizers: tuple[str, ...] = ("tokenizer",)
+    # The text encoders that can train (LoRA, pivotal tuning, Textual Inversion); T5 stays frozen.
+    trainable_text_encoders: tuple[str, ...] = ("text_encoder",)
+    lora_target_groups: dict[str, tuple[str, ...]] = UNET_TARGET_GROUPS
+    text_encoder_lora_targets: tuple[str, ...] = CLIP_TARGETS
+    flow_matching = False  # trained by rectified flow (SD3, FLUX) rather than DDPM
+    t5_tokenizer: str | None = None  # the pipeline attribute of a T5 tokenizer (its length is an option)
+    default_sampler = "dpm++2m-karras"  # generation's sampler when none is given
     single_file_kinds: tuple[str, ...] = ()  # diffusers' infer_diffusers_model_type names
     kohya_version = "sd_v1"  # kohya's ss_base_model_version
     kohya_text_encoder_prefixes: dict[str, str] = {"text_encoder": "lora_te"}
@@ -23,6 +43,8 @@ class Family:
     # () for a single tensor named by its token.
     embedding_parts: tuple[str, ...] = ()
     upcast_vae = False  # the VAE overflows in fp16: keep it in fp32
+    textual_inversion = True  # a new token's embedding can be learned (in every text encoder)
+    kohya_layout = True  # kohya's and ComfyUI's LoRA layout (export --format kohya) is written
     safety_checker = True  # the pipeline has one (loaded as None: this tool makes no content decisions)
 
     @classmethod
@@ -49,14 +71,115 @@ class Family:
         """A UNet module's name in kohya's layout (before dots become underscores): diffusers' own."""
         return path
 
+    # -- sizes, from the configs only --------------------------------------------------------------------
+    def native_size(self, denoiser: dict, vae: dict) -> int:
+        """The model's own resolution in pixels (the UNet's sample size x the VAE's factor)."""
+        return int(denoiser["sample_size"]) * vae_factor(vae)
+
+    def size_step(self, denoiser: dict, vae: dict) -> int:
+        """The pixel step image sides must be multiples of: the VAE's factor x the UNet's downsampling."""
+        return vae_factor(vae) * 2 ** (len(denoiser.get("block_out_channels", (0,))) - 1)
+
+    # -- prompts ------------------------------------------------------------------------------------------
+    def token_ids(self, tokenizers: list, prompt: str, max_sequence_length: int | None = None) -> list:
+        """The prompt's token ids (1, L), one tensor per tokenizer, padded to each one's length."""
+        return [tokenize(t, prompt) for t in tokenizers]
+
     def encode_prompt(self, text_encoders: list, ids: list, device) -> tuple[Any, Any]:
-        """(hidden states the UNet cross-attends to, pooled embedding or None) of token ids (n, L), one
+        """(hidden states the denoiser attends to, pooled embedding or None) of token ids (n, L), one
         tensor per tokenizer: the text encoder's last hidden state."""
         return text_encoders[0](ids[0].to(device))[0], None
 
-    def added_conditions(self, pooled, sizes: list[tuple[int, ...]]) -> dict | None:
-        """The UNet's added conditioning of a batch (SDXL's pooled embedding and micro-conditioning)."""
+    def conditions(self, pooled, sizes: list[tuple[int, ...]]) -> dict | None:
+        """The denoiser's further conditioning of a batch besides the text (SDXL's pooled embedding and
+        micro-conditioning; SD3's and FLUX's pooled embedding), or None."""
         return None
+
+    # -- training -----------------------------------------------------------------------------------------
+    def training_scheduler(self, scheduler_config, zero_terminal_snr: bool = False):
+        """The scheduler that noises training examples, from the pipeline's scheduler config."""
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(
+            scheduler_config, **({"rescale_betas_zero_snr": True} if zero_terminal_snr else {})
+        )
+
+    def objective(self, scheduler, cfg=None):
+        """The training objective (families.objectives) for this config (None: the defaults)."""
+        from .objectives import Denoising
+
+        return Denoising(scheduler, getattr(cfg, "snr_gamma", None))
+
+    def predict(self, denoiser, noisy, t, emb, conditions: dict | None, cfg=None):
+        """The denoiser's prediction for noisy latents (B, C, h, w) at timesteps t (B,)."""
+        return denoiser(noisy, t, emb, added_cond_kwargs=conditions).sample
+
+    def guidance_embedded(self, denoiser: dict) -> bool:
+        """Whether the denoiser (of this config) takes the guidance scale as an input (FLUX.1 [dev])."""
+        return False
+
+    def resolve_options(self, cfg, denoiser: dict):
+        """The config with the family's implicit training defaults made explicit (denoiser: its config)."""
+        return cfg
+
+    def training_options_refused(self, cfg, denoiser: dict) -> list[tuple[str, str]]:
+        """(option, why) of each option set that this family cannot honour."""
+        out = [
+            (k, "for flow-matching models (SD3, FLUX)")
+            for k in ("weighting_scheme", "logit_mean", "logit_std", "mode_scale")
+            if getattr(cfg, k) is not None
+        ]
+        if cfg.guidance_scale is not None:
+            out.append(("guidance_scale", "for guidance-distilled models (FLUX.1 [dev])"))
+        if cfg.max_sequence_length is not None:
+            out.append(("max_sequence_length", "for models with a T5 text encoder (SD3, FLUX)"))
+        if cfg.text_encoder_2_lr is not None and len(self.trainable_text_encoders) < 2:
+            out.append(("text_encoder_2_lr", "for a second text encoder that trains"))
+        return out
+
+    # -- generation ---------------------------------------------------------------------------------------
+    def sampler(self, name: str, base_config, zero_terminal_snr: bool = False):
+        """The named sampler on the model's noise schedule (generation.SCHEDULERS)."""
+        import diffusers
+
+        from .samplers import SCHEDULERS, ZERO_SNR
+
+        cls_name, options = SCHEDULERS[name]
+        extra = ZERO_SNR if zero_terminal_snr else {}
+        return getattr(diffusers, cls_name).from_config(base_config, **options, **extra)
+
+    def samplers(self) -> tuple[str, ...]:
+        from .samplers import SCHEDULERS
+
+        return tuple(SCHEDULERS)
+
+    def call_kwargs(
+        self, negative: list[str] | None, guidance: float, zero_terminal_snr: bool, max_sequence_length=None
+    ) -> dict:
+        """The pipeline call's arguments for guidance and the negative prompt."""
+        from .samplers import GUIDANCE_RESCALE
+
+        return {
+            "negative_prompt": negative,
+            "guidance_scale": guidance,
+            "guidance_rescale": GUIDANCE_RESCALE if zero_terminal_snr else 0.0,
+        }
 
     def __repr__(self) -> str:
         return self.label
+
+
+def vae_factor(vae: dict) -> int:
+    """How many pixels one latent spans: 2 per VAE downsampling level."""
+    return 2 ** (len(vae["block_out_channels"]) - 1)
+
+
+def tokenize(tokenizer, prompt: str, max_length: int | None = None):
+    """(1, L) token ids, padded (and truncated) to max_length or the tokenizer's own length."""
+    return tokenizer(
+        prompt,
+        padding="max_length",
+        max_length=max_length or tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids

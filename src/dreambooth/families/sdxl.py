@@ -17,6 +17,7 @@ class SDXL(Family):
     pipeline = "StableDiffusionXLPipeline"
     text_encoders = ("text_encoder", "text_encoder_2")
     tokenizers = ("tokenizer", "tokenizer_2")
+    trainable_text_encoders = ("text_encoder", "text_encoder_2")
     single_file_kinds = ("xl_base",)
     kohya_version = "sdxl_base_v1-0"
     kohya_text_encoder_prefixes = {"text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
@@ -48,7 +49,7 @@ class SDXL(Family):
         out2 = te2(ids[1].to(device), output_hidden_states=True)
         return torch.cat([h1, out2.hidden_states[-2]], dim=-1), out2.text_embeds
 
-    def added_conditions(self, pooled, sizes: list[tuple[int, ...]]) -> dict | None:
+    def conditions(self, pooled, sizes: list[tuple[int, ...]]) -> dict | None:
         """The pooled embedding and each image's (original h, w, crop top, left, target h, w)."""
         import torch
 

@@ -262,6 +262,6 @@ def _family(state: dict, run: dict | None):
 
 
 def _unet_config(model: str | None) -> dict | None:
-    from ..models import unet_config
+    from ..models import denoiser_config
 
-    return unet_config(model) if model else None
+    return denoiser_config(model) if model else None

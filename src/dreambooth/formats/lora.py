@@ -42,11 +42,14 @@ def rank_and_alpha(state: dict, adapter_meta: dict) -> tuple[int, float] | None:
         rank = Counter(int(v.shape[0]) for v in downs.values()).most_common(1)[0][0]
         alphas = [float(state[f"{k}.alpha"]) if f"{k}.alpha" in state else float(v.shape[0]) for k, v in downs.items()]
         return rank, Counter(alphas).most_common(1)[0][0]
-    downs = [v for k, v in state.items() if k.startswith("unet.") and re.search(r"\.lora_A(\.default)?\.weight$", k)]
+    from ..families import denoiser_names
+
+    prefixes = tuple(f"{d}." for d in denoiser_names())
+    downs = [v for k, v in state.items() if k.startswith(prefixes) and re.search(r"\.lora_A(\.default)?\.weight$", k)]
     if not downs:
         return None
     rank = Counter(int(v.shape[0]) for v in downs).most_common(1)[0][0]
-    alpha = adapter_meta.get("unet.lora_alpha")
+    alpha = next((adapter_meta[f"{p}lora_alpha"] for p in prefixes if f"{p}lora_alpha" in adapter_meta), None)
     return rank, float(alpha) if alpha is not None else float(rank)
 
 
@@ -54,8 +57,8 @@ def is_kohya(state: dict) -> bool:
     return any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in state)
 
 
-def write_lora_file(path: Path, family, unet, text_encoders: dict) -> Path:
-    """diffusers' LoRA file (pytorch_lora_weights.safetensors) of the adapters on the UNet and on the text
+def write_lora_file(path: Path, family, denoiser, text_encoders: dict) -> Path:
+    """diffusers' LoRA file (pytorch_lora_weights.safetensors) of the adapters on the denoiser and on the text
     encoders ({pipeline attribute: model}), with peft's config of each in its metadata, written by the
     family's pipeline class, so stock `load_lora_weights` restores them exactly. A text encoder without
     an adapter is left out."""
@@ -76,11 +79,11 @@ def write_lora_file(path: Path, family, unet, text_encoders: dict) -> Path:
             state = {f"text_model.{k}": v for k, v in state.items()}
         return state, te.peft_config["default"].to_dict()
 
-    kw = dict(
-        unet_lora_layers=get_peft_model_state_dict(unet, save_embedding_layers=False),
-        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-    )
-    for name in family.text_encoders:  # text_encoder_lora_layers, text_encoder_2_lora_layers, ...
+    kw = {
+        f"{family.denoiser}_lora_layers": get_peft_model_state_dict(denoiser, save_embedding_layers=False),
+        f"{family.denoiser}_lora_adapter_metadata": denoiser.peft_config["default"].to_dict(),
+    }
+    for name in family.trainable_text_encoders:  # text_encoder_lora_layers, text_encoder_2_lora_layers, ...
         state, meta = layers(text_encoders.get(name))
         kw.update({f"{name}_lora_layers": state, f"{name}_lora_adapter_metadata": meta})
     with atomic_path(path) as tmp:

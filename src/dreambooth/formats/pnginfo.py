@@ -39,6 +39,7 @@ SAMPLERS = {
     "dpm++2m": "DPM++ 2M",
     "dpm++2m-karras": "DPM++ 2M Karras",
     "unipc": "UniPC",
+    "heun": "Heun",
 }
 _FROM_SAMPLER = {v.lower(): k for k, v in SAMPLERS.items()}
 # AUTOMATIC1111's pattern for "Key: value" pairs (values with , : or newlines are JSON-quoted), and for
@@ -209,6 +210,7 @@ _OURS = (
     "steps",
     "scheduler",
     "zero_terminal_snr",
+    "max_sequence_length",
 )
 
 

@@ -123,13 +123,14 @@ class Method:
         return f"{self.subject_word()} {class_noun}"
 
     def _pairs(self, comps: Components) -> list[tuple]:
-        """(tokenizer, text encoder) of each of the family's text encoders."""
-        return list(zip(comps.tokenizers, comps.text_encoders))
+        """(tokenizer, text encoder) of each of the family's text encoders that can train."""
+        return [(tok, te) for _, tok, te in comps.trainable_encoders()]
 
     def text_encoder_lrs(self, comps: Components) -> list[float]:
-        """Each text encoder's learning rate: --text-encoder-lr, a second one's --text-encoder-2-lr (else the same)."""
+        """Each trainable text encoder's learning rate: --text-encoder-lr, a second one's --text-encoder-2-lr
+        (else the same)."""
         second = self.cfg.text_encoder_2_lr if self.cfg.text_encoder_2_lr is not None else self.cfg.text_encoder_lr
-        return [self.cfg.text_encoder_lr, *[second] * (len(comps.text_encoders) - 1)]
+        return [self.cfg.text_encoder_lr, *[second] * (len(comps.trainable_encoders()) - 1)]
 
     def card_lines(self) -> list[str]:
         """What the model card says about the method's own settings."""
@@ -147,16 +148,16 @@ class Method:
     def state_dict(self, comps: Components) -> dict[str, torch.Tensor]:
         """Every trainable tensor, by component and parameter name (for exact resume)."""
         out = {}
-        for comp in ("unet", *comps.family.text_encoders):
-            for name, p in getattr(comps, comp).named_parameters():
+        for comp in (comps.family.denoiser, *comps.family.text_encoders):
+            for name, p in comps.module(comp).named_parameters():
                 if p.requires_grad:
                     out[f"{comp}.{name}"] = p.detach().float().cpu().contiguous()
         return out
 
     def load_state_dict(self, comps: Components, state: dict[str, torch.Tensor]) -> None:
         own = {}
-        for comp in ("unet", *comps.family.text_encoders):
-            for name, p in getattr(comps, comp).named_parameters():
+        for comp in (comps.family.denoiser, *comps.family.text_encoders):
+            for name, p in comps.module(comp).named_parameters():
                 if p.requires_grad:
                     own[f"{comp}.{name}"] = p
         missing = set(own) - set(state)

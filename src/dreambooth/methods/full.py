@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ..errors import UserError
 from ..io import atomic_dir
 from ..models import Components
 from .base import Method
@@ -18,12 +19,19 @@ class Full(Method):
     # The paper's Stable Diffusion fine-tuning: lr 5e-6, ~1000 steps.
     defaults = {"learning_rate": 5e-6, "max_steps": 1000, "warmup": 0}
 
-    def trained_bytes(self) -> int:
-        """The UNet's files (fp32), or SD 1.5's UNet for a model not on this disk."""
-        from ..models import resolve
+    @classmethod
+    def validate_options(cls, cfg) -> None:
+        if cfg.quantize_base:
+            raise UserError(
+                "--quantize-base: quantises the frozen base for adapters; --method full trains every weight"
+            )
 
-        unet = Path(resolve(self.cfg.model)) / "unet"
-        files = list(unet.glob("*.safetensors")) + list(unet.glob("*.bin")) if unet.is_dir() else []
+    def trained_bytes(self) -> int:
+        """The denoiser's files (fp32), or SD 1.5's UNet for a model not on this disk."""
+        from ..models import family_of, resolve
+
+        folder = Path(resolve(self.cfg.model)) / family_of(self.cfg.model).denoiser
+        files = list(folder.glob("*.safetensors")) + list(folder.glob("*.bin")) if folder.is_dir() else []
         if not files:
             return 3_440_000_000
         size = sum(f.stat().st_size for f in files)
@@ -46,14 +54,16 @@ class Full(Method):
         from diffusers.training_utils import cast_training_params
 
         comps.vae.requires_grad_(False)
-        comps.unet.requires_grad_(True)
-        groups = [{"params": list(comps.unet.parameters()), "lr": self.cfg.learning_rate}]
-        for te, lr in zip(comps.text_encoders, self.text_encoder_lrs(comps)):
+        comps.denoiser.requires_grad_(True)
+        groups = [{"params": list(comps.denoiser.parameters()), "lr": self.cfg.learning_rate}]
+        for te in comps.text_encoders:
+            te.requires_grad_(False)
+        for (_, te), lr in zip(self._pairs(comps), self.text_encoder_lrs(comps)):
             te.requires_grad_(self.trains_text_encoder)
             if self.trains_text_encoder:
                 groups.append({"params": list(te.parameters()), "lr": lr})
         # Trained weights stay in fp32 under mixed precision (autocast computes in fp16/bf16).
-        cast_training_params([comps.unet, *comps.text_encoders])
+        cast_training_params([comps.denoiser, *comps.text_encoders])
         return groups
 
     def weights_in(self, folder: Path) -> bool:

@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 
 from ..errors import UserError
+from ..families.base import CLIP_TARGETS, UNET_TARGET_GROUPS
 from ..formats.kohya import DORA_FOR
 from ..io import atomic_path
 from ..models import Components
@@ -16,15 +17,7 @@ from ..options import option
 from .base import Method
 
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
-# Named groups of LoRA target modules (peft matches a target against the end of a module's name).
-# "attn" is the DreamBooth-LoRA default; the others follow kohya's LoCon-style options.
-LORA_TARGET_GROUPS = {
-    "attn": ("to_q", "to_k", "to_v", "to_out.0"),
-    "ff": ("ff.net.0.proj", "ff.net.2"),
-    "proj": ("proj_in", "proj_out"),
-    "conv": ("conv1", "conv2", "conv_shortcut", "time_emb_proj"),
-}
-TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+TEXT_ENCODER_TARGETS = CLIP_TARGETS
 
 
 @dataclasses.dataclass
@@ -33,7 +26,9 @@ class LoRAOptions:
     lora_alpha: float | None = option(None, "LoRA alpha (default: the rank, i.e. scale 1)", gt=0)
     lora_targets: str = option(
         "attn",
-        "comma-separated UNet modules for LoRA: groups " + ", ".join(LORA_TARGET_GROUPS) + " or module-name suffixes",
+        "comma-separated modules of the UNet or transformer for LoRA: the family's groups (UNets: "
+        + ", ".join(UNET_TARGET_GROUPS)
+        + "; SD3 and FLUX: attn, ff) or module-name suffixes",
     )
     lora_dropout: float = option(0.0, "dropout on the LoRA path", ge=0, lt=1)
     use_dora: bool = option(
@@ -67,11 +62,11 @@ class LoRAOptions:
         choices=DORA_FOR,
     )
 
-    @property
-    def unet_targets(self) -> list[str]:
+    def denoiser_targets(self, groups: dict[str, tuple[str, ...]]) -> list[str]:
+        """--lora-targets as module-name suffixes, with the family's groups (family.lora_target_groups)."""
         out: list[str] = []
         for name in (t.strip() for t in self.lora_targets.split(",")):
-            for target in LORA_TARGET_GROUPS.get(name, (name,)):
+            for target in groups.get(name, (name,)):
                 if target and target not in out:
                     out.append(target)
         return out
@@ -98,7 +93,7 @@ class LoRA(Method):
         from ..formats.kohya import A1111_DORA
 
         checks = [
-            (bool(cfg.unet_targets), "--lora-targets", "names no module"),
+            (bool(cfg.denoiser_targets({})), "--lora-targets", "names no module"),
             (
                 not (cfg.use_dora and cfg.save_format != "diffusers" and cfg.dora_for == "automatic1111"),
                 "--dora-for",
@@ -210,7 +205,7 @@ class LoRA(Method):
     def prepare(self, comps: Components) -> list[dict]:
         from diffusers.training_utils import cast_training_params
 
-        for m in (comps.unet, comps.vae, *comps.text_encoders):
+        for m in (comps.denoiser, comps.vae, *comps.text_encoders):
             m.requires_grad_(False)
         self.pivots = []  # (ids, original embedding, rows to keep) per text encoder
         if self.cfg.train_identifier_embedding:
@@ -222,21 +217,21 @@ class LoRA(Method):
             self._load_init(comps)
         else:
             try:
-                comps.unet.add_adapter(self._config(self.cfg.unet_targets))
+                comps.denoiser.add_adapter(self._config(self.cfg.denoiser_targets(comps.family.lora_target_groups)))
             except ValueError as e:
                 raise UserError(f"--lora-targets {self.cfg.lora_targets}: {str(e).splitlines()[0]}") from None
-        groups = [{"params": _lora_params(comps.unet), "lr": self.cfg.learning_rate}]
+        groups = [{"params": _lora_params(comps.denoiser), "lr": self.cfg.learning_rate}]
         for _, te in self._pairs(comps) if self.pivots else []:
             emb = te.get_input_embeddings().weight
             emb.requires_grad_(True)
             groups.append({"params": [emb], "lr": self.cfg.identifier_lr, "weight_decay": 0.0})
         if self.cfg.train_text_encoder:
-            for te, lr in zip(comps.text_encoders, self.text_encoder_lrs(comps)):
+            for (_, te), lr in zip(self._pairs(comps), self.text_encoder_lrs(comps)):
                 if not getattr(te, "peft_config", None):
-                    te.add_adapter(self._config(TEXT_ENCODER_TARGETS))
+                    te.add_adapter(self._config(comps.family.text_encoder_lora_targets))
                 groups.append({"params": _lora_params(te), "lr": lr})
         # Trainable adapters stay in fp32 under mixed precision (frozen weights are fp16/bf16).
-        cast_training_params([comps.unet, *comps.text_encoders])
+        cast_training_params([comps.denoiser, *comps.text_encoders])
         return groups
 
     def _load_init(self, comps: Components) -> None:
@@ -252,7 +247,7 @@ class LoRA(Method):
             raise UserError(
                 f"--init-lora {self.cfg.init_lora}: does not fit --model {self.cfg.model} ({str(e).splitlines()[0]})"
             ) from None
-        if not getattr(comps.unet, "peft_config", None):
+        if not getattr(comps.denoiser, "peft_config", None):
             raise UserError(f"--init-lora {self.cfg.init_lora}: holds no UNet LoRA")
 
     def after_step(self, comps: Components) -> None:
@@ -270,7 +265,7 @@ class LoRA(Method):
         from ..formats.lora import write_lora_file
 
         path = Path(folder) / WEIGHTS_NAME
-        write_lora_file(path, comps.family, comps.unet, dict(zip(comps.family.text_encoders, comps.text_encoders)))
+        write_lora_file(path, comps.family, comps.denoiser, {n: te for n, _, te in comps.trainable_encoders()})
         written, problems = [path], []
         if self.pivots:
             written.append(self._save_embedding(comps, folder))
@@ -278,7 +273,7 @@ class LoRA(Method):
             # kohya's file is named after the run: AUTOMATIC1111 and ComfyUI list LoRAs by file name.
             kohya = Path(folder) / f"{Path(self.cfg.output_dir).name}.safetensors"
             try:
-                models = {"unet": comps.unet, **dict(zip(comps.family.text_encoders, comps.text_encoders))}
+                models = {"unet": comps.denoiser, **{n: te for n, _, te in comps.trainable_encoders()}}
                 write_kohya(path, kohya, dataclasses.asdict(self.cfg), models)
             except Exception as e:  # any failure: the diffusers file holds the same weights
                 problems.append(

@@ -153,7 +153,12 @@ class TextualInversion(Method):
         from ..models import family_of, quiet_libraries, resolve
 
         quiet_libraries()
-        for sub in family_of(self.cfg.model).tokenizers:
+        family = family_of(self.cfg.model)
+        if not family.textual_inversion:
+            raise UserError(
+                f"--method textual-inversion: not for {family.label} yet (its T5 encoder cannot learn a token)"
+            )
+        for sub in family.tokenizers:
             tok = CLIPTokenizer.from_pretrained(resolve(self.cfg.model), subfolder=sub)
             vocab = tok.get_vocab()
             for t in placeholder_tokens(self.cfg.token, self.cfg.num_vectors):
@@ -185,7 +190,7 @@ class TextualInversion(Method):
 
     def prepare(self, comps: Components) -> list[dict]:
         tokens = placeholder_tokens(self.cfg.token, self.cfg.num_vectors)
-        for m in (comps.unet, comps.vae):
+        for m in (comps.denoiser, comps.vae):
             m.requires_grad_(False)
         self.ids, self.original, self.keep = [], [], []
         groups = []

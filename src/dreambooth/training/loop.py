@@ -158,7 +158,7 @@ def fit(run: Run, progress: bool = True) -> None:
     validation images when due; Ctrl-C (any process's) stops every process after the same step."""
     cfg, acc = run.cfg, run.accelerator
     trained = run.trained
-    models = [run.unet, *(run.text_encoders if run.method.trains_text_encoder else [])]
+    models = [run.denoiser, *(run.text_encoders if run.method.trains_text_encoder else [])]
     for m in models:
         m.train()
     if cfg.report_to != "none":

@@ -4,26 +4,7 @@ from __future__ import annotations
 
 import torch
 
-
-def diffusion_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """What the UNet learns to predict: the noise (epsilon; Ho et al., 2020, eq. 14) or the velocity
-    v = alpha_t * noise - sigma_t * x0 (Salimans & Ho, 2022, section 4), by the scheduler's prediction_type."""
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
-    raise ValueError(f"unsupported prediction_type {kind!r}")
-
-
-def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al., 2023, eq. 9) of examples at these SNRs: min(SNR, gamma)
-    / SNR for a model predicting the noise, min(SNR, gamma) / (SNR + 1) for one predicting v (its
-    loss is already weighted by SNR + 1 relative to the noise's), as diffusers' example scripts do."""
-    clipped = torch.minimum(snr, torch.full_like(snr, gamma))
-    if prediction_type == "v_prediction":
-        return clipped / (snr + 1)
-    return clipped / snr
+from ..families.objectives import diffusion_target, min_snr_weights  # noqa: F401  (DDPM's, kept here too)
 
 
 def offset_noise(

@@ -16,6 +16,7 @@ from ..data.prior import check_class_dir
 from ..errors import UserError
 from ..methods import METHODS, get_method
 from ..models import check_model
+from ..options import flag_name
 from ..runs import checkpoint_step, is_checkpoint, list_checkpoints, run_status
 
 log = logging.getLogger(__name__)
@@ -46,15 +47,16 @@ class Plan:
 def preflight(cfg: TrainConfig) -> Plan:
     cfg.validate()
     check_model(cfg.model, config=cfg.model_config, allow_pickle=cfg.allow_pickle)
-    if cfg.zero_terminal_snr:
-        _check_v_prediction(cfg.model)
-    from ..models import family_of
+    from ..models import denoiser_config, family_of
 
     family = family_of(cfg.model)
-    if len(family.text_encoders) < 2 and cfg.text_encoder_2_lr is not None:
-        raise UserError(
-            f"--text-encoder-2-lr: for a second text encoder, and --model {cfg.model} ({family.label}) has one"
-        )
+    for key, why in family.training_options_refused(cfg, denoiser_config(cfg.model) or {}):
+        raise UserError(f"--{flag_name(key)}: {why}, and --model {cfg.model} is {family.label}")
+    if cfg.zero_terminal_snr:
+        _check_v_prediction(cfg.model)
+    from ..quantize import check as check_quantize
+
+    check_quantize(cfg.quantize_base)
     get_method(cfg).check()
     concepts = [_concept_plan(cfg, c, i) for i, c in enumerate(concepts_of(cfg), start=1)]
     _check_hardware(cfg)

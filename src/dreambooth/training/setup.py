@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..config import TrainConfig
-from ..data.examples import ExampleSet, TrainingData, tokenize
+from ..data.examples import ExampleSet, TrainingData
 from ..data.prior import class_images, generate_class_images, missing_class_indices
 from ..errors import UserError
 from ..methods import METHODS, Method, get_method
@@ -32,10 +32,11 @@ class Run:
     data: TrainingData
     optimizer: Any
     lr_scheduler: Any
-    unet: Any  # prepared (autocast / DDP) views of the trained models
+    denoiser: Any  # prepared (autocast / DDP) views of the trained models
     text_encoders: list  # the family's text encoders, prepared where they train
     start_step: int
     weight_dtype: torch.dtype
+    objective: Any  # families.objectives: noising, target and loss weights
     ema: Any = None  # diffusers' EMAModel of the trained parameters, with --ema-decay
 
     @property
@@ -55,9 +56,9 @@ class Run:
 
 def resolved(cfg: TrainConfig) -> TrainConfig:
     """The config with every implicit default made explicit, as written beside the run."""
-    from ..models import native_size
+    from ..models import denoiser_config, family_of, native_size
 
-    cfg = METHODS[cfg.method].resolve(cfg)
+    cfg = family_of(cfg.model).resolve_options(METHODS[cfg.method].resolve(cfg), denoiser_config(cfg.model) or {})
     return dataclasses.replace(
         cfg, resolution=cfg.resolution or native_size(cfg.model), lr_warmup_steps=cfg.warmup_steps
     )
@@ -91,9 +92,10 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
 
         ema = EMAModel([p for g in optimizer.param_groups for p in g["params"]], decay=cfg.ema_decay)
     start = _resume(plan.resume_from, method, comps, ema, optimizer, lr_scheduler) if plan.resume_from else 0
-    unet, text_encoders, optimizer = _prepare(accelerator, comps, method, optimizer)
-    return Run(cfg, accelerator, comps, method, data, optimizer, lr_scheduler, unet, text_encoders, start,
-               weight_dtype, ema)  # fmt: skip
+    denoiser, text_encoders, optimizer = _prepare(accelerator, comps, method, optimizer)
+    objective = comps.family.objective(comps.noise_scheduler, cfg)
+    return Run(cfg, accelerator, comps, method, data, optimizer, lr_scheduler, denoiser, text_encoders, start,
+               weight_dtype, objective, ema)  # fmt: skip
 
 
 def _accelerator(cfg: TrainConfig):
@@ -119,12 +121,10 @@ def _accelerator(cfg: TrainConfig):
 
 
 def _models(cfg: TrainConfig, device, weight_dtype) -> Components:
-    comps = load_components(cfg.model, weight_dtype)
+    comps = load_components(cfg.model, weight_dtype, cfg.quantize_base)
     if cfg.zero_terminal_snr:
-        from diffusers import DDPMScheduler
-
-        comps.noise_scheduler = DDPMScheduler.from_config(comps.noise_scheduler.config, rescale_betas_zero_snr=True)
-    for m in (comps.unet, comps.vae, *comps.text_encoders):
+        comps.noise_scheduler = comps.family.training_scheduler(comps.noise_scheduler.config, zero_terminal_snr=True)
+    for m in (comps.denoiser, comps.vae, *comps.text_encoders):
         m.to(device)
     if comps.family.upcast_vae and comps.vae.config.force_upcast:
         comps.vae.to(torch.float32)  # it overflows in fp16 (diffusers upcasts it too)
@@ -137,9 +137,9 @@ def _trainable(cfg: TrainConfig, method: Method, comps: Components):
 
     param_groups = method.prepare(comps)
     if cfg.gradient_checkpointing:
-        comps.unet.enable_gradient_checkpointing()
+        comps.denoiser.enable_gradient_checkpointing()
         if method.trains_text_encoder:
-            for te in comps.text_encoders:  # (transformers 5 renamed it)
+            for _, _, te in comps.trainable_encoders():  # (transformers 5 renamed it)
                 enable = getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable
                 enable()
     optimizer = _optimizer(cfg, param_groups)
@@ -176,12 +176,14 @@ def _resume(path: Path, method: Method, comps: Components, ema, optimizer, lr_sc
 
 
 def _prepare(accelerator, comps: Components, method: Method, optimizer) -> tuple:
-    """(unet, text encoders, optimizer) as accelerate wraps what trains."""
+    """(denoiser, text encoders, optimizer) as accelerate wraps what trains."""
     if method.trains_text_encoder:
-        unet, *text_encoders, optimizer = accelerator.prepare(comps.unet, *comps.text_encoders, optimizer)
-        return unet, text_encoders, optimizer
-    unet, optimizer = accelerator.prepare(comps.unet, optimizer)
-    return unet, comps.text_encoders, optimizer
+        names = [n for n, _, _ in comps.trainable_encoders()]
+        denoiser, *trained, optimizer = accelerator.prepare(comps.denoiser, *[comps.parts[n] for n in names], optimizer)
+        wrapped = dict(zip(names, trained))
+        return denoiser, [wrapped.get(n, comps.parts[n]) for n in comps.family.text_encoders], optimizer
+    denoiser, optimizer = accelerator.prepare(comps.denoiser, optimizer)
+    return denoiser, comps.text_encoders, optimizer
 
 
 def _instance_examples(cfg: TrainConfig, cp, stream: int, comps: Components, method) -> ExampleSet:
@@ -205,13 +207,13 @@ def _instance_examples(cfg: TrainConfig, cp, stream: int, comps: Components, met
         buckets = bucket_sizes(cfg.resolution, size_step(cfg.model))
         targets = [nearest_bucket(load_rgb(p).size, buckets) for p in cp.paths]
         log.info("buckets: %s", ", ".join(f"{w}x{h}: {targets.count((w, h))}" for w, h in sorted(set(targets))))
-    ids = _token_ids(comps, prompts)
+    ids = _token_ids(cfg, comps, prompts)
     return ExampleSet(
         cp.paths,
         ids[0],
         stream=stream,
         targets=targets,
-        prompt_ids_2=ids[1] if len(ids) > 1 else None,
+        more_ids=ids[1:],
         prompt_of=prompt_of,
         drawn_prompts=drawn,
         caption_dropout=cfg.caption_dropout,
@@ -249,13 +251,14 @@ def _class_examples(cfg: TrainConfig, concept, stream: int, comps: Components, p
         )
     acc.wait_for_everyone()
     paths = class_images(concept.class_dir, concept.num_class_images)
-    ids = _token_ids(comps, [concept.class_prompt])
-    return ExampleSet(paths, ids[0], stream=stream, prompt_ids_2=ids[1] if len(ids) > 1 else None)
+    ids = _token_ids(cfg, comps, [concept.class_prompt])
+    return ExampleSet(paths, ids[0], stream=stream, more_ids=ids[1:])
 
 
-def _token_ids(comps: Components, prompts: list[str]) -> list[torch.Tensor]:
+def _token_ids(cfg: TrainConfig, comps: Components, prompts: list[str]) -> list[torch.Tensor]:
     """The prompts' token ids (P, L), one tensor per tokenizer of the model's family."""
-    return [torch.cat([tokenize(tokenizer, p) for p in prompts]) for tokenizer in comps.tokenizers]
+    rows = [comps.family.token_ids(comps.tokenizers, p, cfg.max_sequence_length) for p in prompts]
+    return [torch.cat(per_tokenizer) for per_tokenizer in zip(*rows)]
 
 
 def _optimizer(cfg: TrainConfig, groups: list[dict]):

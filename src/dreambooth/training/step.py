@@ -1,5 +1,5 @@
 """One training step's maths: a micro-batch of instance (and class) examples, noised at random
-timesteps, through the UNet, to the DreamBooth loss (Ruiz et al., 2023, eq. 2)."""
+timesteps, through the denoiser, to the DreamBooth loss (Ruiz et al., 2023, eq. 2)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import torch
 
 from ..data.examples import ExampleSet
 from ..data.order import mix_seed
-from .losses import diffusion_target, min_snr_weights, offset_noise, prior_preservation_loss
+from .losses import offset_noise, prior_preservation_loss
 from .setup import Run
 
 
 def training_step(run: Run, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One micro-batch: instance (+ class) examples -> noisy latents -> UNet -> DreamBooth loss.
+    """One micro-batch: instance (+ class) examples -> noisy latents -> denoiser -> DreamBooth loss.
 
     Instance and class examples draw from generators of their own, so the instance half of a step is
     the same with or without prior preservation.
@@ -37,38 +37,33 @@ def training_step(run: Run, step: int, micro: int) -> tuple[torch.Tensor, torch.
 
 
 def _losses(run: Run, parts: list, prior_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The UNet on the parts' examples in one batch; the DreamBooth loss of the first part (instance)
+    """The denoiser on the parts' examples in one batch; the DreamBooth loss of the first part (instance)
     and the rest (class)."""
-    cfg = run.cfg
     noisy, timesteps, emb, target = (torch.cat(t) for t in list(zip(*parts))[:4])  # (B or 2B, ...)
-    added = None
-    if parts[0][4] is not None:  # SDXL: pooled text embeddings and micro-conditioning sizes
-        added = {k: torch.cat([p[4][k] for p in parts]).to(run.weight_dtype) for k in parts[0][4]}
-    pred = run.unet(noisy.to(run.weight_dtype), timesteps, emb.to(run.weight_dtype), added_cond_kwargs=added).sample
-    weights = None
-    if cfg.snr_gamma is not None:
-        from diffusers.training_utils import compute_snr
-
-        sched = run.comps.noise_scheduler
-        weights = min_snr_weights(compute_snr(sched, timesteps), cfg.snr_gamma, sched.config.prediction_type)
+    conditions = None
+    if parts[0][4] is not None:  # the family's further conditioning (pooled text, SDXL's sizes)
+        conditions = {k: torch.cat([p[4][k] for p in parts]).to(run.weight_dtype) for k in parts[0][4]}
+    family, dtype = run.comps.family, run.weight_dtype
+    pred = family.predict(run.denoiser, noisy.to(dtype), timesteps, emb.to(dtype), conditions, run.cfg)
+    weights = run.objective.weights(timesteps)
     return prior_preservation_loss(pred, target, parts[0][0].shape[0], prior_weight, weights)
 
 
 def _noised(run: Run, s: ExampleSet, k: int, g: torch.Generator, total: int, slot: int):
     """Slice `slot` (of batch size examples) of the global batch of examples k..k+total-1 of set s, with
-    noise added at random timesteps (Ho et al., 2020, eq. 4). The random numbers of the whole global
-    batch are drawn, so how it is split across processes and micro-batches changes nothing."""
-    comps, device, n = run.comps, run.accelerator.device, run.cfg.batch_size
+    noise added at random timesteps by the family's objective (DDPM: Ho et al., 2020, eq. 4; rectified
+    flow: Esser et al., 2024). The random numbers of the whole global batch are drawn, so how it is split
+    across processes and micro-batches changes nothing."""
+    comps, device, n, objective = run.comps, run.accelerator.device, run.cfg.batch_size, run.objective
     part = (slot * n, (slot + 1) * n)
-    latents, emb, added = run.data.batch(s, k, total, g, comps.vae, run.text_encoders, device, part)  # (n, 4, h, w)
+    latents, emb, added = run.data.batch(s, k, total, g, comps.vae, run.text_encoders, device, part)  # (n, C, h, w)
     noise = torch.randn((total, *latents.shape[1:]), generator=g)[part[0] : part[1]].to(device)
-    timesteps = torch.randint(0, comps.noise_scheduler.config.num_train_timesteps, (total,), generator=g)
-    timesteps = timesteps[part[0] : part[1]].to(device)
+    timesteps = objective.timesteps(total, g)[part[0] : part[1]].to(device)
     if run.cfg.noise_offset:  # (drawn after the rest: without it, a step's random numbers are unchanged)
         noise = offset_noise(noise, run.cfg.noise_offset, g, rows=(part[0], total))
     source = noise
     if run.cfg.input_perturbation:  # the input is made from perturbed noise, the target from the noise
         fresh = torch.randn((total, *latents.shape[1:]), generator=g)[part[0] : part[1]].to(device)
         source = noise + run.cfg.input_perturbation * fresh
-    noisy = comps.noise_scheduler.add_noise(latents, source, timesteps)
-    return noisy, timesteps, emb, diffusion_target(comps.noise_scheduler, latents, noise, timesteps), added
+    noisy = objective.noisy(latents, source, timesteps)
+    return noisy, timesteps, emb, objective.target(latents, noise, timesteps), added

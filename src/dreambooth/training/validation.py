@@ -25,14 +25,12 @@ def due(cfg, step: int) -> bool:
 
 
 def sampling_modules(comps) -> list:
-    """What sampling runs besides the UNet: the VAE and every text encoder of the family."""
+    """What sampling runs besides the denoiser: the VAE and every text encoder of the family."""
     return [comps.vae, *comps.text_encoders]
 
 
 @torch.no_grad()
 def render(run, step: int) -> Path:
-    from ..generation import GUIDANCE_RESCALE, make_scheduler
-
     cfg, comps, acc = run.cfg, run.comps, run.accelerator
     pipe = comps.pipeline
     rng = torch.get_rng_state()
@@ -40,13 +38,14 @@ def render(run, step: int) -> Path:
     moved = [m for m in sampling_modules(comps) if m.device != acc.device]  # caching moved them off
     for m in moved:
         m.to(acc.device)
-    modes = [(m, m.training) for m in (comps.unet, *comps.text_encoders)]
+    modes = [(m, m.training) for m in (comps.denoiser, *comps.text_encoders)]
     for m, _ in modes:
         m.eval()
     scheduler = pipe.scheduler
     zero_snr = getattr(cfg, "zero_terminal_snr", False)
-    sampler = "dpm++2m" if zero_snr else SCHEDULER
-    pipe.scheduler = make_scheduler(sampler, scheduler.config, zero_snr)
+    family = comps.family
+    sampler = "dpm++2m" if zero_snr else (SCHEDULER if SCHEDULER in family.samplers() else family.default_sampler)
+    pipe.scheduler = family.sampler(sampler, scheduler.config, zero_snr)
     folder = validation_dir(cfg.output_dir) / f"step-{step}"
     try:
         for pi, prompt in enumerate(cfg.validation_prompt):
@@ -58,8 +57,7 @@ def render(run, step: int) -> Path:
                     height=cfg.resolution,
                     width=cfg.resolution,
                     num_inference_steps=cfg.validation_inference_steps,
-                    guidance_scale=cfg.validation_guidance,
-                    guidance_rescale=GUIDANCE_RESCALE if zero_snr else 0.0,
+                    **family.call_kwargs(None, cfg.validation_guidance, zero_snr),
                 ).images
             if getattr(cfg, "report_to", "none") == "tensorboard":
                 import numpy as np

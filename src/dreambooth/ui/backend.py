@@ -14,6 +14,7 @@ from .projects import Projects, TrainForm, active, view, weights_path
 from .supervisor import Supervisor
 
 NONE = "(none)"
+MODEL_SAMPLER = "(the model's)"  # the scheduler dropdown's "the model family's default"
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 GRID_AXES = (
     "guidance",
@@ -105,7 +106,7 @@ class Backend:
             lora_scale_text_encoder=float(form["lora_scale_text_encoder"]),
             guidance=float(form["guidance"]),
             steps=int(form["steps"]),
-            scheduler=form["scheduler"],
+            scheduler=None if form.get("scheduler") in (None, MODEL_SAMPLER) else form["scheduler"],
             width=int(form.get("width") or 0) or None,
             height=int(form.get("height") or 0) or None,
             dtype=self.dtype,

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from ..config import SCHEDULER_NAMES
 from ..errors import UserError
-from .backend import NONE, Backend
+from .backend import MODEL_SAMPLER, NONE, Backend
 from .projects import weights_choices
 from .tab_common import TabEvents
 
@@ -87,7 +87,7 @@ def _form_column(gr, backend: Backend) -> SimpleNamespace:
         w.guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance", elem_id="gen-guidance")
         w.steps = gr.Slider(1, 150, value=30, step=1, label="Steps", elem_id="gen-steps")
         w.scheduler = gr.Dropdown(
-            list(SCHEDULER_NAMES), value="dpm++2m-karras", label="Scheduler", elem_id="gen-scheduler"
+            [MODEL_SAMPLER, *SCHEDULER_NAMES], value=MODEL_SAMPLER, label="Scheduler", elem_id="gen-scheduler"
         )
         with gr.Row():
             w.width = gr.Number(0, label="Width (0: the model's)", precision=0, elem_id="gen-width")

@@ -1,0 +1,102 @@
+"""What the flow-matching transformer families (SD3, FLUX) share: rectified-flow training with
+diffusers' timestep densities and loss weights, a T5 encoder whose prompt length is an option and which
+never trains, flow samplers, and no DDPM-only options (min-SNR, zero terminal SNR)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .base import Family, tokenize
+
+
+class FlowFamily(Family):
+    denoiser = "transformer"
+    flow_matching = True
+    default_sampler = "euler"
+    flow_samplers: tuple[str, ...] = ("euler",)
+    default_weighting = "none"
+    default_max_sequence_length = 77
+    t5_tokenizer = "tokenizer_3"  # the pipeline attribute of the T5 tokenizer
+    upcast_vae = True
+    safety_checker = False
+    textual_inversion = False
+    kohya_layout = False  # kohya's and ComfyUI's LoRA layout (export --format kohya) is written
+
+    def native_size(self, denoiser: dict, vae: dict) -> int:
+        from .base import vae_factor
+
+        return int(denoiser.get("sample_size") or 128) * vae_factor(vae)
+
+    def token_ids(self, tokenizers: list, prompt: str, max_sequence_length: int | None = None) -> list:
+        """CLIP tokenizers at their 77 tokens; T5 at max_sequence_length (the family's default if None)."""
+        length = max_sequence_length or self.default_max_sequence_length
+        return [
+            tokenize(t, prompt, length if name == self.t5_tokenizer else None)
+            for name, t in zip(self.tokenizers, tokenizers)
+        ]
+
+    def training_scheduler(self, scheduler_config, zero_terminal_snr: bool = False):
+        """A copy of the model's flow-matching scheduler (its training timesteps and sigmas)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+
+    def objective(self, scheduler, cfg=None):
+        from .objectives import RectifiedFlow
+
+        def given(name, default):
+            value = getattr(cfg, name, None)
+            return default if value is None else value
+
+        return RectifiedFlow(
+            scheduler,
+            given("weighting_scheme", self.default_weighting),
+            given("logit_mean", 0.0),
+            given("logit_std", 1.0),
+            given("mode_scale", 1.29),
+        )
+
+    def resolve_options(self, cfg, denoiser: dict):
+        """The flow options' defaults made explicit (as diffusers' scripts default them)."""
+        return dataclasses.replace(
+            cfg,
+            weighting_scheme=cfg.weighting_scheme or self.default_weighting,
+            logit_mean=0.0 if cfg.logit_mean is None else cfg.logit_mean,
+            logit_std=1.0 if cfg.logit_std is None else cfg.logit_std,
+            mode_scale=1.29 if cfg.mode_scale is None else cfg.mode_scale,
+            max_sequence_length=cfg.max_sequence_length or self.default_max_sequence_length,
+            guidance_scale=(3.5 if cfg.guidance_scale is None else cfg.guidance_scale)
+            if self.guidance_embedded(denoiser)
+            else None,
+        )
+
+    def training_options_refused(self, cfg, denoiser: dict) -> list[tuple[str, str]]:
+        out = []
+        if cfg.snr_gamma is not None:
+            out.append(("snr_gamma", "min-SNR weighting is for DDPM-trained models (use --weighting-scheme)"))
+        if cfg.zero_terminal_snr:
+            out.append(("zero_terminal_snr", "a DDPM schedule's rescaling; flow matching already reaches pure noise"))
+        if cfg.guidance_scale is not None and not self.guidance_embedded(denoiser):
+            out.append(("guidance_scale", "for guidance-distilled models (FLUX.1 [dev]), whose transformer embeds it"))
+        if cfg.text_encoder_2_lr is not None and len(self.trainable_text_encoders) < 2:
+            out.append(("text_encoder_2_lr", "for a second text encoder that trains (T5 stays frozen)"))
+        if cfg.save_format != "diffusers" and not self.kohya_layout:
+            out.append(("save_format", "kohya's layout is not written for this family yet; use diffusers"))
+        return out
+
+    def sampler(self, name: str, base_config, zero_terminal_snr: bool = False):
+        import diffusers
+
+        from .samplers import FLOW_SCHEDULERS
+
+        cls_name, options = FLOW_SCHEDULERS[name]
+        return getattr(diffusers, cls_name).from_config(base_config, **options)
+
+    def samplers(self) -> tuple[str, ...]:
+        return self.flow_samplers
+
+    def call_kwargs(
+        self, negative: list[str] | None, guidance: float, zero_terminal_snr: bool, max_sequence_length=None
+    ) -> dict:
+        extra = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
+        return {"negative_prompt": negative, "guidance_scale": guidance, **extra}

@@ -1,0 +1,79 @@
+"""FLUX.1 (Black Forest Labs, 2024): a rectified-flow transformer of double- and single-stream blocks
+on 2x2-packed latents with rotary position ids, CLIP ViT-L's pooled output and T5-XXL's states as its
+text conditioning; [dev] is guidance-distilled (the guidance scale is an input of the transformer),
+[schnell] is not. Only CLIP trains."""
+
+from __future__ import annotations
+
+from .flow import FlowFamily
+from .sd3 import ATTENTION
+
+
+class Flux(FlowFamily):
+    name = "flux"
+    label = "FLUX.1"
+    pipeline = "FluxPipeline"
+    text_encoders = ("text_encoder", "text_encoder_2")
+    tokenizers = ("tokenizer", "tokenizer_2")
+    trainable_text_encoders = ("text_encoder",)
+    # diffusers' FLUX DreamBooth LoRA script's default targets: attention ("attn") and feed-forward ("ff")
+    lora_target_groups = {
+        "attn": ATTENTION,
+        "ff": ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp"),
+    }
+    default_weighting = "none"  # diffusers' FLUX script's default
+    default_max_sequence_length = 512
+    t5_tokenizer = "tokenizer_2"
+
+    def guidance_embedded(self, denoiser: dict) -> bool:
+        return bool(denoiser.get("guidance_embeds"))
+
+    @classmethod
+    def recognises(cls, index: dict, unet: dict, text_encoder: dict) -> bool:
+        return index.get("_class_name") == cls.pipeline
+
+    @classmethod
+    def recognises_lora(cls, state: dict) -> bool:
+        return any(k.startswith("transformer.single_transformer_blocks.") for k in state)
+
+    def size_step(self, denoiser: dict, vae: dict) -> int:
+        from .base import vae_factor
+
+        return vae_factor(vae) * 2  # latents are packed 2x2
+
+    def encode_prompt(self, text_encoders: list, ids: list, device):
+        """As FluxPipeline.encode_prompt: T5's states, CLIP's pooled output."""
+        clip, t5 = text_encoders
+        pooled = clip(ids[0].to(device), output_hidden_states=False).pooler_output
+        return t5(ids[1].to(device), output_hidden_states=False)[0], pooled
+
+    def conditions(self, pooled, sizes):
+        return {"pooled_projections": pooled}
+
+    def predict(self, denoiser, noisy, t, emb, conditions, cfg=None):
+        """Pack the latents 2x2 into tokens, run the transformer with its position ids (and the embedded
+        guidance of [dev]), unpack (as FluxPipeline and diffusers' FLUX script do)."""
+        import torch
+
+        b, c, h, w = noisy.shape
+        packed = noisy.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w // 4, c * 4)
+        rows, cols = torch.arange(h // 2), torch.arange(w // 2)
+        img_ids = torch.stack(
+            [torch.zeros(h // 2, w // 2), rows[:, None].expand(-1, w // 2), cols[None, :].expand(h // 2, -1)], dim=-1
+        ).reshape(-1, 3)
+        txt_ids = torch.zeros(emb.shape[1], 3)
+        config = getattr(denoiser, "module", denoiser).config  # (DDP wraps it)
+        guidance = None
+        if config.guidance_embeds:
+            scale = 3.5 if cfg is None or cfg.guidance_scale is None else cfg.guidance_scale
+            guidance = torch.full((b,), float(scale), device=noisy.device)
+        out = denoiser(
+            hidden_states=packed,
+            timestep=t.to(noisy.dtype) / 1000,
+            guidance=guidance,
+            pooled_projections=conditions["pooled_projections"],
+            encoder_hidden_states=emb,
+            txt_ids=txt_ids.to(noisy.device, noisy.dtype),
+            img_ids=img_ids.to(noisy.device, noisy.dtype),
+        ).sample
+        return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)

@@ -1,0 +1,69 @@
+"""Stable Diffusion 3 and 3.5 (Esser et al., 2024): an MMDiT transformer on patchified latents, three
+text encoders (CLIP ViT-L and OpenCLIP ViT-bigG, whose penultimate states are concatenated and padded to
+T5's width, then T5-XXL's states appended; the CLIP projections, concatenated, are the pooled
+conditioning), rectified flow with a shifted schedule. Only the CLIP encoders train."""
+
+from __future__ import annotations
+
+from .flow import FlowFamily
+
+ATTENTION = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
+
+class SD3(FlowFamily):
+    name = "sd3"
+    label = "Stable Diffusion 3"
+    pipeline = "StableDiffusion3Pipeline"
+    text_encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    tokenizers = ("tokenizer", "tokenizer_2", "tokenizer_3")
+    trainable_text_encoders = ("text_encoder", "text_encoder_2")
+    # diffusers' SD3 DreamBooth LoRA script's default targets are "attn"
+    lora_target_groups = {
+        "attn": ATTENTION,
+        "ff": ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
+    }
+    flow_samplers = ("euler", "heun")
+    default_weighting = "logit_normal"  # diffusers' SD3 script's default
+    default_max_sequence_length = 77  # diffusers' SD3 script's default
+    t5_tokenizer = "tokenizer_3"
+
+    @classmethod
+    def recognises(cls, index: dict, unet: dict, text_encoder: dict) -> bool:
+        return index.get("_class_name") == cls.pipeline
+
+    @classmethod
+    def recognises_lora(cls, state: dict) -> bool:
+        return any(k.startswith("transformer.transformer_blocks.") for k in state)
+
+    def size_step(self, denoiser: dict, vae: dict) -> int:
+        from .base import vae_factor
+
+        return vae_factor(vae) * int(denoiser.get("patch_size", 2))
+
+    def encode_prompt(self, text_encoders: list, ids: list, device):
+        """As StableDiffusion3Pipeline.encode_prompt (clip_skip None)."""
+        import torch
+
+        clip, pooled = [], []
+        for te, i in zip(text_encoders[:2], ids[:2]):
+            out = te(i.to(device), output_hidden_states=True)
+            clip.append(out.hidden_states[-2])
+            pooled.append(out[0])
+        clip_emb = torch.cat(clip, dim=-1)
+        t5 = text_encoders[2]
+        t5_emb = t5(ids[2].to(device))[0] if t5 is not None else None
+        width = t5_emb.shape[-1] if t5_emb is not None else t5.config.d_model
+        clip_emb = torch.nn.functional.pad(clip_emb, (0, width - clip_emb.shape[-1]))
+        emb = torch.cat([clip_emb, t5_emb.to(clip_emb.dtype)], dim=-2)
+        return emb, torch.cat(pooled, dim=-1)
+
+    def conditions(self, pooled, sizes):
+        return {"pooled_projections": pooled}
+
+    def predict(self, denoiser, noisy, t, emb, conditions, cfg=None):
+        return denoiser(
+            hidden_states=noisy,
+            timestep=t,
+            encoder_hidden_states=emb,
+            pooled_projections=conditions["pooled_projections"],
+        ).sample

@@ -1,0 +1,238 @@
+"""The flow-matching transformer families (issue 20): SD3 and FLUX.1 train, save, load and generate
+through the same code as the UNet families, and what they compute is what diffusers' own pipelines and
+DreamBooth scripts compute (re-implemented here from those scripts, not taken from our code)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dreambooth.cli import main
+from dreambooth.families import FAMILIES, family_of_lora
+from dreambooth.families.objectives import RectifiedFlow
+from dreambooth.models import family_of, load_components, native_size, size_step
+from dreambooth.training.loop import train
+from helpers import lora_weights, max_abs_diff
+
+
+@pytest.fixture(scope="module")
+def flow_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flow")
+    for arch in ("sd3", "flux", "flux-schnell"):
+        assert main(["tiny-model", str(root / arch), "--arch", arch]) == 0
+    return root
+
+
+def test_sd3_and_flux_are_recognised_and_sized_from_their_configs(flow_models):
+    assert [family_of(str(flow_models / a)).name for a in ("sd3", "flux", "flux-schnell")] == ["sd3", "flux", "flux"]
+    for arch in ("sd3", "flux"):
+        assert native_size(str(flow_models / arch)) in (64, 1024)
+        assert size_step(str(flow_models / arch)) == 16  # VAE x8, then patch 2 (SD3) or 2x2 packing (FLUX)
+    assert native_size(str(flow_models / "sd3")) == 64  # sample_size 8 x VAE factor 8
+    assert native_size(str(flow_models / "flux")) == 1024  # FLUX's transformer has no sample size: 128 x 8
+    sd3, flux = FAMILIES["sd3"], FAMILIES["flux"]
+    assert sd3.trainable_text_encoders == ("text_encoder", "text_encoder_2") and sd3.denoiser == "transformer"
+    assert flux.trainable_text_encoders == ("text_encoder",)
+
+
+def _script_flow(sched, scheme, latents, noise, g):
+    """diffusers' train_dreambooth_lora_{sd3,flux}.py, step by step: timesteps from the density, sigmas by
+    looking each timestep up in the schedule, the interpolation, the target and the loss weighting."""
+    from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+
+    b = latents.shape[0]
+    u = compute_density_for_timestep_sampling(
+        weighting_scheme=scheme, batch_size=b, logit_mean=0.0, logit_std=1.0, mode_scale=1.29, generator=g
+    )
+    indices = (u * sched.config.num_train_timesteps).long()
+    timesteps = sched.timesteps[indices]
+    step_indices = [(sched.timesteps == t).nonzero().item() for t in timesteps]
+    sigma = sched.sigmas[step_indices].flatten()
+    while len(sigma.shape) < latents.ndim:
+        sigma = sigma.unsqueeze(-1)
+    noisy = (1.0 - sigma) * latents + sigma * noise
+    return timesteps, noisy, noise - latents, compute_loss_weighting_for_sd3(scheme, sigma)
+
+
+@pytest.mark.parametrize("scheme", ["none", "logit_normal", "mode", "sigma_sqrt", "cosmap"])
+def test_rectified_flow_is_what_diffusers_scripts_train(flow_models, scheme):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from dreambooth.training.losses import prior_preservation_loss
+
+    for arch in ("sd3", "flux"):
+        sched = FlowMatchEulerDiscreteScheduler.from_pretrained(flow_models / arch, subfolder="scheduler")
+        latents, noise, pred = torch.randn(4, 4, 8, 8), torch.randn(4, 4, 8, 8), torch.randn(4, 4, 8, 8)
+        t, noisy, target, weighting = _script_flow(sched, scheme, latents, noise, torch.Generator().manual_seed(3))
+        ours = RectifiedFlow(FAMILIES[arch].training_scheduler(sched.config), scheme)
+        t2 = ours.timesteps(4, torch.Generator().manual_seed(3))
+        assert torch.equal(t, t2)
+        assert torch.allclose(ours.noisy(latents, noise, t2), noisy, atol=1e-6)
+        assert torch.equal(ours.target(latents, noise, t2), target)
+        script_loss = torch.mean((weighting.float() * (pred - target) ** 2).reshape(4, -1), 1).mean()
+        w = ours.weights(t2)
+        loss, _, _ = prior_preservation_loss(pred, ours.target(latents, noise, t2), 4, 0.0, w)
+        assert torch.allclose(loss, script_loss, rtol=1e-5)
+    if scheme == "none":  # FLUX's schedule is unshifted at training time (its shift is resolution-dependent)
+        assert math.isclose(float(sched.sigmas[0]), 1.0) and sched.config.use_dynamic_shifting
+
+
+@pytest.mark.parametrize("arch", ["sd3", "flux"])
+def test_prompts_encode_as_the_pipelines_encode_them(flow_models, arch):
+    comps = load_components(str(flow_models / arch))
+    family, prompt = comps.family, "a photo of sks dog on the beach"
+    ids = family.token_ids(comps.tokenizers, prompt, 77)
+    with torch.no_grad():
+        emb, pooled = family.encode_prompt(comps.text_encoders, ids, "cpu")
+        if arch == "sd3":
+            ref, _, ref_pooled, _ = comps.pipeline.encode_prompt(
+                prompt, None, None, device="cpu", do_classifier_free_guidance=False, max_sequence_length=77
+            )
+        else:
+            ref, ref_pooled, _ = comps.pipeline.encode_prompt(prompt, None, device="cpu", max_sequence_length=77)
+    assert emb.shape == ref.shape and torch.allclose(emb, ref, atol=1e-6)
+    assert torch.allclose(pooled, ref_pooled, atol=1e-6)
+
+
+def test_flux_packs_latents_and_embeds_guidance_as_the_pipeline_does(flow_models):
+    from diffusers import FluxPipeline
+
+    comps = load_components(str(flow_models / "flux"))
+    tr, b, c, h, w = comps.denoiser, 2, 4, 8, 6
+    noisy, emb, pooled = torch.randn(b, c, h, w), torch.randn(b, 7, 96), torch.randn(b, 32)
+    t = torch.tensor([250.0, 900.0])
+    with torch.no_grad():
+        ours = comps.family.predict(tr, noisy, t, emb, {"pooled_projections": pooled}, None)
+        packed = FluxPipeline._pack_latents(noisy, b, c, h, w)
+        ref = tr(
+            hidden_states=packed,
+            timestep=t / 1000,
+            guidance=torch.full((b,), 3.5),
+            pooled_projections=pooled,
+            encoder_hidden_states=emb,
+            txt_ids=torch.zeros(7, 3),
+            img_ids=FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, "cpu", torch.float32),
+        ).sample
+        ref = FluxPipeline._unpack_latents(ref, h * 8, w * 8, 8)
+    assert torch.allclose(ours, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["sd3", "flux"])
+def test_lora_dreambooth_trains_and_loads_in_stock_diffusers_to_the_same_images(flow_models, tmp_path, arch):
+    """Text-encoder LoRA on the CLIP encoders (T5 frozen), prior preservation with class images from the
+    same base model; the file loads unchanged in the family's pipeline, every tensor of it, and our
+    generate draws what the stock pipeline draws."""
+    import diffusers
+
+    from dreambooth.demo import example_subject
+
+    model, run, out = flow_models / arch, tmp_path / "run", tmp_path / "images"
+    args = ["train", "--model", str(model), "--instance-dir", str(example_subject()),
+            "--instance-prompt", "a photo of sks dog", "--output-dir", str(run), "--resolution", "64",
+            "--max-steps", "3", "--rank", "4", "--learning-rate", "1e-2", "--lr-scheduler", "constant",
+            "--train-text-encoder", "--text-encoder-lr", "1e-2", "--class-prompt", "a photo of a dog",
+            "--class-dir", str(tmp_path / "class"), "--num-class-images", "2", "--class-inference-steps", "2",
+            "--max-sequence-length", "16"]  # fmt: skip
+    assert main(args) == 0
+    assert len(list((tmp_path / "class").glob("*.png"))) == 2
+    state = lora_weights(run)
+    assert {k.split(".")[0] for k in state} == {"transformer", *FAMILIES[arch].trainable_text_encoders}
+    pipe = getattr(diffusers, FAMILIES[arch].pipeline).from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(run)
+    from peft.utils import get_peft_model_state_dict
+
+    loaded = {
+        f"transformer.{k}": v for k, v in get_peft_model_state_dict(pipe.transformer, adapter_name="default_0").items()
+    }
+    for name in FAMILIES[arch].trainable_text_encoders:
+        te = get_peft_model_state_dict(getattr(pipe, name), adapter_name="default_0")
+        loaded.update({f"{name}.{k}": v for k, v in te.items()})
+    ours = {k.replace("text_model.", "") if not k.startswith("transformer") else k: v for k, v in state.items()}
+    loaded = {k.replace("text_model.", "") if not k.startswith("transformer") else k: v for k, v in loaded.items()}
+    assert set(loaded) == set(ours) and max_abs_diff(loaded, ours) == 0
+    ref = pipe("a photo of sks dog", num_inference_steps=3, height=64, width=64, guidance_scale=4.0,
+               generator=torch.Generator().manual_seed(5), output_type="np", max_sequence_length=16).images[0]  # fmt: skip
+    assert main(["generate", "--model", str(model), "--lora", str(run), "--prompt", "a photo of sks dog",
+                 "--num-images", "1", "--seed", "5", "--steps", "3", "--guidance", "4", "--width", "64",
+                 "--height", "64", "--output-dir", str(out), "--no-fuse", "--max-sequence-length", "16"]) == 0  # fmt: skip
+    from PIL import Image
+
+    ours_image = np.asarray(Image.open(next(out.glob("*.png"))), dtype=np.float32) / 255
+    assert np.abs(ours_image - ref).max() <= 1 / 255 + 1e-6
+
+
+def test_stop_and_resume_on_flux_equals_an_uninterrupted_run(flow_models, tmp_path, make_cfg):
+    kw = dict(model=str(flow_models / "flux"), max_steps=4, checkpoint_every=2, train_text_encoder=True,
+              text_encoder_lr=1e-3, random_flip=True, max_sequence_length=16, weighting_scheme="logit_normal")  # fmt: skip
+    straight = train(make_cfg(output_dir=str(tmp_path / "straight"), **kw), progress=False)
+    half = train(make_cfg(output_dir=str(tmp_path / "resumed"), **{**kw, "max_steps": 2}), progress=False)
+    resumed = train(make_cfg(output_dir=str(half), resume="latest", **kw), progress=False)
+    assert max_abs_diff(lora_weights(straight), lora_weights(resumed)) <= 1e-6
+    cached = lora_weights(straight)
+    uncached = lora_weights(train(make_cfg(output_dir=str(tmp_path / "uncached"), no_cache=True, **kw), progress=False))
+    assert max_abs_diff(cached, uncached) < 1e-5  # caching changes where encoders run, not what trains
+    assert family_of_lora(cached).name == "flux"
+
+
+@pytest.mark.parametrize(
+    "arch,flags,named",
+    [
+        ("flux", ["--snr-gamma", "5"], "--snr-gamma"),
+        ("sd3", ["--zero-terminal-snr"], "--zero-terminal-snr"),
+        ("sd3", ["--guidance-scale", "3.5"], "--guidance-scale"),
+        ("flux-schnell", ["--guidance-scale", "3.5"], "--guidance-scale"),
+        ("flux", ["--text-encoder-2-lr", "1e-4"], "--text-encoder-2-lr"),
+        ("flux", ["--save-format", "kohya"], "--save-format"),
+        ("sd3", ["--method", "textual-inversion", "--token", "<zq>", "--initializer-token", "dog"], "--method"),
+        (None, ["--weighting-scheme", "logit_normal"], "--weighting-scheme"),
+        (None, ["--max-sequence-length", "77"], "--max-sequence-length"),
+    ],
+)
+def test_what_a_family_cannot_honour_is_one_line(flow_models, tiny_model, tmp_path, capsys, arch, flags, named):
+    from dreambooth.demo import example_subject
+
+    model = flow_models / arch if arch else tiny_model
+    args = ["train", "--model", str(model), "--instance-dir", str(example_subject()), "--instance-prompt",
+            "a photo of sks dog", "--output-dir", str(tmp_path / "run"), *flags]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {named}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_int8_quantised_base_trains_a_lora_that_loads_and_generates_and_never_changes(flow_models, tmp_path,
+                                                                                       make_cfg, monkeypatch):  # fmt: skip
+    """--quantize-base int8 (torchao weight-only): the transformer and T5 are int8 while the LoRA trains in
+    fp32; the int8 weights after training are those loaded; the LoRA loads in stock diffusers on the
+    unquantised base and our generate draws with it."""
+    import dreambooth.training.setup as setup_module
+
+    seen = {}
+    real = setup_module.load_components
+
+    def keep(*a, **k):
+        seen["comps"] = real(*a, **k)
+        return seen["comps"]
+
+    monkeypatch.setattr(setup_module, "load_components", keep)
+    model = flow_models / "flux"
+    run = train(make_cfg(model=str(model), max_steps=3, quantize_base="int8", max_sequence_length=16,
+                         learning_rate=1e-2), progress=False)  # fmt: skip
+    comps = seen["comps"]
+    q = comps.denoiser.transformer_blocks[0].attn.to_q.base_layer.weight
+    t5 = comps.parts["text_encoder_2"].encoder.block[0].layer[0].SelfAttention.q.weight
+    assert "Int8" in type(q).__name__ and "Int8" in type(t5).__name__
+    assert all(p.dtype == torch.float32 for p in comps.parts["text_encoder"].parameters())  # CLIP: not quantised
+    fresh = load_components(str(model), quantize="int8")
+    assert torch.equal(q.dequantize(), fresh.denoiser.transformer_blocks[0].attn.to_q.weight.dequantize())
+    lora = comps.denoiser.transformer_blocks[0].attn.to_q.lora_B["default"].weight
+    assert lora.dtype == torch.float32 and lora.abs().max() > 0
+    out = tmp_path / "images"
+    assert main(["generate", "--model", str(model), "--lora", str(run), "--prompt", "a photo of sks dog",
+                 "--num-images", "1", "--steps", "2", "--width", "64", "--height", "64",
+                 "--max-sequence-length", "16", "--output-dir", str(out)]) == 0  # fmt: skip
+    assert len(list(out.glob("*.png"))) == 1
