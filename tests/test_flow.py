@@ -186,7 +186,7 @@ def test_stop_and_resume_on_flux_equals_an_uninterrupted_run(flow_models, tmp_pa
         ("sd3", ["--guidance-scale", "3.5"], "--guidance-scale"),
         ("flux-schnell", ["--guidance-scale", "3.5"], "--guidance-scale"),
         ("flux", ["--text-encoder-2-lr", "1e-4"], "--text-encoder-2-lr"),
-        ("flux", ["--save-format", "kohya"], "--save-format"),
+        ("sd3", ["--save-format", "kohya"], "--save-format"),
         ("sd3", ["--method", "textual-inversion", "--token", "<zq>", "--initializer-token", "dog"], "--method"),
         (None, ["--weighting-scheme", "logit_normal"], "--weighting-scheme"),
         (None, ["--max-sequence-length", "77"], "--max-sequence-length"),
@@ -197,7 +197,8 @@ def test_what_a_family_cannot_honour_is_one_line(flow_models, tiny_model, tmp_pa
 
     model = flow_models / arch if arch else tiny_model
     args = ["train", "--model", str(model), "--instance-dir", str(example_subject()), "--instance-prompt",
-            "a photo of sks dog", "--output-dir", str(tmp_path / "run"), *flags]  # fmt: skip
+            "a photo of sks dog", "--output-dir", str(tmp_path / "run"), "--max-steps", "1",
+            "--resolution", "64", "--lr-scheduler", "constant", *flags]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {named}")
@@ -236,3 +237,95 @@ def test_int8_quantised_base_trains_a_lora_that_loads_and_generates_and_never_ch
                  "--num-images", "1", "--steps", "2", "--width", "64", "--height", "64",
                  "--max-sequence-length", "16", "--output-dir", str(out)]) == 0  # fmt: skip
     assert len(list(out.glob("*.png"))) == 1
+
+
+def _kohya_file(state: dict) -> dict:
+    return {f"lora_unet_{n}.{part}": t for n, (d, u, a) in state.items()
+            for part, t in (("lora_down.weight", d), ("lora_up.weight", u), ("alpha", torch.tensor(a)))}  # fmt: skip
+
+
+def test_kohya_flux_layout_is_what_diffusers_converter_reads_at_flux1_widths():
+    """At FLUX.1 [dev]'s real widths (3072, 19 double and 38 single blocks; rank-2 LoRAs keep it small),
+    diffusers' own kohya-FLUX converter reads our fused file back to the same LoRA products."""
+    from diffusers.loaders.lora_conversion_utils import _convert_kohya_flux_lora_to_diffusers
+
+    from dreambooth.families.flux import from_kohya_flux, to_kohya_flux
+
+    config, h = dict(num_attention_heads=24, attention_head_dim=128, num_layers=19, num_single_layers=38), 3072
+    torch.manual_seed(0)
+    paths = [f"transformer_blocks.18.attn.{m}" for m in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj",
+             "add_k_proj", "add_v_proj", "to_add_out")] + [f"single_transformer_blocks.37.attn.{m}"
+             for m in ("to_q", "to_k", "to_v")] + ["single_transformer_blocks.37.proj_out"]  # fmt: skip
+    ours = {p: (torch.randn(2, h if "proj_out" not in p else 5 * h), torch.randn(h, 2), 8.0) for p in paths}
+    kohya = to_kohya_flux(ours, config)
+    assert set(kohya) == {"double_blocks_18_img_attn_qkv", "double_blocks_18_img_attn_proj",
+                          "double_blocks_18_txt_attn_qkv", "double_blocks_18_txt_attn_proj",
+                          "single_blocks_37_linear1", "single_blocks_37_linear2"}  # fmt: skip
+    theirs = _convert_kohya_flux_lora_to_diffusers(_kohya_file(kohya))
+    back = from_kohya_flux(kohya, config)
+    for p, (down, up, alpha) in ours.items():
+        want = (alpha / 2) * up @ down
+        got = theirs[f"transformer.{p}.lora_B.weight"] @ theirs[f"transformer.{p}.lora_A.weight"]
+        assert torch.allclose(got, want, atol=1e-4), p
+        d, u, a = back[p]
+        assert torch.allclose((a / d.shape[0]) * u @ d, want, atol=1e-4), p
+    mlp = theirs["transformer.single_transformer_blocks.37.proj_mlp.lora_B.weight"]
+    assert not mlp.any()  # the fused MLP part had no LoRA: a zero block
+
+
+def test_flux_lora_in_kohyas_layout_merges_as_comfyui_merges_it_and_round_trips(flow_models, tmp_path):
+    """The kohya file of a FLUX run: ComfyUI adds (alpha / rank) up @ down to the original model's fused
+    weights (double_blocks.N.img_attn.qkv = [to_q; to_k; to_v], single_blocks.N.linear1 = [to_q; to_k;
+    to_v; proj_mlp]), which equals stock diffusers' fused weights; exported back to diffusers' layout, and
+    given to generate as it is, it draws the run's images."""
+    import diffusers
+    from safetensors.torch import load_file
+
+    from dreambooth.demo import example_subject
+
+    model, run = flow_models / "flux", tmp_path / "run"
+    assert main(["train", "--model", str(model), "--instance-dir", str(example_subject()), "--instance-prompt",
+                 "a photo of sks dog", "--output-dir", str(run), "--resolution", "64", "--max-steps", "2",
+                 "--rank", "4", "--lora-alpha", "8", "--learning-rate", "5e-2", "--lora-targets", "attn,ff",
+                 "--train-text-encoder", "--max-sequence-length", "16", "--save-format", "both",
+                 "--lr-scheduler", "constant"]) == 0  # fmt: skip
+    kohya = load_file(run / "run.safetensors")
+    assert "lora_unet_single_blocks_1_linear1.lora_down.weight" in kohya
+    assert any(k.startswith("lora_te1_text_model_encoder_layers_0_self_attn") for k in kohya)
+    base = diffusers.FluxTransformer2DModel.from_pretrained(model, subfolder="transformer").state_dict()
+    pipe = diffusers.FluxPipeline.from_pretrained(model)
+    pipe.load_lora_weights(run)
+    pipe.fuse_lora(components=["transformer"])
+    tuned = pipe.transformer.state_dict()
+
+    def w(sd, path):
+        return sd.get(f"{path}.base_layer.weight", sd.get(f"{path}.weight"))
+
+    def comfy(name, rows):  # ComfyUI's merge of one kohya key onto the original fused weight
+        fused = torch.cat([w(base, p) for p in rows])
+        d, u = kohya[f"lora_unet_{name}.lora_down.weight"], kohya[f"lora_unet_{name}.lora_up.weight"]
+        return fused + (float(kohya[f"lora_unet_{name}.alpha"]) / d.shape[0]) * u @ d
+
+    qkv = [f"transformer_blocks.0.attn.{m}" for m in ("to_q", "to_k", "to_v")]
+    linear1 = [f"single_transformer_blocks.1.{m}" for m in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")]
+    for name, rows in (("double_blocks_0_img_attn_qkv", qkv), ("single_blocks_1_linear1", linear1),
+                       ("double_blocks_0_txt_mlp_0", ["transformer_blocks.0.ff_context.net.0.proj"])):  # fmt: skip
+        merged = comfy(name, rows)
+        assert not torch.allclose(merged, torch.cat([w(base, p) for p in rows]))
+        assert torch.allclose(merged, torch.cat([w(tuned, p) for p in rows]), atol=1e-5), name
+
+    back = tmp_path / "back.safetensors"
+    assert main(["export", "--lora", str(run / "run.safetensors"), "--format", "diffusers", str(back),
+                 "--model", str(model)]) == 0  # fmt: skip
+
+    def image(lora, out):
+        assert main(["generate", "--model", str(model), "--lora", str(lora), "--prompt", "a photo of sks dog",
+                     "--num-images", "1", "--steps", "2", "--width", "64", "--height", "64",
+                     "--max-sequence-length", "16", "--output-dir", str(tmp_path / out)]) == 0  # fmt: skip
+        from PIL import Image
+
+        return np.asarray(Image.open(next((tmp_path / out).glob("*.png"))), dtype=np.float32)
+
+    ours = image(run, "a")
+    assert np.abs(image(back, "b") - ours).max() <= 1.0
+    assert np.abs(image(run / "run.safetensors", "c") - ours).max() <= 1.0

@@ -80,16 +80,14 @@ def _kohya_to_diffusers(src: Path, model: str, dest: Path) -> Path:
     """A kohya file in diffusers' layout, written from what stock `load_lora_weights` makes of it (its
     converter, its alphas as peft's lora_alpha / alpha_pattern), so loading the result builds the
     same adapters."""
-    from .formats.lora import write_lora_file
+    from .formats.lora import load_lora_into, write_lora_file
     from .models import family_of, load_pipeline
 
     pipe = load_pipeline(model)
-    try:
-        pipe.load_lora_weights(str(src.parent), weight_name=src.name, adapter_name="default")
-    except (ValueError, RuntimeError, KeyError) as e:
-        raise UserError(f"--lora {src}: does not fit --model {model} ({str(e).splitlines()[0][:200]})") from None
     family = family_of(model)
-    return write_lora_file(dest, family, pipe.unet, {name: getattr(pipe, name) for name in family.text_encoders})
+    load_lora_into(pipe, family, model, src, "default", f"--lora {src}")
+    encoders = {name: getattr(pipe, name) for name in family.trainable_text_encoders}
+    return write_lora_file(dest, family, getattr(pipe, family.denoiser), encoders)
 
 
 def _export_single_file(model: str, dest: Path, dtype: str) -> Path:

@@ -187,21 +187,19 @@ class Engine:
         return self.pipe
 
     def _load_lora(self, s: ImageSettings) -> None:
-        path = Path(s.lora)
-        try:
-            if _has_bundled_embedding(path):  # a pivotal run's kohya file: its embedding comes from the run
-                from safetensors.torch import load_file
+        from .formats.lora import load_lora_into
 
-                state = {k: v for k, v in load_file(path).items() if not k.startswith("bundle_emb.")}
-                self.pipe.load_lora_weights(state, adapter_name=ADAPTER)
-            else:
-                self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER)
-        except (ValueError, RuntimeError, KeyError, OSError) as e:
+        path, state = Path(s.lora), None
+        if _has_bundled_embedding(path):  # a pivotal run's kohya file: its embedding comes from the run
+            from safetensors.torch import load_file
+
+            state = {k: v for k, v in load_file(path).items() if not k.startswith("bundle_emb.")}
+        try:
+            load_lora_into(self.pipe, self.family, s.model, path, ADAPTER, f"--lora {s.lora}", state)
+        except UserError:
             self.pipe = None  # a half-loaded adapter may be left behind: start clean next time
             self.state = None
-            raise UserError(
-                f"--lora {s.lora}: does not fit the model {s.model} ({str(e).splitlines()[0][:200]})"
-            ) from None
+            raise
         if not self._lora_components():
             self.pipe, self.state = None, None
             raise UserError(f"--lora {s.lora}: holds no LoRA weights this model can use")

@@ -67,6 +67,16 @@ class Family:
         """What loading its pipeline takes besides the weights' dtype."""
         return {"safety_checker": None, "requires_safety_checker": False} if self.safety_checker else {}
 
+    def kohya_entries(self, modules: dict[str, tuple], denoiser_config: dict | None) -> dict[str, tuple]:
+        """{denoiser module path: (down, up, alpha)} -> {kohya name after lora_unet_: (down, up, alpha)};
+        None when each module keeps a name of its own (kohya_unet_name), as on the UNets."""
+        return None
+
+    def kohya_state_to_diffusers(self, state: dict, denoiser_config: dict) -> dict | None:
+        """A kohya-layout LoRA state dict as diffusers' (alphas folded into lora_B) where the family reads
+        kohya files itself; None where stock `load_lora_weights` reads them."""
+        return None
+
     def kohya_unet_name(self, path: str, unet_config: dict | None) -> str:
         """A UNet module's name in kohya's layout (before dots become underscores): diffusers' own."""
         return path

@@ -20,7 +20,7 @@ class FlowFamily(Family):
     upcast_vae = True
     safety_checker = False
     textual_inversion = False
-    kohya_layout = False  # kohya's and ComfyUI's LoRA layout (export --format kohya) is written
+    kohya_layout = False  # kohya's and ComfyUI's LoRA layout (export --format kohya) is written (FLUX)
 
     def native_size(self, denoiser: dict, vae: dict) -> int:
         from .base import vae_factor

@@ -85,12 +85,20 @@ def to_kohya(
     ('unet.down_blocks...'), which ComfyUI's convention needs."""
     import torch
 
-    out = {}
+    out, fused = {}, {}
     for module, parts in _modules(state).items():
         if not {"down", "up"} <= set(parts):
             raise UserError(f"{module}: has lora_A or lora_B but not both")
         component, _, path = module.partition(".")
-        if component == "unet":
+        if not family.kohya_layout:
+            raise UserError(f"kohya's layout is not written for {family.label} yet; use diffusers' file")
+        if component == family.denoiser and family.kohya_entries({}, unet_config) is not None:
+            if "magnitude" in parts:
+                raise UserError(f"{module}: DoRA has no kohya form for {family.label} (its layers are fused there)")
+            alpha = _alpha(adapter_meta, component, path, parts["down"].shape[0])
+            fused[path] = (parts["down"], parts["up"], alpha)
+            continue
+        if component == family.denoiser:
             name, prefix = family.kohya_unet_name(path, unet_config), "lora_unet"
         elif component in family.kohya_text_encoder_prefixes:
             name = path if path.startswith("text_model.") else f"text_model.{path}"
@@ -106,6 +114,10 @@ def to_kohya(
         if "magnitude" in parts:
             weight = base_weight(module) if base_weight is not None and dora_for == "comfyui" else None
             out[f"{key}.dora_scale"] = dora_scale(parts["magnitude"], down, up, alpha, dora_for, weight)
+    for name, (down, up, alpha) in (family.kohya_entries(fused, unet_config) if fused else {}).items():
+        out[f"lora_unet_{name}.lora_down.weight"] = down.contiguous()
+        out[f"lora_unet_{name}.lora_up.weight"] = up.contiguous()
+        out[f"lora_unet_{name}.alpha"] = torch.tensor(alpha, dtype=down.dtype)
     return out
 
 
@@ -147,8 +159,8 @@ def base_weights(models: dict) -> Callable[[str], object]:
 
 def kohya_metadata(adapter: dict, run: dict | None, family, name: str) -> dict[str, str]:
     """kohya's ss_* training metadata (what AUTOMATIC1111's and ComfyUI's LoRA browsers show)."""
-    rank = adapter.get("unet.r") or adapter.get("text_encoder.r")
-    alpha = adapter.get("unet.lora_alpha") or adapter.get("text_encoder.lora_alpha") or rank
+    rank = adapter.get(f"{family.denoiser}.r") or adapter.get("text_encoder.r")
+    alpha = adapter.get(f"{family.denoiser}.lora_alpha") or adapter.get("text_encoder.lora_alpha") or rank
     meta = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
@@ -197,7 +209,7 @@ def kohya_tensors(
         from ..models import load_pipeline
 
         pipe = load_pipeline(run["model"])
-        models = {c: getattr(pipe, c) for c in ("unet", *family.text_encoders)}
+        models = {c: getattr(pipe, c) for c in (family.denoiser, *family.text_encoders)}
     try:
         tensors = to_kohya(state, adapter, family, unet_config, dora_for, base_weights(models) if models else None)
     except UserError as e:

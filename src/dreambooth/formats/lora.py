@@ -89,3 +89,23 @@ def write_lora_file(path: Path, family, denoiser, text_encoders: dict) -> Path:
     with atomic_path(path) as tmp:
         family.pipeline_class().save_lora_weights(tmp.parent, weight_name=tmp.name, **kw)
     return path
+
+
+def load_lora_into(pipe, family, model: str, path: Path, adapter: str, flag: str = "--lora", state=None) -> None:
+    """Load a LoRA file (either layout) into the pipeline as adapter, as stock `load_lora_weights` does,
+    except kohya files of a family that reads them itself (family.kohya_state_to_diffusers); state: the
+    file's tensors, already read (and filtered) by the caller. One line when it does not fit the model."""
+    from ..models import denoiser_config
+
+    try:
+        if state is None and is_kohya(read_lora(path, flag)[0]):
+            state = read_lora(path, flag)[0]
+        if state is not None and is_kohya(state):
+            converted = family.kohya_state_to_diffusers(state, denoiser_config(model) or {})
+            state = converted if converted is not None else state
+        if state is not None:
+            pipe.load_lora_weights(state, adapter_name=adapter)
+        else:
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
+    except (ValueError, RuntimeError, KeyError, OSError) as e:
+        raise UserError(f"{flag}: does not fit the model {model} ({str(e).splitlines()[0][:200]})") from None
