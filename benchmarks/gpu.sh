@@ -26,3 +26,8 @@ for p in fp16 bf16; do
     run "$p-gc-8bit" --precision "$p" --gradient-checkpointing --adam-8bit --variants a,c
   fi
 done
+# Issue 20: FLUX.1 [dev] and SD 3.5 Medium architectures (a few blocks at the published widths; the
+# full models' weight memory from the block counts), LoRA step at 1024 px in bf16, with the base in
+# bf16, int8, fp8 and nf4.
+timeout 600 "$PY" -m benchmarks.flow --resolution 1024 --steps 3 --quantize int8,fp8,nf4 \
+  --json "$OUT/flow.json" 2>"$OUT/flow.err" | tee -a "$OUT/rows.md" || echo "| flow failed: $(tail -1 "$OUT/flow.err") |"

@@ -329,3 +329,37 @@ def test_flux_lora_in_kohyas_layout_merges_as_comfyui_merges_it_and_round_trips(
     ours = image(run, "a")
     assert np.abs(image(back, "b") - ours).max() <= 1.0
     assert np.abs(image(run / "run.safetensors", "c") - ours).max() <= 1.0
+
+
+@pytest.mark.parametrize("arch", ["sd3", "flux"])
+def test_grid_evaluate_select_and_the_model_card_take_a_flow_model(flow_models, make_cfg, extractors, tmp_path, arch):
+    import json
+
+    model = flow_models / arch
+    run = train(make_cfg(model=str(model), max_steps=2, checkpoint_every=1, max_sequence_length=16), progress=False)
+    card = (run / "README.md").read_text()
+    pipeline = FAMILIES[arch].pipeline
+    assert f"from diffusers import {pipeline}" in card and f'{pipeline}.from_pretrained("{model}")' in card
+    grid = ["grid", "--model", str(model), "--lora", str(run), "--prompt", "a photo of sks dog", "--steps", "2",
+            "--x", "lora-scale-unet=0,1", "--output-dir", str(tmp_path / "grid"), "--max-sequence-length", "16"]  # fmt: skip
+    assert main(grid) == 0 and len(list((tmp_path / "grid" / "cells").glob("*.png"))) == 2
+    dino, clip = extractors
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        from PIL import Image
+
+        Image.new("RGB", (64, 64), (40 * i, 120, 200)).save(photos / f"{i}.png")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of {identifier} {class}\n")
+    ev = ["evaluate", "--model", str(model), "--lora", str(run), "--real", str(photos), "--class-noun", "dog",
+          "--prompts", str(prompts), "--images-per-prompt", "2", "--num-class-images", "2", "--steps", "2",
+          "--dino-model", str(dino), "--clip-model", str(clip), "--output-dir", str(tmp_path / "ev")]  # fmt: skip
+    assert main(ev) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["n_generated"] == 2 and 0 <= metrics["dino"] <= 1
+    select = ["select", "--run", str(run), "--dino-model", str(dino), "--clip-model", str(clip), "--prompts", "1",
+              "--images-per-prompt", "1", "--num-class-images", "0", "--steps", "2"]  # fmt: skip
+    assert main(select) == 0
+    selection = json.loads((run / "selection.json").read_text())
+    assert [c["step"] for c in selection["candidates"]] == [1, 2]
