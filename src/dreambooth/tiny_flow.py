@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .tiny import CORPUS, text_config, vae_config, write_clip_tokenizer
+from .tiny_base import CORPUS, text_config, vae_config, write_clip_tokenizer
 
 T5_WIDTH = 96  # the tiny T5's hidden size: the transformers' joint attention width
 
