@@ -363,3 +363,17 @@ def test_grid_evaluate_select_and_the_model_card_take_a_flow_model(flow_models, 
     assert main(select) == 0
     selection = json.loads((run / "selection.json").read_text())
     assert [c["step"] for c in selection["candidates"]] == [1, 2]
+
+
+def test_compare_leaves_out_what_the_family_cannot_train_and_refuses_it_by_name(flow_models, tmp_path, capsys):
+    from dreambooth.compare import methods_for
+    from dreambooth.config import CompareConfig
+
+    flux = str(flow_models / "flux")
+    assert methods_for(CompareConfig(subjects=["x"], model=flux)) == ["lora", "full"]
+    args = ["compare", "--subjects", str(tmp_path), "--model", flux, "--methods", "lora,textual-inversion",
+            "--output", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "textual-inversion" in err[0] and "FLUX.1" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -107,11 +107,32 @@ def eval_config(cfg: CompareConfig, folder: Path, noun: str, run: Path) -> Evalu
     return EvaluateConfig(**kw)
 
 
+def methods_for(cfg: CompareConfig) -> list[str]:
+    """The methods to compare on the model: all that can train its family when --methods is left at its
+    default (each one left out is logged), else those named, one line for a named one that cannot."""
+    from .methods import METHODS
+    from .models import family_of
+
+    family = family_of(cfg.model)
+    default = cfg.methods == ",".join(METHODS)
+    out = []
+    for name in cfg.method_list:
+        why = METHODS[name].unavailable_for(family)
+        if why is None:
+            out.append(name)
+        elif default:
+            log.info("leaving out %s: %s", name, why)
+        else:
+            raise UserError(f"--methods {cfg.methods}: {name} is {why}")
+    return out
+
+
 def run_compare(cfg: CompareConfig, progress: bool = True) -> Path:
     cfg.validate()
     from .models import check_model
 
     check_model(cfg.model, config=cfg.model_config, allow_pickle=cfg.allow_pickle)
+    cfg = dataclasses.replace(cfg, methods=",".join(methods_for(cfg)))
     if cfg.resolution is None:
         from .models import native_size
 

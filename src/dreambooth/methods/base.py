@@ -66,6 +66,11 @@ class Method:
                     raise UserError(f"--{flag_name(key)}: a {other.setting_label} setting, and --method is {cls.name}")
 
     @classmethod
+    def unavailable_for(cls, family) -> str | None:
+        """Why the method cannot train a model of this family (families.Family), or None."""
+        return None
+
+    @classmethod
     def protocol_options(cls, identifier: str, noun: str, subject: str) -> dict[str, Any]:
         """Training options of the paper's protocol (`compare`) for one subject: DreamBooth's prompts,
         with prior preservation on the class (its class_dir is shared by the methods that use it)."""

@@ -147,6 +147,12 @@ class TextualInversion(Method):
     def trains_text_encoder(self) -> bool:
         return True  # its input embedding: prompt embeddings cannot be cached
 
+    @classmethod
+    def unavailable_for(cls, family) -> str | None:
+        if not family.textual_inversion:
+            return f"not for {family.label} yet (its T5 encoder cannot learn a token)"
+        return None
+
     def check(self) -> None:
         from transformers import CLIPTokenizer
 
@@ -154,10 +160,8 @@ class TextualInversion(Method):
 
         quiet_libraries()
         family = family_of(self.cfg.model)
-        if not family.textual_inversion:
-            raise UserError(
-                f"--method textual-inversion: not for {family.label} yet (its T5 encoder cannot learn a token)"
-            )
+        if (why := self.unavailable_for(family)) is not None:
+            raise UserError(f"--method textual-inversion: {why}")
         for sub in family.tokenizers:
             tok = CLIPTokenizer.from_pretrained(resolve(self.cfg.model), subfolder=sub)
             vocab = tok.get_vocab()
