@@ -29,7 +29,6 @@ def flow_models(tmp_path_factory):
 def test_sd3_and_flux_are_recognised_and_sized_from_their_configs(flow_models):
     assert [family_of(str(flow_models / a)).name for a in ("sd3", "flux", "flux-schnell")] == ["sd3", "flux", "flux"]
     for arch in ("sd3", "flux"):
-        assert native_size(str(flow_models / arch)) in (64, 1024)
         assert size_step(str(flow_models / arch)) == 16  # VAE x8, then patch 2 (SD3) or 2x2 packing (FLUX)
     assert native_size(str(flow_models / "sd3")) == 64  # sample_size 8 x VAE factor 8
     assert native_size(str(flow_models / "flux")) == 1024  # FLUX's transformer has no sample size: 128 x 8
@@ -190,6 +189,13 @@ def test_stop_and_resume_on_flux_equals_an_uninterrupted_run(flow_models, tmp_pa
         ("sd3", ["--method", "textual-inversion", "--token", "<zq>", "--initializer-token", "dog"], "--method"),
         (None, ["--weighting-scheme", "logit_normal"], "--weighting-scheme"),
         (None, ["--max-sequence-length", "77"], "--max-sequence-length"),
+        ("flux", ["--method", "full", "--quantize-base", "int8"], "--quantize-base"),
+        pytest.param(
+            "flux",
+            ["--quantize-base", "nf4"],
+            "--quantize-base",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="nf4 runs where CUDA is"),
+        ),  # fmt: skip
     ],
 )
 def test_what_a_family_cannot_honour_is_one_line(flow_models, tiny_model, tmp_path, capsys, arch, flags, named):
@@ -376,4 +382,17 @@ def test_compare_leaves_out_what_the_family_cannot_train_and_refuses_it_by_name(
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "textual-inversion" in err[0] and "FLUX.1" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "flags,named",
+    [(["--max-sequence-length", "16"], "--max-sequence-length"), (["--scheduler", "heun"], "--scheduler heun")],
+)
+def test_generate_refuses_what_the_models_family_cannot_do_in_one_line(tiny_model, tmp_path, capsys, flags, named):
+    args = ["generate", "--model", str(tiny_model), "--prompt", "a photo of a dog", "--num-images", "1",
+            "--steps", "1", "--output-dir", str(tmp_path / "out"), *flags]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {named}") and "Stable Diffusion 1.x" in err[0]
     assert not (tmp_path / "out").exists()

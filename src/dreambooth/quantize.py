@@ -14,7 +14,6 @@ import importlib.util
 from .errors import UserError
 
 KINDS = ("int8", "nf4", "fp8")
-BYTES_PER_WEIGHT = {"int8": 1.0, "fp8": 1.0, "nf4": 0.5}
 
 
 def check(kind: str | None, flag: str = "--quantize-base") -> None:

@@ -12,6 +12,7 @@ from ..methods import METHODS
 from ..methods.lora import LoRAOptions
 from ..methods.textual_inversion import TextualInversionOptions
 from ..options import check_bounds, check_required, flag_name, option
+from ..quantize import KINDS as QUANTIZE_KINDS
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -105,7 +106,7 @@ class TrainConfig(TextualInversionOptions, LoRAOptions, TrainData):
         None,
         "load the frozen UNet/transformer (and T5) quantised, LoRA training on top (QLoRA): int8 (torchao, also "
         "on the CPU), fp8 (torchao, CUDA 8.9+) or nf4 (bitsandbytes, CUDA); about 1/2, 1/2 and 1/4 of bf16's memory",
-        choices=("int8", "nf4", "fp8"),
+        choices=QUANTIZE_KINDS,
     )
     # optimisation
     learning_rate: float | None = option(

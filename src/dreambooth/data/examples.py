@@ -185,6 +185,8 @@ class TrainingData:
             emb, pooled = self.family.encode_prompt(text_encoders, s.token_ids(which), device)
         added = None
         if pooled is not None:
-            sizes = [micro_conditioning(s.size(i), self._target(s, i), c, f) for i, c, f in zip(idx, crops, flips)]
+            sizes = None
+            if self.family.size_conditioning:
+                sizes = [micro_conditioning(s.size(i), self._target(s, i), c, f) for i, c, f in zip(idx, crops, flips)]
             added = {k: v.to(device) for k, v in self.family.conditions(pooled, sizes).items()}
         return latents.to(device), emb.to(device), added

@@ -33,7 +33,6 @@ class Family:
     trainable_text_encoders: tuple[str, ...] = ("text_encoder",)
     lora_target_groups: dict[str, tuple[str, ...]] = UNET_TARGET_GROUPS
     text_encoder_lora_targets: tuple[str, ...] = CLIP_TARGETS
-    flow_matching = False  # trained by rectified flow (SD3, FLUX) rather than DDPM
     t5_tokenizer: str | None = None  # the pipeline attribute of a T5 tokenizer (its length is an option)
     default_sampler = "dpm++2m-karras"  # generation's sampler when none is given
     single_file_kinds: tuple[str, ...] = ()  # diffusers' infer_diffusers_model_type names
@@ -45,6 +44,8 @@ class Family:
     upcast_vae = False  # the VAE overflows in fp16: keep it in fp32
     textual_inversion = True  # a new token's embedding can be learned (in every text encoder)
     kohya_layout = True  # kohya's and ComfyUI's LoRA layout (export --format kohya) is written
+    kohya_fused = False  # the layout fuses several denoiser modules into one (kohya_entries names them)
+    size_conditioning = False  # the denoiser is conditioned on each image's size and crop (SDXL)
     safety_checker = True  # the pipeline has one (loaded as None: this tool makes no content decisions)
 
     @classmethod
@@ -68,9 +69,10 @@ class Family:
         return {"safety_checker": None, "requires_safety_checker": False} if self.safety_checker else {}
 
     def kohya_entries(self, modules: dict[str, tuple], denoiser_config: dict | None) -> dict[str, tuple]:
-        """{denoiser module path: (down, up, alpha)} -> {kohya name after lora_unet_: (down, up, alpha)};
-        None when each module keeps a name of its own (kohya_unet_name), as on the UNets."""
-        return None
+        """{denoiser module path: (down, up, alpha)} -> {kohya name after lora_unet_: (down, up, alpha)},
+        for a family whose layout fuses modules (kohya_fused); the others name each module apart
+        (kohya_unet_name)."""
+        raise NotImplementedError
 
     def kohya_state_to_diffusers(self, state: dict, denoiser_config: dict) -> dict | None:
         """A kohya-layout LoRA state dict as diffusers' (alphas folded into lora_B) where the family reads
@@ -100,9 +102,9 @@ class Family:
         tensor per tokenizer: the text encoder's last hidden state."""
         return text_encoders[0](ids[0].to(device))[0], None
 
-    def conditions(self, pooled, sizes: list[tuple[int, ...]]) -> dict | None:
+    def conditions(self, pooled, sizes: list[tuple[int, ...]] | None) -> dict | None:
         """The denoiser's further conditioning of a batch besides the text (SDXL's pooled embedding and
-        micro-conditioning; SD3's and FLUX's pooled embedding), or None."""
+        micro-conditioning: sizes, given where size_conditioning; SD3's and FLUX's pooled embedding)."""
         return None
 
     # -- training -----------------------------------------------------------------------------------------
@@ -149,7 +151,7 @@ class Family:
 
     # -- generation ---------------------------------------------------------------------------------------
     def sampler(self, name: str, base_config, zero_terminal_snr: bool = False):
-        """The named sampler on the model's noise schedule (generation.SCHEDULERS)."""
+        """The named sampler on the model's noise schedule (samplers.SCHEDULERS)."""
         import diffusers
 
         from .samplers import SCHEDULERS, ZERO_SNR

@@ -8,10 +8,13 @@ import dataclasses
 
 from .base import Family, tokenize
 
+# diffusers' SD3 and FLUX scripts' defaults (the weighting scheme is the family's)
+FLOW_DEFAULTS = {"weighting_scheme": None, "logit_mean": 0.0, "logit_std": 1.0, "mode_scale": 1.29}
+DEFAULT_GUIDANCE = 3.5  # the guidance embedded while training a guidance-distilled model (diffusers' FLUX script)
+
 
 class FlowFamily(Family):
     denoiser = "transformer"
-    flow_matching = True
     default_sampler = "euler"
     flow_samplers: tuple[str, ...] = ("euler",)
     default_weighting = "none"
@@ -41,33 +44,28 @@ class FlowFamily(Family):
 
         return FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
 
+    def flow_options(self, cfg=None) -> dict:
+        """The rectified-flow options of cfg (None: none given), defaults filled in as diffusers' scripts
+        default them."""
+        given = {k: getattr(cfg, k, None) for k in FLOW_DEFAULTS}
+        defaults = {**FLOW_DEFAULTS, "weighting_scheme": self.default_weighting}
+        return {k: defaults[k] if v is None else v for k, v in given.items()}
+
     def objective(self, scheduler, cfg=None):
         from .objectives import RectifiedFlow
 
-        def given(name, default):
-            value = getattr(cfg, name, None)
-            return default if value is None else value
-
-        return RectifiedFlow(
-            scheduler,
-            given("weighting_scheme", self.default_weighting),
-            given("logit_mean", 0.0),
-            given("logit_std", 1.0),
-            given("mode_scale", 1.29),
-        )
+        return RectifiedFlow(scheduler, **self.flow_options(cfg))
 
     def resolve_options(self, cfg, denoiser: dict):
-        """The flow options' defaults made explicit (as diffusers' scripts default them)."""
+        """The flow options' defaults made explicit."""
+        guidance = None
+        if self.guidance_embedded(denoiser):
+            guidance = DEFAULT_GUIDANCE if cfg.guidance_scale is None else cfg.guidance_scale
         return dataclasses.replace(
             cfg,
-            weighting_scheme=cfg.weighting_scheme or self.default_weighting,
-            logit_mean=0.0 if cfg.logit_mean is None else cfg.logit_mean,
-            logit_std=1.0 if cfg.logit_std is None else cfg.logit_std,
-            mode_scale=1.29 if cfg.mode_scale is None else cfg.mode_scale,
+            **self.flow_options(cfg),
             max_sequence_length=cfg.max_sequence_length or self.default_max_sequence_length,
-            guidance_scale=(3.5 if cfg.guidance_scale is None else cfg.guidance_scale)
-            if self.guidance_embedded(denoiser)
-            else None,
+            guidance_scale=guidance,
         )
 
     def training_options_refused(self, cfg, denoiser: dict) -> list[tuple[str, str]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from ..errors import UserError
-from .flow import FlowFamily
+from .flow import DEFAULT_GUIDANCE, FlowFamily
 from .sd3 import ATTENTION
 
 
@@ -29,6 +29,7 @@ class Flux(FlowFamily):
     t5_tokenizer = "tokenizer_2"
 
     kohya_layout = True
+    kohya_fused = True
     kohya_version = "flux1"
     kohya_text_encoder_prefixes = {"text_encoder": "lora_te1"}
 
@@ -102,7 +103,7 @@ class Flux(FlowFamily):
         config = getattr(denoiser, "module", denoiser).config  # (DDP wraps it)
         guidance = None
         if config.guidance_embeds:
-            scale = 3.5 if cfg is None or cfg.guidance_scale is None else cfg.guidance_scale
+            scale = DEFAULT_GUIDANCE if cfg is None or cfg.guidance_scale is None else cfg.guidance_scale
             guidance = torch.full((b,), float(scale), device=noisy.device)
         out = denoiser(
             hidden_states=packed,

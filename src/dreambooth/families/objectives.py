@@ -105,11 +105,11 @@ class RectifiedFlow(Objective):
         return self.scheduler.timesteps[indices]
 
     def sigmas(self, t: torch.Tensor, ndim: int) -> torch.Tensor:
-        """The scheduler's sigma of each timestep, shaped to broadcast over ndim dimensions."""
+        """The scheduler's sigma of each timestep (looked up in its schedule, as the scripts' get_sigmas
+        does), shaped to broadcast over ndim dimensions."""
         schedule = self.scheduler.timesteps.to(t.device)
-        sigmas = self.scheduler.sigmas.to(t.device)
-        idx = torch.stack([(schedule == x).nonzero()[0, 0] for x in t])
-        return sigmas[idx].float().reshape(-1, *[1] * (ndim - 1))
+        idx = (schedule[None, :] == t[:, None]).int().argmax(dim=1)
+        return self.scheduler.sigmas.to(t.device)[idx].float().reshape(-1, *[1] * (ndim - 1))
 
     def noisy(self, latents, noise, t):
         s = self.sigmas(t, latents.ndim)

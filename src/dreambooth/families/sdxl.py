@@ -23,6 +23,7 @@ class SDXL(Family):
     kohya_text_encoder_prefixes = {"text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
     embedding_parts = ("clip_l", "clip_g")
     upcast_vae = True
+    size_conditioning = True
     safety_checker = False
 
     @classmethod

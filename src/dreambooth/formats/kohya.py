@@ -92,7 +92,7 @@ def to_kohya(
         component, _, path = module.partition(".")
         if not family.kohya_layout:
             raise UserError(f"kohya's layout is not written for {family.label} yet; use diffusers' file")
-        if component == family.denoiser and family.kohya_entries({}, unet_config) is not None:
+        if component == family.denoiser and family.kohya_fused:
             if "magnitude" in parts:
                 raise UserError(f"{module}: DoRA has no kohya form for {family.label} (its layers are fused there)")
             alpha = _alpha(adapter_meta, component, path, parts["down"].shape[0])

@@ -98,7 +98,7 @@ def load_lora_into(pipe, family, model: str, path: Path, adapter: str, flag: str
     from ..models import denoiser_config
 
     try:
-        if state is None and is_kohya(read_lora(path, flag)[0]):
+        if state is None and is_kohya(dict.fromkeys(_keys(path, flag))):
             state = read_lora(path, flag)[0]
         if state is not None and is_kohya(state):
             converted = family.kohya_state_to_diffusers(state, denoiser_config(model) or {})
@@ -109,3 +109,14 @@ def load_lora_into(pipe, family, model: str, path: Path, adapter: str, flag: str
             pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
     except (ValueError, RuntimeError, KeyError, OSError) as e:
         raise UserError(f"{flag}: does not fit the model {model} ({str(e).splitlines()[0][:200]})") from None
+
+
+def _keys(path: Path, flag: str) -> list[str]:
+    """A .safetensors file's tensor names, without reading the tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return list(f.keys())
+    except Exception as e:  # safetensors raises its own error types; any means unreadable
+        raise UserError(f"{flag} {path}: not a readable .safetensors file ({str(e).splitlines()[0]})") from None
