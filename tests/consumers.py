@@ -1,7 +1,7 @@
 """Independent re-implementations of what the programs that open our files do with them, written from
 their code (read, not copied) and never importing ours: AUTOMATIC1111's infotext parser, extra-network
 tags and LoRA hashes; civitai's parameters parser and resource detection; ComfyUI's PNG import; the
-DoRA merge of LyCORIS, ComfyUI and AUTOMATIC1111. Tests check our outputs against these.
+DoRA merge of LyCORIS, ComfyUI and AUTOMATIC1111; ComfyUI's SD3 model layout and its kohya LoRA loading. Tests check our outputs against these.
 """
 
 from __future__ import annotations
@@ -210,3 +210,103 @@ def a1111_merge(w, up, down, alpha, dora_scale, strength=1.0):
     """AUTOMATIC1111 network.NetworkModule.finalize_updown/apply_weight_decompose: per input channel."""
     v = w + alpha / down.shape[0] * _delta(up, down, w.shape)
     return w + strength * (v * (dora_scale / _per_input(v)) - w)
+
+
+# --- ComfyUI: SD3 models and kohya LoRA files on them -----------------------------------------------
+# comfy/utils.py mmdit_to_diffusers (MMDIT_MAP_BASIC, MMDIT_MAP_BLOCK, qkv fused from to_q/k/v, the
+# swapped shift/scale of norm_out and of the last block's context modulation) and comfy/lora.py
+# model_lora_keys_unet ("lora_unet_" + the model's key, dots as underscores) / model_lora_keys_clip
+# (lora_te1_ CLIP-L, lora_te2_ CLIP-G), merged as weight_adapter/lora.py does: w + alpha / rank * up @ down.
+
+_MMDIT_BLOCK = {
+    "context_block.adaLN_modulation.1": "norm1_context.linear",
+    "context_block.attn.proj": "attn.to_add_out",
+    "context_block.mlp.fc1": "ff_context.net.0.proj",
+    "context_block.mlp.fc2": "ff_context.net.2",
+    "x_block.adaLN_modulation.1": "norm1.linear",
+    "x_block.attn.proj": "attn.to_out.0",
+    "x_block.attn2.proj": "attn2.to_out.0",
+    "x_block.mlp.fc1": "ff.net.0.proj",
+    "x_block.mlp.fc2": "ff.net.2",
+}
+_MMDIT_BASIC = {
+    "context_embedder": "context_embedder",
+    "t_embedder.mlp.0": "time_text_embed.timestep_embedder.linear_1",
+    "t_embedder.mlp.2": "time_text_embed.timestep_embedder.linear_2",
+    "y_embedder.mlp.0": "time_text_embed.text_embedder.linear_1",
+    "y_embedder.mlp.2": "time_text_embed.text_embedder.linear_2",
+    "final_layer.linear": "proj_out",
+}
+_QKV = {
+    "x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),
+}
+
+
+def _swap(w):
+    shift, scale = w.chunk(2, dim=0)
+    return torch.cat([scale, shift])
+
+
+def comfyui_mmdit_weights(diffusers_state: dict, depth: int) -> dict:
+    """The linear weights of ComfyUI's SD3 model (diffusion_model.joint_blocks.N...) from a diffusers SD3
+    transformer's state dict (peft-wrapped or not)."""
+
+    def get(path):
+        return diffusers_state.get(f"{path}.base_layer.weight", diffusers_state.get(f"{path}.weight"))
+
+    out = {}
+    for i in range(depth):
+        src, dst = f"transformer_blocks.{i}", f"diffusion_model.joint_blocks.{i}"
+        for theirs, parts in _QKV.items():
+            ws = [get(f"{src}.{p}") for p in parts]
+            if all(w is not None for w in ws):
+                out[f"{dst}.{theirs}.weight"] = torch.cat(ws)
+        for theirs, ours in _MMDIT_BLOCK.items():
+            w = get(f"{src}.{ours}")
+            if w is not None:
+                swap = theirs.startswith("context_block.adaLN") and i == depth - 1
+                out[f"{dst}.{theirs}.weight"] = _swap(w) if swap else w
+    for theirs, ours in _MMDIT_BASIC.items():
+        out[f"diffusion_model.{theirs}.weight"] = get(ours)
+    out["diffusion_model.final_layer.adaLN_modulation.1.weight"] = _swap(get("norm_out.linear"))
+    return out
+
+
+def comfyui_clip_weights(te1_state: dict, te2_state: dict) -> dict:
+    """ComfyUI's SD3 CLIP weights (clip_l.transformer..., clip_g.transformer...) from the two encoders'."""
+    out = {}
+    for prefix, state in (("clip_l", te1_state), ("clip_g", te2_state)):
+        for k, v in state.items():
+            if k.endswith(".weight"):
+                k = k.replace(".base_layer.", ".")
+                k = k if k.startswith("text_model.") else f"text_model.{k}"
+                out[f"{prefix}.transformer.{k}"] = v
+    return out
+
+
+def comfyui_load_lora(model: dict, lora: dict) -> tuple[dict, list[str]]:
+    """The model's weights with a kohya file merged at strength 1, and the file's LoRA names ComfyUI
+    would not load (it warns "lora key not loaded")."""
+    key_map = {}
+    for k in model:
+        if k.startswith("diffusion_model.") and k.endswith(".weight"):
+            key_map["lora_unet_" + k[len("diffusion_model.") : -len(".weight")].replace(".", "_")] = k
+        for clip, prefix in (("clip_l", "lora_te1_"), ("clip_g", "lora_te2_")):
+            m = re.match(rf"{clip}\.transformer\.text_model\.encoder\.layers\.(\d+)\.(.+)\.weight$", k)
+            if m:
+                key_map[f"{prefix}text_model_encoder_layers_{m.group(1)}_{m.group(2).replace('.', '_')}"] = k
+    merged, missed = dict(model), []
+    for key in lora:
+        if not key.endswith(".lora_down.weight"):
+            continue
+        name = key[: -len(".lora_down.weight")]
+        if name not in key_map:
+            missed.append(name)
+            continue
+        down, up = lora[key].float(), lora[f"{name}.lora_up.weight"].float()
+        alpha = float(lora[f"{name}.alpha"]) if f"{name}.alpha" in lora else down.shape[0]
+        target = key_map[name]
+        merged[target] = merged[target] + (alpha / down.shape[0]) * (up @ down)
+    return merged, missed

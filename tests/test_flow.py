@@ -185,7 +185,7 @@ def test_stop_and_resume_on_flux_equals_an_uninterrupted_run(flow_models, tmp_pa
         ("sd3", ["--guidance-scale", "3.5"], "--guidance-scale"),
         ("flux-schnell", ["--guidance-scale", "3.5"], "--guidance-scale"),
         ("flux", ["--text-encoder-2-lr", "1e-4"], "--text-encoder-2-lr"),
-        ("sd3", ["--save-format", "kohya"], "--save-format"),
+        ("flux", ["--use-dora", "--save-format", "both"], "--save-format"),
         ("sd3", ["--method", "textual-inversion", "--token", "<zq>", "--initializer-token", "dog"], "--method"),
         (None, ["--weighting-scheme", "logit_normal"], "--weighting-scheme"),
         (None, ["--max-sequence-length", "77"], "--max-sequence-length"),
@@ -255,7 +255,9 @@ def test_kohya_flux_layout_is_what_diffusers_converter_reads_at_flux1_widths():
     diffusers' own kohya-FLUX converter reads our fused file back to the same LoRA products."""
     from diffusers.loaders.lora_conversion_utils import _convert_kohya_flux_lora_to_diffusers
 
-    from dreambooth.families.flux import from_kohya_flux, to_kohya_flux
+    from dreambooth.families.fused import from_fused, to_fused
+
+    groups = FAMILIES["flux"].kohya_groups
 
     config, h = dict(num_attention_heads=24, attention_head_dim=128, num_layers=19, num_single_layers=38), 3072
     torch.manual_seed(0)
@@ -263,12 +265,12 @@ def test_kohya_flux_layout_is_what_diffusers_converter_reads_at_flux1_widths():
              "add_k_proj", "add_v_proj", "to_add_out")] + [f"single_transformer_blocks.37.attn.{m}"
              for m in ("to_q", "to_k", "to_v")] + ["single_transformer_blocks.37.proj_out"]  # fmt: skip
     ours = {p: (torch.randn(2, h if "proj_out" not in p else 5 * h), torch.randn(h, 2), 8.0) for p in paths}
-    kohya = to_kohya_flux(ours, config)
+    kohya = to_fused(ours, groups(config), "FLUX.1")
     assert set(kohya) == {"double_blocks_18_img_attn_qkv", "double_blocks_18_img_attn_proj",
                           "double_blocks_18_txt_attn_qkv", "double_blocks_18_txt_attn_proj",
                           "single_blocks_37_linear1", "single_blocks_37_linear2"}  # fmt: skip
     theirs = _convert_kohya_flux_lora_to_diffusers(_kohya_file(kohya))
-    back = from_kohya_flux(kohya, config)
+    back = from_fused(kohya, groups(config), "FLUX.1")
     for p, (down, up, alpha) in ours.items():
         want = (alpha / 2) * up @ down
         got = theirs[f"transformer.{p}.lora_B.weight"] @ theirs[f"transformer.{p}.lora_A.weight"]
@@ -330,6 +332,64 @@ def test_flux_lora_in_kohyas_layout_merges_as_comfyui_merges_it_and_round_trips(
                      "--max-sequence-length", "16", "--output-dir", str(tmp_path / out)]) == 0  # fmt: skip
         from PIL import Image
 
+        return np.asarray(Image.open(next((tmp_path / out).glob("*.png"))), dtype=np.float32)
+
+    ours = image(run, "a")
+    assert np.abs(image(back, "b") - ours).max() <= 1.0
+    assert np.abs(image(run / "run.safetensors", "c") - ours).max() <= 1.0
+
+
+def test_sd3_lora_in_kohyas_layout_loads_in_comfyuis_model_as_stock_diffusers_fuses_it(flow_models, tmp_path):
+    """The kohya file of an SD 3.5-layout run (LoRA on attention, the second attention and feed-forward,
+    both CLIP encoders): every key is one ComfyUI's SD3 model loads (joint_blocks.N.x_block.attn.qkv ...,
+    lora_te1_/lora_te2_), and merged onto ComfyUI's weights it gives what stock diffusers' fused
+    pipeline has, mapped to ComfyUI's layout (tests/consumers.py); read back, it draws the run's images."""
+    import diffusers
+    from PIL import Image
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from consumers import comfyui_clip_weights, comfyui_load_lora, comfyui_mmdit_weights
+    from dreambooth.demo import example_subject
+
+    model, run = flow_models / "sd3", tmp_path / "run"
+    assert main(["train", "--model", str(model), "--instance-dir", str(example_subject()), "--instance-prompt",
+                 "a photo of sks dog", "--output-dir", str(run), "--max-steps", "2", "--rank", "4",
+                 "--lora-alpha", "8", "--learning-rate", "5e-2", "--lora-targets", "attn,ff",
+                 "--train-text-encoder", "--max-sequence-length", "16", "--save-format", "both",
+                 "--lr-scheduler", "constant"]) == 0  # fmt: skip
+    kohya = load_file(run / "run.safetensors")
+    for name in ("joint_blocks_0_x_block_attn_qkv", "joint_blocks_0_x_block_attn2_qkv",
+                 "joint_blocks_1_context_block_attn_qkv", "joint_blocks_0_context_block_mlp_fc2"):  # fmt: skip
+        assert f"lora_unet_{name}.lora_down.weight" in kohya, name
+    assert any(k.startswith("lora_te2_text_model_encoder_layers_0_self_attn") for k in kohya)
+    with safe_open(str(run / "run.safetensors"), "pt") as f:
+        assert f.metadata()["ss_base_model_version"] == "5-medium"  # sd-scripts' name for SD 3.5 Medium
+
+    def comfy_weights(pipe):
+        return {**comfyui_mmdit_weights(pipe.transformer.state_dict(), 2),
+                **comfyui_clip_weights(pipe.text_encoder.state_dict(), pipe.text_encoder_2.state_dict())}  # fmt: skip
+
+    base = comfy_weights(diffusers.StableDiffusion3Pipeline.from_pretrained(model))
+    merged, missed = comfyui_load_lora(base, kohya)
+    assert missed == []
+    pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(model)
+    pipe.load_lora_weights(run)
+    pipe.fuse_lora(components=["transformer", "text_encoder", "text_encoder_2"])
+    tuned = comfy_weights(pipe)
+    changed = [k for k in base if not torch.equal(merged[k], base[k])]
+    assert len(changed) == sum(k.endswith(".lora_down.weight") for k in kohya)
+    for k in base:
+        assert torch.allclose(merged[k], tuned[k], atol=1e-5), k
+
+    back = tmp_path / "back.safetensors"
+    assert main(["export", "--lora", str(run / "run.safetensors"), "--format", "diffusers", str(back),
+                 "--model", str(model)]) == 0  # fmt: skip
+
+    def image(lora, out):
+        assert main(["generate", "--model", str(model), "--lora", str(lora), "--prompt", "a photo of sks dog",
+                     "--num-images", "1", "--steps", "2", "--max-sequence-length", "16",
+                     "--output-dir", str(tmp_path / out)]) == 0  # fmt: skip
         return np.asarray(Image.open(next((tmp_path / out).glob("*.png"))), dtype=np.float32)
 
     ours = image(run, "a")

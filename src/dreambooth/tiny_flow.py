@@ -64,8 +64,9 @@ def _tokenizers(out: Path):
 
 
 def build_tiny_sd3(out: Path, seed: int = 0) -> Path:
-    """A tiny StableDiffusion3Pipeline (SD 3 / 3.5 layout): CLIP-L- and CLIP-G-like encoders (32 and 48
-    wide, with projections), T5 (96 wide), an MMDiT with patch size 2 and the 64 px native size of the
+    """A tiny StableDiffusion3Pipeline (SD 3.5 Medium's layout): CLIP-L- and CLIP-G-like encoders (32 and 48
+    wide, with projections), T5 (96 wide), an MMDiT with patch size 2, RMS-normed queries and keys, a
+    second attention in its first block and the 64 px native size of the
     other tiny models, a VAE with SD3's shift factor, and the shift-3 flow-matching schedule."""
     import shutil
 
@@ -93,6 +94,8 @@ def build_tiny_sd3(out: Path, seed: int = 0) -> Path:
         caption_projection_dim=32,
         pooled_projection_dim=32 + 48,  # both CLIP projections, concatenated
         pos_embed_max_size=32,
+        qk_norm="rms_norm",  # SD 3.5's
+        dual_attention_layers=(0,),  # SD 3.5 Medium's second attention in its first blocks
     )
     vae = AutoencoderKL(
         **(vae_config() | {"scaling_factor": 1.5305, "shift_factor": 0.0609}),

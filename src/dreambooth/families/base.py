@@ -43,7 +43,6 @@ class Family:
     embedding_parts: tuple[str, ...] = ()
     upcast_vae = False  # the VAE overflows in fp16: keep it in fp32
     textual_inversion = True  # a new token's embedding can be learned (in every text encoder)
-    kohya_layout = True  # kohya's and ComfyUI's LoRA layout (export --format kohya) is written
     kohya_fused = False  # the layout fuses several denoiser modules into one (kohya_entries names them)
     size_conditioning = False  # the denoiser is conditioned on each image's size and crop (SDXL)
     safety_checker = True  # the pipeline has one (loaded as None: this tool makes no content decisions)
@@ -78,6 +77,10 @@ class Family:
         """A kohya-layout LoRA state dict as diffusers' (alphas folded into lora_B) where the family reads
         kohya files itself; None where stock `load_lora_weights` reads them."""
         return None
+
+    def kohya_model_version(self, denoiser: dict | None) -> str:
+        """kohya's ss_base_model_version for a model with this denoiser config."""
+        return self.kohya_version
 
     def kohya_unet_name(self, path: str, unet_config: dict | None) -> str:
         """A UNet module's name in kohya's layout (before dots become underscores): diffusers' own."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..errors import UserError
 from .base import Family, tokenize
 
 # diffusers' SD3 and FLUX scripts' defaults (the weighting scheme is the family's)
@@ -23,7 +24,27 @@ class FlowFamily(Family):
     upcast_vae = True
     safety_checker = False
     textual_inversion = False
-    kohya_layout = False  # kohya's and ComfyUI's LoRA layout (export --format kohya) is written (FLUX)
+    kohya_fused = True  # kohya's names are the original model's, whose layers fuse several of diffusers'
+
+    def kohya_groups(self, config: dict) -> dict[str, tuple[tuple[str, int], ...]]:
+        """{kohya name after lora_unet_: ((diffusers module path, output width), ...)} for a transformer of
+        this config, in the fused weight's row order (fused.py)."""
+        raise NotImplementedError
+
+    def kohya_entries(self, modules: dict[str, tuple], denoiser_config: dict | None) -> dict[str, tuple]:
+        from .fused import to_fused
+
+        if denoiser_config is None:
+            raise UserError(f"a {self.label} LoRA needs its base model to name the fused layers; give --model")
+        return to_fused(modules, self.kohya_groups(denoiser_config), self.label)
+
+    def kohya_state_to_diffusers(self, state: dict, denoiser_config: dict) -> dict:
+        """kohya's file in diffusers' layout, split by this model's widths (diffusers' own kohya-FLUX
+        converter assumes FLUX.1's 3072-wide layers; it has none for SD3)."""
+        from .fused import fused_state_to_diffusers
+
+        groups = self.kohya_groups(denoiser_config)
+        return fused_state_to_diffusers(state, groups, self.kohya_text_encoder_prefixes, self.label)
 
     def native_size(self, denoiser: dict, vae: dict) -> int:
         from .base import vae_factor
@@ -78,8 +99,8 @@ class FlowFamily(Family):
             out.append(("guidance_scale", "for guidance-distilled models (FLUX.1 [dev]), whose transformer embeds it"))
         if cfg.text_encoder_2_lr is not None and len(self.trainable_text_encoders) < 2:
             out.append(("text_encoder_2_lr", "for a second text encoder that trains (T5 stays frozen)"))
-        if cfg.save_format != "diffusers" and not self.kohya_layout:
-            out.append(("save_format", "kohya's layout is not written for this family yet; use diffusers"))
+        if cfg.use_dora and cfg.save_format != "diffusers":
+            out.append(("save_format", f"DoRA has no kohya form for {self.label} (its layers are fused there)"))
         return out
 
     def sampler(self, name: str, base_config, zero_terminal_snr: bool = False):

@@ -5,9 +5,6 @@ text conditioning; [dev] is guidance-distilled (the guidance scale is an input o
 
 from __future__ import annotations
 
-import re
-
-from ..errors import UserError
 from .flow import DEFAULT_GUIDANCE, FlowFamily
 from .sd3 import ATTENTION
 
@@ -28,40 +25,11 @@ class Flux(FlowFamily):
     default_max_sequence_length = 512
     t5_tokenizer = "tokenizer_2"
 
-    kohya_layout = True
-    kohya_fused = True
     kohya_version = "flux1"
     kohya_text_encoder_prefixes = {"text_encoder": "lora_te1"}
 
-    def kohya_entries(self, modules: dict[str, tuple], denoiser_config: dict | None) -> dict[str, tuple]:
-        if denoiser_config is None:
-            raise UserError("a FLUX LoRA needs its base model to name the fused layers; give --model")
-        return to_kohya_flux(modules, denoiser_config)
-
-    def kohya_state_to_diffusers(self, state: dict, denoiser_config: dict) -> dict:
-        """kohya's FLUX file (lora_unet_double_blocks_..., lora_te1_...) in diffusers' layout, split by this
-        model's widths (diffusers' own converter assumes FLUX.1's 3072-wide layers)."""
-        entries, te = {}, {}
-        for key in state:
-            if key.endswith(".lora_down.weight"):
-                name = key[: -len(".lora_down.weight")]
-                down, up = state[key], state[f"{name}.lora_up.weight"]
-                alpha = float(state[f"{name}.alpha"]) if f"{name}.alpha" in state else float(down.shape[0])
-                if name.startswith("lora_unet_"):
-                    entries[name[len("lora_unet_") :]] = (down, up, alpha)
-                elif name.startswith(("lora_te1_", "lora_te_")):
-                    path = name.split("_", 2)[2].replace("text_model_encoder_layers_", "text_model.encoder.layers.")
-                    path = path.replace("_self_attn_", ".self_attn.").replace("_mlp_", ".mlp.")
-                    path = re.sub(r"layers\.(\d+)_", r"layers.\1.", path)
-                    te[f"text_encoder.{path}"] = (down, up, alpha)
-                else:
-                    raise UserError(f"{key}: not a FLUX LoRA key of kohya's layout")
-        out = {}
-        for path, (down, up, alpha) in [*from_kohya_flux(entries, denoiser_config).items(), *te.items()]:
-            prefix = path if path.startswith("text_encoder.") else f"transformer.{path}"
-            out[f"{prefix}.lora_A.weight"] = down
-            out[f"{prefix}.lora_B.weight"] = up * (alpha / down.shape[0])
-        return out
+    def kohya_groups(self, config: dict) -> dict[str, tuple[tuple[str, int], ...]]:
+        return kohya_groups(config)
 
     def guidance_embedded(self, denoiser: dict) -> bool:
         return bool(denoiser.get("guidance_embeds"))
@@ -167,67 +135,4 @@ def kohya_groups(config: dict) -> dict[str, tuple[tuple[str, int], ...]]:
             )
     for name, path in _TOP.items():
         out[name] = ((path, 0),)
-    return out
-
-
-def to_kohya_flux(modules: dict[str, tuple], config: dict) -> dict[str, tuple]:
-    """{diffusers path: (down, up, alpha)} -> {kohya name: (down, up, alpha)} (pure). Modules fused in
-    one original layer become one LoRA whose down stacks theirs and whose up is block-diagonal (each
-    module's scale alpha / rank folded into its block, the fused alpha its rank); a fused part without
-    LoRA gets a zero block, so the result equals the separate LoRAs exactly and diffusers' kohya-FLUX
-    converter splits it back (its "sparse" case)."""
-    import torch
-
-    out, left = {}, dict(modules)
-    for name, parts in kohya_groups(config).items():
-        present = [p for p, _ in parts if p in left]
-        if not present:
-            continue
-        if len(parts) == 1:
-            out[name] = left.pop(parts[0][0])
-            continue
-        rank = left[present[0]][0].shape[0]
-        sample = left[present[0]][0]
-        downs, ups = [], []
-        for path, rows in parts:
-            down, up, alpha = left.pop(path) if path in left else (None, None, None)
-            if down is not None and down.shape[0] != rank:
-                raise UserError(f"transformer.{path}: rank {down.shape[0]}, but its fused layer's others have {rank}")
-            downs.append(down if down is not None else torch.zeros_like(sample))
-            ups.append(up * (alpha / rank) if up is not None else torch.zeros(rows, rank, dtype=sample.dtype))
-        out[name] = (torch.cat(downs), torch.block_diag(*ups), float(rank * len(parts)))
-    if left:
-        raise UserError(f"transformer.{sorted(left)[0]}: LoRA on a module with no kohya name for FLUX")
-    return out
-
-
-def from_kohya_flux(entries: dict[str, tuple], config: dict) -> dict[str, tuple]:
-    """The inverse of to_kohya_flux: {kohya name: (down, up, alpha)} -> {diffusers path: (down, up, alpha)}
-    (pure). A fused LoRA is split by its modules' widths: block-diagonal ones into their blocks, others
-    (trained fused, as kohya does) with the whole down for each module and its rows of up."""
-    import torch
-
-    out = {}
-    groups = kohya_groups(config)
-    for name, (down, up, alpha) in entries.items():
-        if name not in groups:
-            raise UserError(f"lora_unet_{name}: not a module of this FLUX transformer")
-        parts = groups[name]
-        if len(parts) == 1:
-            out[parts[0][0]] = (down, up, alpha)
-            continue
-        rows = [r for _, r in parts]
-        rank, n = down.shape[0], len(parts)
-        blocks = torch.split(up, rows)
-        r = rank // n
-        sparse = rank % n == 0 and all(
-            not b[:, :i * r].any() and not b[:, (i + 1) * r:].any() for i, b in enumerate(blocks)
-        )  # fmt: skip
-        for i, ((path, _), block) in enumerate(zip(parts, blocks)):
-            if sparse:
-                d, u = down[i * r : (i + 1) * r], block[:, i * r : (i + 1) * r]
-                if d.any() or u.any():
-                    out[path] = (d, u, float(alpha) * r / rank)
-            else:
-                out[path] = (down, block, float(alpha))
     return out

@@ -26,6 +26,31 @@ class SD3(FlowFamily):
     default_weighting = "logit_normal"  # diffusers' SD3 script's default
     default_max_sequence_length = 77  # diffusers' SD3 script's default
     t5_tokenizer = "tokenizer_3"
+    kohya_text_encoder_prefixes = {"text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}
+
+    def kohya_model_version(self, denoiser: dict | None) -> str:
+        """sd-scripts' ss_base_model_version for SD3: what follows "stable-diffusion-3-" (sd3_utils)."""
+        if not (denoiser or {}).get("qk_norm"):
+            return "medium"
+        return "5-medium" if denoiser.get("dual_attention_layers") else "5-large"
+
+    def kohya_groups(self, config: dict) -> dict[str, tuple[tuple[str, int], ...]]:
+        """sd-scripts' and ComfyUI's MMDiT names (joint_blocks.N.x_block.attn.qkv ...), as ComfyUI's
+        mmdit_to_diffusers maps diffusers' SD3 transformer onto them. The last block's context
+        modulation is left out: its shift and scale halves are swapped there."""
+        h = config["num_attention_heads"] * config["attention_head_dim"]
+        depth = config["num_layers"]
+        out = {}
+        for i in range(depth):
+            for name, parts in _JOINT.items():
+                if name == "context_block_adaLN_modulation_1" and i == depth - 1:
+                    continue
+                if "attn2" in name and i not in (config.get("dual_attention_layers") or ()):
+                    continue
+                out[f"joint_blocks_{i}_{name}"] = tuple((f"transformer_blocks.{i}.{p}", h) for p in parts)
+        for name, path in _TOP.items():
+            out[name] = ((path, 0),)
+        return out
 
     @classmethod
     def recognises(cls, index: dict, unet: dict, text_encoder: dict) -> bool:
@@ -67,3 +92,29 @@ class SD3(FlowFamily):
             encoder_hidden_states=emb,
             pooled_projections=conditions["pooled_projections"],
         ).sample
+
+
+# The original MMDiT's modules (sd-scripts' lora_sd3.py; ComfyUI's comfy/utils.py MMDIT_MAP_*), each with
+# diffusers' modules fused in it, in row order.
+_JOINT = {
+    "x_block_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+    "x_block_attn_proj": ("attn.to_out.0",),
+    "x_block_attn2_qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v"),
+    "x_block_attn2_proj": ("attn2.to_out.0",),
+    "x_block_mlp_fc1": ("ff.net.0.proj",),
+    "x_block_mlp_fc2": ("ff.net.2",),
+    "x_block_adaLN_modulation_1": ("norm1.linear",),
+    "context_block_attn_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+    "context_block_attn_proj": ("attn.to_add_out",),
+    "context_block_mlp_fc1": ("ff_context.net.0.proj",),
+    "context_block_mlp_fc2": ("ff_context.net.2",),
+    "context_block_adaLN_modulation_1": ("norm1_context.linear",),
+}
+_TOP = {
+    "context_embedder": "context_embedder",
+    "t_embedder_mlp_0": "time_text_embed.timestep_embedder.linear_1",
+    "t_embedder_mlp_2": "time_text_embed.timestep_embedder.linear_2",
+    "y_embedder_mlp_0": "time_text_embed.text_embedder.linear_1",
+    "y_embedder_mlp_2": "time_text_embed.text_embedder.linear_2",
+    "final_layer_linear": "proj_out",
+}

@@ -9,8 +9,10 @@ kohya layout names each module with underscores under a prefix and stores the sc
 
 SD 1.x/2.x modules keep diffusers' UNet names (kohya trains those on a diffusers-layout UNet); SDXL's
 use the SGM/LDM block names (input_blocks.4.1...) of the UNet kohya trains SDXL on. `.alpha` is the
-run's lora_alpha, so alpha / rank, the scale, is kept when alpha != rank. The reverse direction
-(reading kohya files) is diffusers' own converter inside `load_lora_weights`.
+run's lora_alpha, so alpha / rank, the scale, is kept when alpha != rank. SD3's and FLUX's use the
+original models' names, where several of diffusers' modules are one fused layer (the family's
+kohya_groups; families/fused.py). The reverse direction (reading kohya files) is diffusers' own
+converter inside `load_lora_weights`, or the family's kohya_state_to_diffusers (SD3, FLUX).
 
 DoRA (`.dora_scale`): peft keeps one magnitude per output channel, m, and merges
 W' = m * V / ||V||_row with V = W + (alpha / rank) * up @ down. The programs that read kohya files
@@ -90,8 +92,6 @@ def to_kohya(
         if not {"down", "up"} <= set(parts):
             raise UserError(f"{module}: has lora_A or lora_B but not both")
         component, _, path = module.partition(".")
-        if not family.kohya_layout:
-            raise UserError(f"kohya's layout is not written for {family.label} yet; use diffusers' file")
         if component == family.denoiser and family.kohya_fused:
             if "magnitude" in parts:
                 raise UserError(f"{module}: DoRA has no kohya form for {family.label} (its layers are fused there)")
@@ -157,7 +157,7 @@ def base_weights(models: dict) -> Callable[[str], object]:
     return get
 
 
-def kohya_metadata(adapter: dict, run: dict | None, family, name: str) -> dict[str, str]:
+def kohya_metadata(adapter: dict, run: dict | None, family, name: str, denoiser: dict | None = None) -> dict[str, str]:
     """kohya's ss_* training metadata (what AUTOMATIC1111's and ComfyUI's LoRA browsers show)."""
     rank = adapter.get(f"{family.denoiser}.r") or adapter.get("text_encoder.r")
     alpha = adapter.get(f"{family.denoiser}.lora_alpha") or adapter.get("text_encoder.lora_alpha") or rank
@@ -165,7 +165,7 @@ def kohya_metadata(adapter: dict, run: dict | None, family, name: str) -> dict[s
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(float(alpha)) if alpha is not None else "None",
-        "ss_base_model_version": family.kohya_version,
+        "ss_base_model_version": family.kohya_model_version(denoiser),
         "ss_v2": str(family.kohya_version == "sd_v2"),
         "ss_output_name": name,
         "ss_training_comment": "trained with dreambooth (https://github.com/) LoRA DreamBooth; exported to kohya's layout",
@@ -215,7 +215,7 @@ def kohya_tensors(
     except UserError as e:
         raise UserError(f"{flag}: {e}") from None
     tensors.update(bundled_embedding(src.parent, run))
-    metadata = kohya_metadata(adapter, run, family, name)
+    metadata = kohya_metadata(adapter, run, family, name, unet_config)
     if dora:
         metadata["dreambooth_dora_for"] = dora_for
     return tensors, metadata
