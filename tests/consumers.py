@@ -237,6 +237,14 @@ _MMDIT_BASIC = {
     "y_embedder.mlp.2": "time_text_embed.text_embedder.linear_2",
     "final_layer.linear": "proj_out",
 }
+_MMDIT_NORMS = {
+    "x_block.attn.ln_q": "attn.norm_q",
+    "x_block.attn.ln_k": "attn.norm_k",
+    "context_block.attn.ln_q": "attn.norm_added_q",
+    "context_block.attn.ln_k": "attn.norm_added_k",
+    "x_block.attn2.ln_q": "attn2.norm_q",
+    "x_block.attn2.ln_k": "attn2.norm_k",
+}
 _QKV = {
     "x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
     "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
@@ -249,28 +257,39 @@ def _swap(w):
     return torch.cat([scale, shift])
 
 
-def comfyui_mmdit_weights(diffusers_state: dict, depth: int) -> dict:
-    """The linear weights of ComfyUI's SD3 model (diffusion_model.joint_blocks.N...) from a diffusers SD3
-    transformer's state dict (peft-wrapped or not)."""
+def comfyui_mmdit_weights(diffusers_state: dict, depth: int, ends=("weight",)) -> dict:
+    """ComfyUI's SD3 model (diffusion_model.joint_blocks.N...) from a diffusers SD3 transformer's state
+    dict (peft-wrapped or not): the linear layers' weights, or with ends=("weight", "bias") every tensor
+    (the original checkpoint's layout: also the q/k norms, the patch embedding and pos_embed)."""
 
-    def get(path):
-        return diffusers_state.get(f"{path}.base_layer.weight", diffusers_state.get(f"{path}.weight"))
+    def get(path, end):
+        return diffusers_state.get(f"{path}.base_layer.{end}", diffusers_state.get(f"{path}.{end}"))
 
     out = {}
     for i in range(depth):
         src, dst = f"transformer_blocks.{i}", f"diffusion_model.joint_blocks.{i}"
-        for theirs, parts in _QKV.items():
-            ws = [get(f"{src}.{p}") for p in parts]
-            if all(w is not None for w in ws):
-                out[f"{dst}.{theirs}.weight"] = torch.cat(ws)
-        for theirs, ours in _MMDIT_BLOCK.items():
-            w = get(f"{src}.{ours}")
-            if w is not None:
-                swap = theirs.startswith("context_block.adaLN") and i == depth - 1
-                out[f"{dst}.{theirs}.weight"] = _swap(w) if swap else w
-    for theirs, ours in _MMDIT_BASIC.items():
-        out[f"diffusion_model.{theirs}.weight"] = get(ours)
-    out["diffusion_model.final_layer.adaLN_modulation.1.weight"] = _swap(get("norm_out.linear"))
+        for end in ends:
+            for theirs, parts in _QKV.items():
+                ws = [get(f"{src}.{p}", end) for p in parts]
+                if all(w is not None for w in ws):
+                    out[f"{dst}.{theirs}.{end}"] = torch.cat(ws)
+            for theirs, ours in _MMDIT_BLOCK.items():
+                w = get(f"{src}.{ours}", end)
+                if w is not None:
+                    swap = theirs.startswith("context_block.adaLN") and i == depth - 1
+                    out[f"{dst}.{theirs}.{end}"] = _swap(w) if swap else w
+        if "bias" in ends:  # the RMS norms of queries and keys (SD 3.5)
+            for theirs, ours in _MMDIT_NORMS.items():
+                w = get(f"{src}.{ours}", "weight")
+                if w is not None:
+                    out[f"{dst}.{theirs}.weight"] = w
+    basic = {**_MMDIT_BASIC, **({"x_embedder.proj": "pos_embed.proj"} if "bias" in ends else {})}
+    for end in ends:
+        for theirs, ours in basic.items():
+            out[f"diffusion_model.{theirs}.{end}"] = get(ours, end)
+        out[f"diffusion_model.final_layer.adaLN_modulation.1.{end}"] = _swap(get("norm_out.linear", end))
+    if "bias" in ends:
+        out["diffusion_model.pos_embed"] = diffusers_state["pos_embed.pos_embed"]
     return out
 
 

@@ -397,6 +397,49 @@ def test_sd3_lora_in_kohyas_layout_loads_in_comfyuis_model_as_stock_diffusers_fu
     assert np.abs(image(run / "run.safetensors", "c") - ours).max() <= 1.0
 
 
+def test_a_single_file_of_the_sd3_transformer_alone_loads_with_the_rest_from_its_model_config(flow_models, tmp_path):
+    """SD3 and FLUX files are mostly shared as the transformer alone, in the original layout
+    (model.diffusion_model.joint_blocks...). With --model-config naming the base model, diffusers reads
+    the transformer and (unlike stock from_single_file, which looks for diffusers' weight names only) the
+    text encoders and VAE come from the folder: same weights, same image as the folder."""
+    import diffusers
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from consumers import comfyui_mmdit_weights
+
+    folder = flow_models / "sd3"
+    state = diffusers.SD3Transformer2DModel.from_pretrained(folder, subfolder="transformer").state_dict()
+    original = comfyui_mmdit_weights(state, 2, ends=("weight", "bias"))
+    path = tmp_path / "sd35-finetune.safetensors"
+    save_file({f"model.{k}": v.contiguous() for k, v in original.items()}, str(path))
+    images = []
+    for name, model in (("folder", [str(folder)]), ("file", [str(path), "--model-config", str(folder)])):
+        assert main(["generate", "--model", *model, "--prompt", "a photo of a dog", "--steps", "2",
+                     "--num-images", "1", "--max-sequence-length", "16", "--output-dir", str(tmp_path / name)]) == 0  # fmt: skip
+        images.append(np.asarray(Image.open(next((tmp_path / name).glob("*.png"))), dtype=np.int16))
+    assert np.abs(images[0] - images[1]).max() <= 1
+    loaded = load_components(str(path)).denoiser.state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("guidance,repo", [(True, "FLUX.1-dev"), (False, "FLUX.1-schnell")])
+def test_a_flux_single_file_is_recognised_by_its_keys(flow_models, tmp_path, capsys, guidance, repo):
+    """A FLUX.1 file (BFL's names: double_blocks..., guidance_in only in [dev]) is recognised as FLUX and
+    its configs are looked for where diffusers infers them; offline and without --model-config that is
+    the one line that says so (not "unsupported")."""
+    from safetensors.torch import save_file
+
+    keys = {"double_blocks.0.img_attn.norm.key_norm.scale": torch.ones(8), "img_in.weight": torch.zeros(32, 16),
+            **({"guidance_in.in_layer.bias": torch.zeros(32)} if guidance else {})}  # fmt: skip
+    path = tmp_path / "flux.safetensors"
+    save_file({f"model.diffusion_model.{k}": v for k, v in keys.items()}, str(path))
+    assert main(["generate", "--model", str(path), "--prompt", "a dog", "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"black-forest-labs/{repo}" in err[0] and "--model-config" in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("arch", ["sd3", "flux"])
 def test_grid_evaluate_select_and_the_model_card_take_a_flow_model(flow_models, make_cfg, extractors, tmp_path, arch):
     import json

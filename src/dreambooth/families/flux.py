@@ -24,6 +24,7 @@ class Flux(FlowFamily):
     default_weighting = "none"  # diffusers' FLUX script's default
     default_max_sequence_length = 512
     t5_tokenizer = "tokenizer_2"
+    single_file_kinds = ("flux-dev", "flux-schnell")  # not Fill or Depth: they take an image too
 
     kohya_version = "flux1"
     kohya_text_encoder_prefixes = {"text_encoder": "lora_te1"}
