@@ -474,6 +474,34 @@ def test_grid_evaluate_select_and_the_model_card_take_a_flow_model(flow_models, 
     assert [c["step"] for c in selection["candidates"]] == [1, 2]
 
 
+def test_sweep_trains_and_scores_a_flow_model(flow_models, extractors, tmp_path):
+    """`sweep --evaluate` on FLUX: one run per value of [dev]'s embedded training guidance, each scored
+    with the paper's metrics on images the family's pipeline draws (at --width/--height, not FLUX's
+    native 1024 px), and one recommended. (select, which scores each run, is tested on SD3 too.)"""
+    arch, vary = "flux", "guidance-scale=1,3.5"
+    import json
+
+    import yaml
+
+    from dreambooth.demo import example_subject
+
+    dino, clip = extractors
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(dict(model=str(flow_models / arch), instance_dir=str(example_subject()),
+                                        instance_prompt="a photo of sks dog", resolution=64, max_steps=2, rank=4,
+                                        checkpoint_every=2, lr_scheduler="constant", max_sequence_length=16)))  # fmt: skip
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--config", str(base), "--output-dir", str(out), "--vary", vary, "--evaluate",
+                 "--dino-model", str(dino), "--clip-model", str(clip), "--prompts", "2", "--images-per-prompt",
+                 "1", "--num-class-images", "2", "--steps", "2", "--width", "64", "--height", "64"]) == 0  # fmt: skip
+    report = json.loads((out / "sweep.json").read_text())
+    key, values = vary.split("=")
+    assert len(report["candidates"]) == 2 and all(r["dino"] is not None for r in report["candidates"])
+    runs = {r["run"] for r in report["runs"]}
+    assert runs == {f"{key}-{v}" for v in values.split(",")}, runs
+    assert report["recommended"]["run"] in runs
+
+
 def test_compare_leaves_out_what_the_family_cannot_train_and_refuses_it_by_name(flow_models, tmp_path, capsys):
     from dreambooth.compare import methods_for
     from dreambooth.config import CompareConfig

@@ -49,6 +49,8 @@ def evaluate_paper(cfg: SweepConfig, p: Planned) -> list[dict]:
         num_class_images=cfg.num_class_images,
         guidances=[cfg.guidance],
         steps=cfg.steps,
+        width=cfg.width,
+        height=cfg.height,
         seed=cfg.seed,
         dino_model=cfg.dino_model,
         clip_model=cfg.clip_model,
@@ -69,7 +71,9 @@ def evaluate_oracle(cfg: SweepConfig, p: Planned, engine) -> list[dict]:
     from .toyworld.subject import read_subject
 
     rows = []
-    sampling = SamplingConfig(model=p.cfg.model, steps=cfg.steps, guidance=cfg.guidance)
+    sampling = SamplingConfig(
+        model=p.cfg.model, steps=cfg.steps, guidance=cfg.guidance, width=cfg.width, height=cfg.height
+    )
     method = get_method(p.cfg)
     for step, path in _candidates(Path(p.cfg.output_dir), method):
         readings = {}
@@ -201,7 +205,9 @@ def _grid(cfg: SweepConfig, out: Path, planned: list[Planned], best_of_run: dict
     grid_rows = []
     seeds = [cfg.seed, cfg.seed + 1]
     for p in done:
-        sampling = SamplingConfig(model=p.cfg.model, steps=cfg.steps, guidance=cfg.guidance)
+        sampling = SamplingConfig(
+            model=p.cfg.model, steps=cfg.steps, guidance=cfg.guidance, width=cfg.width, height=cfg.height
+        )
         weights = get_method(p.cfg).sampling(Path(best_of_run[p.name]["checkpoint"]))
         grid_rows.append(
             [engine.render([image_settings(sampling, engine, pr, s, **weights)])[0] for pr in prompts for s in seeds]

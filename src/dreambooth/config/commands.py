@@ -27,6 +27,12 @@ class SelectConfig:
         "dino=1,clip_t=1", "weights of the min-max-normalised metrics whose sum picks the recommendation"
     )
     steps: int = option(30, "denoising steps")
+    width: int | None = option(
+        None, "width of the scored images (default: the model's native size)", gt=0, multiple_of=8
+    )
+    height: int | None = option(
+        None, "height of the scored images (default: the model's native size)", gt=0, multiple_of=8
+    )
     scheduler: str | None = option(None, SAMPLER_HELP, choices=SCHEDULER_NAMES)
     seed: int = option(0, "seed of the first image of each prompt")
     dtype: str = option("auto", "weights' precision", choices=DTYPES)

@@ -60,6 +60,12 @@ class SweepConfig:
     num_class_images: int = option(8, "class-prompt images for PRES", ge=0)
     guidance: float = option(7.5, "guidance scale of the scored images")
     steps: int = option(25, "denoising steps of the scored images", ge=1)
+    width: int | None = option(
+        None, "width of the scored images (default: the model's native size)", gt=0, multiple_of=8
+    )
+    height: int | None = option(
+        None, "height of the scored images (default: the model's native size)", gt=0, multiple_of=8
+    )
     seed: int = option(0, "seed of the first image of each prompt")
     dino_model: str = dino_model_field()
     clip_model: str = clip_model_field()

@@ -158,6 +158,8 @@ def _protocol(cfg: SelectConfig, saved: TrainConfig, out: Path) -> tuple[Evaluat
         scheduler=cfg.scheduler,
         seed=cfg.seed,
         dtype=cfg.dtype,
+        width=cfg.width,
+        height=cfg.height,
     )
     return base, prompts
 
