@@ -502,6 +502,44 @@ def test_sweep_trains_and_scores_a_flow_model(flow_models, extractors, tmp_path)
     assert report["recommended"]["run"] in runs
 
 
+def test_the_web_ui_trains_generates_and_reads_back_on_a_flow_model(flow_models, tmp_path):
+    """The UI's logic (no browser) on SD3: the train form's run trains as its own process, the generate
+    form draws with its LoRA and the family's sampler ("(the model's)"), and a PNG brings its run and
+    settings back to the form."""
+    import time
+
+    from PIL import Image
+
+    from dreambooth.demo import example_subject
+    from dreambooth.ui.backend import MODEL_SAMPLER, Backend
+    from dreambooth.ui.projects import Projects, TrainForm, view, write_train_config
+    from dreambooth.ui.supervisor import Supervisor
+
+    (tmp_path / "projects").mkdir()
+    projects, model = Projects(tmp_path / "projects"), str(flow_models / "sd3")
+    photos = sorted(p for p in example_subject().iterdir() if p.suffix == ".jpg")[:2]
+    form = TrainForm(name="sd3-dog", identifier="sks", class_noun="dog", method="lora", max_steps=2,
+                     learning_rate=1e-3, prior=False, resolution=64, checkpoint_every=2)  # fmt: skip
+    run = write_train_config(projects, form, model, photos).parent
+    sup = Supervisor()
+    sup.start(run)
+    deadline = time.monotonic() + 180
+    while sup.state(run) not in ("finished", "stopped") and not str(sup.state(run)).startswith("failed"):
+        assert time.monotonic() < deadline, sup.state(run)
+        time.sleep(0.2)
+    assert sup.state(run) == "finished", (run / "train.log").read_text()[-2000:]
+    assert view(run, "finished").step == 2
+
+    backend = Backend(projects, model, sup)
+    gen = dict(prompt="a photo of sks dog", model=model, run="sd3-dog", checkpoint="final", seed=0, num_images=1,
+               lora_scale_unet=1, lora_scale_text_encoder=1, guidance=5, steps=2, scheduler=MODEL_SAMPLER)  # fmt: skip
+    (record,) = backend.generate(gen)
+    assert record["settings"]["scheduler"] == "euler" and record["settings"]["lora"]
+    assert Image.open(record["path"]).size == (64, 64)
+    back, note = backend.form_of_png(record["path"])
+    assert note == "" and back["run"] == "sd3-dog" and back["checkpoint"] == "final" and back["model"] == model
+
+
 def test_compare_leaves_out_what_the_family_cannot_train_and_refuses_it_by_name(flow_models, tmp_path, capsys):
     from dreambooth.compare import methods_for
     from dreambooth.config import CompareConfig
