@@ -8,6 +8,14 @@ block counts), saves each in bf16, and loads it through the loader training uses
 quantised-tensor bytes, measured on the loaded model) and the seconds of one LoRA training step (rank
 16 on the attention projections, forward + backward + AdamW) at the given resolution on this machine.
 
+--blocks full (for a GPU): the whole transformer at the published block counts (FLUX.1 [dev] 12 B
+parameters, SD 3.5 Medium 2.5 B), built with random weights directly on the GPU in bf16 (no file: 24 GB
+would take longer to write than to train on), quantised in memory with the same torchao configs the
+loader passes to diffusers (int8, fp8) and bitsandbytes' NF4 layers; it reports the weights' memory,
+the peak GPU memory of a LoRA step (weights, LoRA and Adam in fp32, activations; with
+--gradient-checkpointing as a 16-24 GB card needs) and the seconds per step, with the family's
+default text length (FLUX 512 T5 tokens; SD3 77 CLIP + 77 T5).
+
 Prints Markdown rows for BENCHMARKS.md and writes JSON (--json)."""
 
 from __future__ import annotations
@@ -79,8 +87,11 @@ def full_model_bytes(model, blocks) -> tuple[int, int]:
     return total, full
 
 
-def step_seconds(family_name: str, model, resolution: int, steps: int) -> float:
-    """Mean seconds of a LoRA training step (after one warm-up step)."""
+def step_seconds(
+    family_name: str, model, resolution: int, steps: int, checkpointing: bool = False
+) -> tuple[float, int]:
+    """Mean seconds of a LoRA training step (after one warm-up step), and the peak accelerator memory
+    (bytes; 0 on the CPU)."""
     import torch
     from peft import LoraConfig
 
@@ -89,6 +100,8 @@ def step_seconds(family_name: str, model, resolution: int, steps: int) -> float:
     family = REGISTRY["flux" if family_name == "flux" else "sd3"]
     model.add_adapter(LoraConfig(r=16, lora_alpha=16, init_lora_weights="gaussian",
                                  target_modules=list(family.lora_target_groups["attn"])))  # fmt: skip
+    if checkpointing:
+        model.enable_gradient_checkpointing()
     params = [p for n, p in model.named_parameters() if "lora" in n]
     for p in params:
         p.data = p.data.float()
@@ -98,8 +111,11 @@ def step_seconds(family_name: str, model, resolution: int, steps: int) -> float:
     c = 16
     cfg = model.config
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    length = family.default_max_sequence_length + (77 if family_name != "flux" else 0)  # SD3: CLIP's 77 + T5's
     pooled = torch.randn(1, cfg.pooled_projection_dim, device=device)
-    emb = torch.randn(1, 77, cfg.joint_attention_dim, device=device)
+    emb = torch.randn(1, length, cfg.joint_attention_dim, device=device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for i in range(steps + 1):
         noisy = torch.randn(1, c, side, side, device=device)
@@ -116,7 +132,82 @@ def step_seconds(family_name: str, model, resolution: int, steps: int) -> float:
             torch.cuda.synchronize()
         if i:
             times.append(time.perf_counter() - start)
-    return sum(times) / len(times)
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else 0
+    return sum(times) / len(times), peak
+
+
+def quantize_in_memory(model, kind: str):
+    """model's linear layers quantised as the loader's configs quantise them: torchao's weight-only int8 /
+    float8 (the configs dreambooth.quantize gives diffusers' TorchAoConfig), or bitsandbytes' NF4 with bf16
+    compute (its BitsAndBytesConfig)."""
+    import torch
+
+    if kind != "nf4":
+        from torchao.quantization import quantize_
+
+        from dreambooth.quantize import _config
+
+        quantize_(model, _config(kind, "diffusers").quant_type)
+        return model
+    import bitsandbytes as bnb
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear:
+                new = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                        compute_dtype=torch.bfloat16, quant_type="nf4", device="meta")  # fmt: skip
+                new.weight = bnb.nn.Params4bit(
+                    child.weight.data, requires_grad=False, quant_type="nf4", compress_statistics=False
+                ).to(child.weight.device)
+                if child.bias is not None:
+                    new.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+                setattr(parent, name, new)
+    return model
+
+
+def full_rows(args) -> tuple[list[str], dict]:
+    """--blocks full: each family's whole transformer on the GPU, bf16 and quantised."""
+    import diffusers
+    import torch
+
+    rows, out = [], {}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    header = ["| architecture | base weights | weights | peak memory, LoRA step | resolution | s/step |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    print("\n".join(header), flush=True)
+    for name in args.families.split(","):
+        cls_name, config, blocks = FAMILIES[name]
+        config = dict(config) | {("num_layers" if a == "transformer_blocks" else "num_single_layers"): min(n, args.cap)
+                                 for a, n in blocks}  # fmt: skip
+        if name == "sd35m":
+            config["dual_attention_layers"] = tuple(range(min(13, args.cap)))  # SD 3.5 Medium's: the first 13 blocks
+        for quantize in [None, *[q for q in args.quantize.split(",") if q]]:
+            key = f"{name}-{quantize or 'bf16'}"
+            try:
+                torch.manual_seed(0)
+                default = torch.get_default_dtype()
+                torch.set_default_dtype(torch.bfloat16)
+                try:
+                    with torch.device(device):
+                        model = getattr(diffusers, cls_name)(**config)
+                finally:
+                    torch.set_default_dtype(default)
+                model.requires_grad_(False)
+                if quantize:
+                    quantize_in_memory(model, quantize)
+                weights = tensor_bytes(model)
+                seconds, peak = step_seconds(name, model, args.resolution, args.steps, args.gradient_checkpointing)
+                out[key] = dict(weight_bytes=weights, peak_bytes=peak, step_seconds=seconds)
+                rows.append(f"| {name} (full) | {quantize or 'bf16'} | {weights / 2**30:.1f} GiB | "
+                            f"{peak / 2**30:.1f} GiB | {args.resolution} px | {seconds:.2f} s |")  # fmt: skip
+            except Exception as e:  # one variant's failure (out of memory, a missing kernel) is its row
+                out[key] = dict(error=f"{type(e).__name__}: {e}"[:300])
+                rows.append(f"| {name} (full) | {quantize or 'bf16'} | failed: {out[key]['error']} |")
+            print(rows[-1], flush=True)
+            model = None
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    return header + rows, out
 
 
 def main() -> None:
@@ -128,8 +219,18 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--steps", type=int, default=2, help="timed steps (0: weight memory only)")
     parser.add_argument("--quantize", default="int8", help="comma-separated: int8, fp8, nf4 (the last two on CUDA)")
+    parser.add_argument("--blocks", choices=("few", "full"), default="few")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument(
+        "--cap", type=int, default=1000, help="--blocks full: at most this many blocks of a kind (a CPU try)"
+    )
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.blocks == "full":
+        rows, out = full_rows(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=2))
+        return
     torch.manual_seed(0)
     rows, out = [], {}
     for name in args.families.split(","):
@@ -147,7 +248,7 @@ def main() -> None:
                 if torch.cuda.is_available() and quantize != "nf4":
                     model.to("cuda")
                 built, full = full_model_bytes(model, blocks)
-                seconds = step_seconds(name, model, args.resolution, args.steps) if args.steps else float("nan")
+                seconds = step_seconds(name, model, args.resolution, args.steps)[0] if args.steps else float("nan")
                 key = f"{name}-{quantize or 'bf16'}"
                 out[key] = dict(built_bytes=built, full_model_bytes=full, step_seconds=seconds)
                 rows.append(

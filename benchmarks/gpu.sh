@@ -1,33 +1,37 @@
 #!/usr/bin/env bash
-# Issue 9's GPU figures in one run (about 10 minutes on one H100): SD 1.5 architecture at 512 px,
-# LoRA rank 16 with prior preservation, batch 1.
-#   fp16 and bf16: the trainer (a), --no-cache (b), the floor (c) and the interleaved a/c (i);
-#   then, for each precision, (a) and (c) with gradient checkpointing, with 8-bit Adam (when
-#   bitsandbytes imports), and with both.
-# Each line it prints is a BENCHMARKS.md row; the JSON of every run goes to ${OUT:-bench-gpu}/.
+# The GPU checks in one run (about 8 minutes on one H100), most important first, each under its own
+# time limit so that what finishes comes back:
+#   1. every command on every family's tiny model on CUDA (benchmarks.commands): train (bf16, prior,
+#      text-encoder LoRA, resume), generate, grid, evaluate, select, export; fp16, 8-bit Adam, full and
+#      Textual Inversion on SD 1.5; --quantize-base int8/fp8/nf4 on SD3 and FLUX (issue 20);
+#   2. FLUX.1 [dev] and SD 3.5 Medium at full size (random weights), a LoRA step at 1024 px in bf16 with
+#      gradient checkpointing, the base in bf16, int8, fp8 and nf4: weights, peak memory, s/step (issue 20);
+#   3. SD 1.5 at 512 px, LoRA rank 16 with prior preservation (issue 9): bf16 (a), (b), (c) and the
+#      interleaved a/c; then fp16 (a) and (c).
+# Each line it prints is a BENCHMARKS.md row; each part's JSON, and stderr.log, go to ${OUT:-bench-gpu}/.
+# On the device machine: PYTHONPATH holds src and the carried wheels (see the README's GPU section).
 set -u
 OUT=${OUT:-bench-gpu}
 mkdir -p "$OUT"
-PY=${PY:-python}
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-run() {  # name, then benchmark flags
-  local name=$1; shift
-  timeout 300 "$PY" -m benchmarks.train --arch sd15 --resolution 512 --steps 5 --warmup 2 \
-    --json "$OUT/$name.json" "$@" 2>"$OUT/$name.err" | tee -a "$OUT/rows.md" || echo "| $name failed: $(tail -1 "$OUT/$name.err") |"
+"$PY" -c "import torch, diffusers, transformers, peft, accelerate, torchao; print('torch', torch.__version__, \
+'diffusers', diffusers.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, \
+'accelerate', accelerate.__version__, 'torchao', torchao.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
+part() {  # name, seconds, then the command; its stdout is kept in rows.md, its stderr in stderr.log
+  local name=$1 limit=$2; shift 2
+  local start=$SECONDS
+  echo "== $name" >>"$OUT/stderr.log"
+  timeout "$limit" "$@" 2>>"$OUT/stderr.log" | tee -a "$OUT/rows.md"
+  local code=${PIPESTATUS[0]}
+  echo "($name: exit $code after $((SECONDS - start)) s)"
+  [ "$code" = 0 ] || tail -3 "$OUT/stderr.log"
 }
-for p in fp16 bf16; do
-  run "$p" --precision "$p"
-done
-if "$PY" -c "import bitsandbytes" 2>/dev/null; then BNB=1; else BNB=0; echo "(no bitsandbytes: 8-bit Adam rows skipped)"; fi
-for p in fp16 bf16; do
-  run "$p-gc" --precision "$p" --gradient-checkpointing --variants a,c
-  if [ "$BNB" = 1 ]; then
-    run "$p-8bit" --precision "$p" --adam-8bit --variants a,c
-    run "$p-gc-8bit" --precision "$p" --gradient-checkpointing --adam-8bit --variants a,c
-  fi
-done
-# Issue 20: FLUX.1 [dev] and SD 3.5 Medium architectures (a few blocks at the published widths; the
-# full models' weight memory from the block counts), LoRA step at 1024 px in bf16, with the base in
-# bf16, int8, fp8 and nf4.
-timeout 600 "$PY" -m benchmarks.flow --resolution 1024 --steps 3 --quantize int8,fp8,nf4 \
-  --json "$OUT/flow.json" 2>"$OUT/flow.err" | tee -a "$OUT/rows.md" || echo "| flow failed: $(tail -1 "$OUT/flow.err") |"
+part commands 150 "$PY" -m benchmarks.commands --json "$OUT/commands.json"
+part flow 200 "$PY" -m benchmarks.flow --blocks full --resolution 1024 --steps 3 --gradient-checkpointing \
+  --quantize int8,fp8,nf4 --json "$OUT/flow.json"
+part sd15-bf16 100 "$PY" -m benchmarks.train --arch sd15 --resolution 512 --steps 5 --warmup 2 --precision bf16 \
+  --json "$OUT/sd15-bf16.json"
+part sd15-fp16 50 "$PY" -m benchmarks.train --arch sd15 --resolution 512 --steps 5 --warmup 2 --precision fp16 \
+  --variants a,c --json "$OUT/sd15-fp16.json"

@@ -565,3 +565,17 @@ def test_generate_refuses_what_the_models_family_cannot_do_in_one_line(tiny_mode
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {named}") and "Stable Diffusion 1.x" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("arch", ["sd3", "flux"])
+def test_bf16_mixed_precision_generates_class_and_validation_images(flow_models, make_cfg, tmp_path, arch):
+    """How these models train on a GPU: --mixed-precision bf16 with the VAE kept in fp32 (the family's
+    upcast); the class images and validation images the bf16 transformer draws decode (FLUX's pipeline
+    hands its latents to the VAE uncast)."""
+    cfg = make_cfg(model=str(flow_models / arch), mixed_precision="bf16", class_prompt="a photo of a dog",
+                   class_dir=str(tmp_path / "class"), num_class_images=2, class_inference_steps=2,
+                   validation_prompt=["a photo of sks dog"], validation_inference_steps=2,
+                   max_sequence_length=16)  # fmt: skip
+    run = train(cfg, progress=False)
+    assert len(list((tmp_path / "class").glob("*.png"))) == 2
+    assert list((run / "validation").rglob("*.png"))

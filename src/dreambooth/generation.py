@@ -60,6 +60,9 @@ def make_scheduler(name: str, base_config, zero_terminal_snr: bool = False, fami
     return (family or FAMILIES["sd1"]).sampler(name, base_config, zero_terminal_snr)
 
 
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
 class Engine:
     """Holds one pipeline and changes as little as it can between requests: the same model and LoRA
     with other scales only re-weights the adapter; fusing (a fixed scale for a whole call) folds the
@@ -69,9 +72,8 @@ class Engine:
         import torch
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(
-            dtype, torch.float16 if self.device == "cuda" else torch.float32
-        )
+        # None (auto): the model family's precision on a GPU (fp16, or bf16 where fp16 overflows), fp32 on the CPU
+        self.dtype = getattr(torch, DTYPES[dtype]) if dtype in DTYPES else None
         self.fuse = fuse
         self.pipe = None
         self.family = None  # the loaded model's (families.Family)
@@ -82,14 +84,9 @@ class Engine:
     def native_size(self, model: str) -> int:
         """The model's own resolution (UNet sample size x VAE factor), read from its configs."""
         if model not in self._sizes:
-            if self.pipe is not None and self.state and self.state[0] == model:
-                from .models import native_size
+            from .models import native_size
 
-                self._sizes[model] = native_size(model)
-            else:
-                from .models import native_size
-
-                self._sizes[model] = native_size(model)
+            self._sizes[model] = native_size(model)
         return self._sizes[model]
 
     def sampler_for(self, model: str, name: str | None) -> str:
@@ -122,11 +119,14 @@ class Engine:
                 self.pipe.delete_adapters(ADAPTER)
             self.state = (model, embedding, None, None, None)
             return
+        import torch
+
         from .models import family_of
 
         self.pipe = None
-        self.pipe = load_pipeline(model, self.dtype).to(self.device)
         self.family = family_of(model)
+        auto = self.family.gpu_dtype if self.device == "cuda" else "fp32"
+        self.pipe = load_pipeline(model, self.dtype or getattr(torch, DTYPES[auto])).to(self.device)
         self.base_scheduler = self.pipe.scheduler.config
         if embedding:
             self._load_embedding(embedding)

@@ -56,7 +56,11 @@ class SamplingConfig:
     )
     width: int | None = option(None, "image width (default: the model's native size)", gt=0, multiple_of=8)
     height: int | None = option(None, "image height (default: the model's native size)", gt=0, multiple_of=8)
-    dtype: str = option("auto", "weights' precision (auto: fp16 on a GPU, fp32 on the CPU)", choices=DTYPES)
+    dtype: str = option(
+        "auto",
+        "weights' precision (auto: fp16 on a GPU, bf16 for the flow-matching families; fp32 on the CPU)",
+        choices=DTYPES,
+    )
     zero_terminal_snr: bool = option(
         False,
         "sample with the zero-terminal-SNR schedule, trailing timesteps and guidance rescale 0.7 (Lin et al., "

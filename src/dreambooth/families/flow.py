@@ -22,6 +22,7 @@ class FlowFamily(Family):
     default_max_sequence_length = 77
     t5_tokenizer = "tokenizer_3"  # the pipeline attribute of the T5 tokenizer
     upcast_vae = True
+    gpu_dtype = "bf16"  # FLUX.1 and SD 3.5 are published and run in bf16; their activations overflow fp16
     safety_checker = False
     textual_inversion = False
     kohya_fused = True  # kohya's names are the original model's, whose layers fuse several of diffusers'

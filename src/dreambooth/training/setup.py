@@ -237,18 +237,19 @@ def _class_examples(cfg: TrainConfig, concept, stream: int, comps: Components, p
             concept.class_dir,
             f", split across {acc.num_processes} processes" if acc.num_processes > 1 else "",
         )
-        generate_class_images(
-            comps.pipeline,
-            concept.class_prompt,
-            concept.class_dir,
-            shard(missing, acc.process_index, acc.num_processes),
-            seed=cfg.seed,
-            steps=cfg.class_inference_steps,
-            guidance=cfg.class_guidance,
-            batch_size=cfg.class_batch_size,
-            resolution=cfg.resolution,
-            progress=progress,
-        )
+        with acc.autocast():  # as validation samples: the VAE kept in fp32 decodes bf16/fp16 latents
+            generate_class_images(
+                comps.pipeline,
+                concept.class_prompt,
+                concept.class_dir,
+                shard(missing, acc.process_index, acc.num_processes),
+                seed=cfg.seed,
+                steps=cfg.class_inference_steps,
+                guidance=cfg.class_guidance,
+                batch_size=cfg.class_batch_size,
+                resolution=cfg.resolution,
+                progress=progress,
+            )
     acc.wait_for_everyone()
     paths = class_images(concept.class_dir, concept.num_class_images)
     ids = _token_ids(cfg, comps, [concept.class_prompt])
