@@ -165,48 +165,65 @@ def quantize_in_memory(model, kind: str):
     return model
 
 
-def full_rows(args) -> tuple[list[str], dict]:
-    """--blocks full: each family's whole transformer on the GPU, bf16 and quantised."""
+def full_variant(args, name: str, quantize: str | None) -> dict:
+    """One family's whole transformer on the accelerator, its base in bf16 or quantised: its figures."""
     import diffusers
     import torch
 
-    rows, out = [], {}
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    cls_name, config, blocks = FAMILIES[name]
+    counts = {("num_layers" if a == "transformer_blocks" else "num_single_layers"): min(n, args.cap) for a, n in blocks}
+    config = dict(config) | counts
+    if name == "sd35m":
+        config["dual_attention_layers"] = tuple(range(min(13, args.cap)))  # SD 3.5 Medium's: the first 13 blocks
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            model = getattr(diffusers, cls_name)(**config)
+    finally:
+        torch.set_default_dtype(default)
+    model.requires_grad_(False)
+    if quantize:
+        quantize_in_memory(model, quantize)
+    weights = tensor_bytes(model)
+    seconds, peak = step_seconds(name, model, args.resolution, args.steps, args.gradient_checkpointing)
+    return dict(weight_bytes=weights, peak_bytes=peak, step_seconds=seconds)
+
+
+def full_rows(args) -> tuple[list[str], dict]:
+    """--blocks full: each family's whole transformer, bf16 and quantised, each in its own process (its
+    peak memory its own, and a CUDA fault cannot spoil the next; a failure is run again with
+    CUDA_LAUNCH_BLOCKING=1 so that its error names the operation)."""
+    import os
+    import subprocess
+    import sys
+
+    rows, out = [], {}
     header = ["| architecture | base weights | weights | peak memory, LoRA step | resolution | s/step |",
               "|---|---|---|---|---|---|"]  # fmt: skip
     print("\n".join(header), flush=True)
     for name in args.families.split(","):
-        cls_name, config, blocks = FAMILIES[name]
-        config = dict(config) | {("num_layers" if a == "transformer_blocks" else "num_single_layers"): min(n, args.cap)
-                                 for a, n in blocks}  # fmt: skip
-        if name == "sd35m":
-            config["dual_attention_layers"] = tuple(range(min(13, args.cap)))  # SD 3.5 Medium's: the first 13 blocks
         for quantize in [None, *[q for q in args.quantize.split(",") if q]]:
             key = f"{name}-{quantize or 'bf16'}"
-            try:
-                torch.manual_seed(0)
-                default = torch.get_default_dtype()
-                torch.set_default_dtype(torch.bfloat16)
-                try:
-                    with torch.device(device):
-                        model = getattr(diffusers, cls_name)(**config)
-                finally:
-                    torch.set_default_dtype(default)
-                model.requires_grad_(False)
-                if quantize:
-                    quantize_in_memory(model, quantize)
-                weights = tensor_bytes(model)
-                seconds, peak = step_seconds(name, model, args.resolution, args.steps, args.gradient_checkpointing)
-                out[key] = dict(weight_bytes=weights, peak_bytes=peak, step_seconds=seconds)
-                rows.append(f"| {name} (full) | {quantize or 'bf16'} | {weights / 2**30:.1f} GiB | "
-                            f"{peak / 2**30:.1f} GiB | {args.resolution} px | {seconds:.2f} s |")  # fmt: skip
-            except Exception as e:  # one variant's failure (out of memory, a missing kernel) is its row
-                out[key] = dict(error=f"{type(e).__name__}: {e}"[:300])
+            cmd = [sys.executable, "-m", "benchmarks.flow", "--blocks", "full", "--variant", key,
+                   "--resolution", str(args.resolution), "--steps", str(args.steps), "--cap", str(args.cap),
+                   *(["--gradient-checkpointing"] if args.gradient_checkpointing else [])]  # fmt: skip
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1")
+                done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if done.returncode == 0:
+                r = out[key] = json.loads(done.stdout.strip().splitlines()[-1])
+                rows.append(f"| {name} (full) | {quantize or 'bf16'} | {r['weight_bytes'] / 2**30:.1f} GiB | "
+                            f"{r['peak_bytes'] / 2**30:.1f} GiB | {args.resolution} px | {r['step_seconds']:.2f} s |")  # fmt: skip
+            else:
+                sys.stderr.write(f"== {key}\n{done.stderr[-6000:]}\n")
+                last = [line for line in done.stderr.strip().splitlines() if "Error" in line] or ["?"]
+                out[key] = dict(error=last[-1][:300])
                 rows.append(f"| {name} (full) | {quantize or 'bf16'} | failed: {out[key]['error']} |")
             print(rows[-1], flush=True)
-            model = None
-            if device == "cuda":
-                torch.cuda.empty_cache()
     return header + rows, out
 
 
@@ -215,7 +232,7 @@ def main() -> None:
     import torch
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--families", default="flux,sd35m")
+    parser.add_argument("--families", default="sd35m,flux")
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--steps", type=int, default=2, help="timed steps (0: weight memory only)")
     parser.add_argument("--quantize", default="int8", help="comma-separated: int8, fp8, nf4 (the last two on CUDA)")
@@ -225,7 +242,12 @@ def main() -> None:
         "--cap", type=int, default=1000, help="--blocks full: at most this many blocks of a kind (a CPU try)"
     )
     parser.add_argument("--json")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)  # --blocks full's child: FAMILY-QUANTIZE
     args = parser.parse_args()
+    if args.variant:
+        name, quantize = args.variant.split("-")
+        print(json.dumps(full_variant(args, name, None if quantize == "bf16" else quantize)))
+        return
     if args.blocks == "full":
         rows, out = full_rows(args)
         if args.json:

@@ -28,10 +28,10 @@ part() {  # name, seconds, then the command; its stdout is kept in rows.md, its 
   echo "($name: exit $code after $((SECONDS - start)) s)"
   [ "$code" = 0 ] || tail -3 "$OUT/stderr.log"
 }
-part commands 150 "$PY" -m benchmarks.commands --json "$OUT/commands.json"
-part flow 200 "$PY" -m benchmarks.flow --blocks full --resolution 1024 --steps 3 --gradient-checkpointing \
+part commands 130 "$PY" -m benchmarks.commands --json "$OUT/commands.json"
+part flow 230 "$PY" -m benchmarks.flow --blocks full --resolution 1024 --steps 2 --gradient-checkpointing \
   --quantize int8,fp8,nf4 --json "$OUT/flow.json"
-part sd15-bf16 100 "$PY" -m benchmarks.train --arch sd15 --resolution 512 --steps 5 --warmup 2 --precision bf16 \
+part sd15-bf16 120 "$PY" -m benchmarks.train --arch sd15 --resolution 512 --steps 5 --warmup 2 --precision bf16 \
   --json "$OUT/sd15-bf16.json"
-part sd15-fp16 50 "$PY" -m benchmarks.train --arch sd15 --resolution 512 --steps 5 --warmup 2 --precision fp16 \
+part sd15-fp16 60 "$PY" -m benchmarks.train --arch sd15 --resolution 512 --steps 5 --warmup 2 --precision fp16 \
   --variants a,c --json "$OUT/sd15-fp16.json"

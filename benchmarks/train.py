@@ -148,14 +148,14 @@ def run_variant(args) -> dict:
             times = [float(r["seconds"]) for r in csv.DictReader(f)][args.warmup :]
     else:
         run = setup(cfg, preflight(cfg), progress=False)
-        unet, opt, dev = run.unet, run.optimizer, run.accelerator.device
+        unet, opt, dev = run.denoiser, run.optimizer, run.accelerator.device
         h = args.resolution // 8
         noisy = torch.randn(2, 4, h, h, device=dev, dtype=run.weight_dtype)
         target = torch.randn(2, 4, h, h, device=dev)
         emb = torch.randn(
             2,
             run.comps.tokenizer.model_max_length,
-            run.comps.unet.config.cross_attention_dim,
+            run.comps.denoiser.config.cross_attention_dim,
             device=dev,
             dtype=run.weight_dtype,
         )
@@ -170,7 +170,7 @@ def run_variant(args) -> dict:
         def trainer(i):
             from dreambooth.training.loop import _optimizer_step
 
-            _optimizer_step(run, i, [run.unet], [p for g in opt.param_groups for p in g["params"]])
+            _optimizer_step(run, i, [run.denoiser], run.trained)
 
         times, trainer_times = [], []
         for i in range(args.warmup + args.steps):
@@ -259,7 +259,10 @@ def main() -> None:
             ]
             cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
             cmd += ["--adam-8bit"] if args.adam_8bit else []
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"variant {v} failed:\n{done.stderr[-3000:]}")
+            out = done.stdout
             results[v] = json.loads(out.strip().splitlines()[-1])
     a, b, c, inter = (results.get(v) for v in VARIANTS)
 

@@ -35,7 +35,9 @@ def render(run, step: int) -> Path:
     pipe = comps.pipeline
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    moved = [m for m in sampling_modules(comps) if m.device != acc.device]  # caching moved them off
+    here = torch.device(acc.device)
+    # what caching moved off the accelerator (accelerate's "cuda" is the module's "cuda:0": compare the kind)
+    moved = [m for m in sampling_modules(comps) if m.device.type != here.type]
     for m in moved:
         m.to(acc.device)
     modes = [(m, m.training) for m in (comps.denoiser, *comps.text_encoders)]
