@@ -9,7 +9,16 @@
 #   3. SD 1.5 at 512 px, LoRA rank 16 with prior preservation (issue 9): bf16 (a), (b), (c) and the
 #      interleaved a/c; then fp16 (a) and (c).
 # Each line it prints is a BENCHMARKS.md row; each part's JSON, and stderr.log, go to ${OUT:-bench-gpu}/.
-# On the device machine: PYTHONPATH holds src and the carried wheels (see the README's GPU section).
+# On the workplace's device machine (torch 2.11+cu130 there, no package index): carry the wheels its image
+# lacks, made here (.whl is git-ignored) with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+#     -d .whl diffusers==0.42.1 transformers==5.23.0 peft==0.21.2 torchao==0.18.0 bitsandbytes==0.50.2 regex
+# (bitsandbytes' wheel trimmed to its cuda130/cuda132/cpu libraries to keep under the 64 MiB that travels),
+# and run, carrying .whl:
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
+#   PYTHONPATH=/tmp/site:$PWD/src bash benchmarks/gpu.sh
+# First run, 2026-12-05: see BENCHMARKS.md ("The first GPU run").
 set -u
 OUT=${OUT:-bench-gpu}
 mkdir -p "$OUT"
