@@ -211,6 +211,19 @@ def test_validation_images_at_the_right_steps_without_changing_training(make_cfg
     assert max_abs_diff(lora_weights(plain), lora_weights(out)) == 0
 
 
+def test_validation_brings_back_only_what_caching_moved_off_the_gpu():
+    """Found on the first GPU run: accelerate's device is "cuda" and a module on it reports "cuda:0";
+    validation took the text encoders for moved-off and left them on the CPU, and every
+    --train-text-encoder run with a validation prompt failed at its first step on a GPU."""
+    from types import SimpleNamespace
+
+    from dreambooth.training.validation import moved_off
+
+    on_gpu, on_cpu = SimpleNamespace(device=torch.device("cuda:0")), SimpleNamespace(device=torch.device("cpu"))
+    assert moved_off([on_gpu, on_cpu], torch.device("cuda")) == [on_cpu]
+    assert moved_off([on_gpu, on_cpu], "cpu") == [on_gpu]
+
+
 def test_every_run_gets_a_model_card_with_its_settings_and_how_to_load_it(make_cfg):
     from dreambooth.training.loop import train
 

@@ -29,15 +29,19 @@ def sampling_modules(comps) -> list:
     return [comps.vae, *comps.text_encoders]
 
 
+def moved_off(modules: list, device) -> list:
+    """The modules that caching moved off the accelerator `device` (accelerate's "cuda" is where the
+    modules' "cuda:0" is: the kind of device is compared, not the name)."""
+    return [m for m in modules if m.device.type != torch.device(device).type]
+
+
 @torch.no_grad()
 def render(run, step: int) -> Path:
     cfg, comps, acc = run.cfg, run.comps, run.accelerator
     pipe = comps.pipeline
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    here = torch.device(acc.device)
-    # what caching moved off the accelerator (accelerate's "cuda" is the module's "cuda:0": compare the kind)
-    moved = [m for m in sampling_modules(comps) if m.device.type != here.type]
+    moved = moved_off(sampling_modules(comps), acc.device)
     for m in moved:
         m.to(acc.device)
     modes = [(m, m.training) for m in (comps.denoiser, *comps.text_encoders)]
