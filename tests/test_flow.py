@@ -579,3 +579,15 @@ def test_bf16_mixed_precision_generates_class_and_validation_images(flow_models,
     run = train(cfg, progress=False)
     assert len(list((tmp_path / "class").glob("*.png"))) == 2
     assert list((run / "validation").rglob("*.png"))
+
+
+def test_generation_without_guidance_uses_the_familys_own(flow_models, tiny_model, tmp_path):
+    """FluxPipeline's 3.5 ([dev]'s embedded guidance), StableDiffusion3Pipeline's 7.0, the UNets' 7.5;
+    recorded as such in the image."""
+    from dreambooth.formats.pnginfo import settings_from_image
+
+    for model, expected in ((flow_models / "flux", 3.5), (flow_models / "sd3", 7.0), (tiny_model, 7.5)):
+        out = tmp_path / model.name
+        assert main(["generate", "--model", str(model), "--prompt", "a dog", "--num-images", "1", "--steps", "1",
+                     "--width", "64", "--height", "64", "--output-dir", str(out)]) == 0  # fmt: skip
+        assert settings_from_image(str(next(out.glob("*.png"))))["guidance"] == expected, model

@@ -89,6 +89,12 @@ class Engine:
             self._sizes[model] = native_size(model)
         return self._sizes[model]
 
+    def guidance_for(self, model: str) -> float:
+        """The model family's guidance scale, for a request that names none."""
+        from .models import family_of
+
+        return family_of(model).default_guidance
+
     def sampler_for(self, model: str, name: str | None) -> str:
         """The sampler to use: name, or the model family's default; one line when the family has no such."""
         from .models import family_of
@@ -281,7 +287,7 @@ def image_settings(cfg, engine: Engine, prompt: str, seed: int, **override) -> I
         lora_scale_text_encoder=float(values["lora_scale_text_encoder"]),
         embedding=str(emb.resolve()) if emb else None,
         embedding_sha256=sha256(emb) if emb else None,
-        guidance=float(values["guidance"]),
+        guidance=float(values["guidance"] if values["guidance"] is not None else engine.guidance_for(model)),
         steps=int(values["steps"]),
         scheduler=engine.sampler_for(model, values["scheduler"]),
         zero_terminal_snr=bool(values.get("zero_terminal_snr", False)),

@@ -47,7 +47,7 @@ def evaluate_paper(cfg: SweepConfig, p: Planned) -> list[dict]:
         prompts=cfg.prompts,
         images_per_prompt=cfg.images_per_prompt,
         num_class_images=cfg.num_class_images,
-        guidances=[cfg.guidance],
+        guidances=[cfg.guidance] if cfg.guidance is not None else [],
         steps=cfg.steps,
         width=cfg.width,
         height=cfg.height,

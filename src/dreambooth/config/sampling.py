@@ -44,7 +44,9 @@ class SamplingConfig:
     negative_prompt: str = option("", "negative prompt")
     lora_scale_unet: float = option(1.0, "strength of the LoRA in the UNet")
     lora_scale_text_encoder: float = option(1.0, "strength of the LoRA in the text encoder")
-    guidance: float = option(7.5, "classifier-free guidance scale (CFG)", ge=0)
+    guidance: float | None = option(
+        None, "classifier-free guidance scale (CFG) (default: the model family's: 7.5; SD3 7.0; FLUX.1 3.5)", ge=0
+    )
     steps: int = option(30, "denoising steps", ge=1)
     scheduler: str | None = option(None, SAMPLER_HELP, choices=SCHEDULER_NAMES)
     seed: int = option(0, "seed of the first image; image i uses seed + i")

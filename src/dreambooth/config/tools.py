@@ -58,7 +58,9 @@ class SweepConfig:
     prompts: int = option(4, "DreamBench prompts per checkpoint", ge=1)
     images_per_prompt: int = option(4, "images per prompt", ge=1)
     num_class_images: int = option(8, "class-prompt images for PRES", ge=0)
-    guidance: float = option(7.5, "guidance scale of the scored images")
+    guidance: float | None = option(
+        None, "guidance scale of the scored images (default: the model family's: 7.5; SD3 7.0; FLUX.1 3.5)"
+    )
     steps: int = option(25, "denoising steps of the scored images", ge=1)
     width: int | None = option(
         None, "width of the scored images (default: the model's native size)", gt=0, multiple_of=8

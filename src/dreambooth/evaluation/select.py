@@ -166,12 +166,15 @@ def _protocol(cfg: SelectConfig, saved: TrainConfig, out: Path) -> tuple[Evaluat
 
 def _score_candidates(cfg, base: EvaluateConfig, prompts, candidates, method, progress: bool) -> list[dict]:
     """A row of metrics per checkpoint x LoRA scale x guidance."""
+    from ..models import family_of
+
     dino, clip = extractors_for(base)
     out = Path(base.cache_dir).parent
+    default_guidance = family_of(base.model).default_guidance
     rows = []
     for step, path in candidates:
         for scale in cfg.scales or [1.0]:
-            for guidance in cfg.guidances or [7.5]:
+            for guidance in cfg.guidances or [default_guidance]:
                 name = f"step-{step}-s{scale:g}-g{guidance:g}"
                 over = {**method.sampling(path), "lora_scale_unet": scale, "guidance": guidance}
                 ecfg = EvaluateConfig(**{**base.__dict__, **over, "output_dir": str(out / name)})

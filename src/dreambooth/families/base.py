@@ -43,6 +43,7 @@ class Family:
     embedding_parts: tuple[str, ...] = ()
     upcast_vae = False  # the VAE overflows in fp16: keep it in fp32
     gpu_dtype = "fp16"  # generation's precision on a GPU when none is asked for
+    default_guidance = 7.5  # generation's guidance scale when none is asked for (its pipeline's default)
     textual_inversion = True  # a new token's embedding can be learned (in every text encoder)
     kohya_fused = False  # the layout fuses several denoiser modules into one (kohya_entries names them)
     size_conditioning = False  # the denoiser is conditioned on each image's size and crop (SDXL)

@@ -23,6 +23,7 @@ class Flux(FlowFamily):
     }
     default_weighting = "none"  # diffusers' FLUX script's default
     default_max_sequence_length = 512
+    default_guidance = DEFAULT_GUIDANCE  # FluxPipeline's: [dev]'s embedded guidance (schnell ignores it)
     t5_tokenizer = "tokenizer_2"
     single_file_kinds = ("flux-dev", "flux-schnell")  # not Fill or Depth: they take an image too
 
