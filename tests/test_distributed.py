@@ -167,3 +167,114 @@ def test_a_process_killed_by_a_signal_ends_the_command_with_128_plus_its_number(
     args = ["train", "--model", str(tiny_model), "--instance-dir", str(example_subject())]
     args += ["--instance-prompt", "a photo of sks dog", "--output-dir", str(tmp_path / "run"), "--num-processes", "2"]
     assert main(args) == 128 + signal.SIGKILL
+
+
+# --fsdp (issue 20): torch's FSDP2 on 2 gloo processes, as on GPUs.
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(two_process_run, tiny_model):
+    """The DDP run's settings with --fsdp (LoRA on the UNet and the text encoder, a validation image)."""
+    from dreambooth.demo import example_subject
+
+    root, _ = two_process_run
+    extra = ["--num-processes", "2", "--fsdp", "--train-text-encoder", "--validation-prompt", "a photo of sks dog",
+             "--validation-inference-steps", "2"]  # fmt: skip
+    runs = {}
+    for name, steps in (("fsdp", ["--max-steps", "4"]), ("fsdp-half", ["--max-steps", "2"])):
+        proc = _train(tiny_model, example_subject(), root / name, root / "class", *steps, *extra)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = root / name
+    ddp = _train(tiny_model, example_subject(), root / "ddp-te", root / "class", "--max-steps", "4",
+                 *[a for a in extra if a != "--fsdp"])  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    return root, extra
+
+
+def test_fsdp_trains_what_ddp_trains_with_sharded_checkpoints_and_one_ordinary_lora_file(fsdp_run):
+    """Each process holds half of every trained tensor and its Adam moments; the losses, the LoRA file
+    (written whole by the main process, as without FSDP) and the validation images are DDP's."""
+    import json
+
+    root, _ = fsdp_run
+    assert np.allclose(_losses(root / "fsdp"), _losses(root / "ddp-te"), atol=1e-5)
+    ours, ddp = lora_weights(root / "fsdp"), lora_weights(root / "ddp-te")
+    assert ours.keys() == ddp.keys() and any(k.startswith("text_encoder.") for k in ours)
+    assert max_abs_diff(ours, ddp) <= TOL
+    step2 = root / "fsdp" / "checkpoints" / "step-2"
+    shards = sorted(p.name for p in (step2 / "sharded").iterdir())
+    assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"], shards  # one file per process
+    assert not (step2 / "optimizer.json").exists()
+    assert json.loads((step2 / "state.json").read_text())["fsdp"] is True
+    assert max_abs_diff(lora_weights(step2), lora_weights(root / "fsdp-half")) == 0  # a checkpoint's file is whole
+    assert sorted(p.name for p in (root / "fsdp" / "validation" / "step-4").iterdir()) == ["00-0.png", "00-1.png"]
+
+
+def test_fsdp_resumes_exactly_from_its_sharded_checkpoint_and_not_without_fsdp(fsdp_run, tiny_model):
+    from dreambooth.demo import example_subject
+
+    root, extra = fsdp_run
+    out = root / "fsdp-half"  # 2 steps done; continue to 4
+    wrong = _train(tiny_model, example_subject(), out, root / "class", "--max-steps", "4", "--resume", "latest",
+                   *[a for a in extra if a != "--fsdp"], "--no-fsdp")  # fmt: skip
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip().splitlines()[-1].startswith("error: --fsdp: the checkpoint"), wrong.stderr[-500:]
+    # without --fsdp the run's saved config says it
+    again = _train(tiny_model, example_subject(), out, root / "class", "--max-steps", "4", "--resume", "latest",
+                   *[a for a in extra if a != "--fsdp"])  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _losses(out) == _losses(root / "fsdp")
+    assert max_abs_diff(lora_weights(out), lora_weights(root / "fsdp")) == 0  # exactly the uninterrupted run
+
+
+def test_fsdp_full_fine_tuning_saves_one_ordinary_model(tiny_model, tmp_path):
+    """The whole UNet sharded (the case FSDP is for: a model that does not fit one GPU); the final model
+    is the diffusers folder one process of batch 2 writes, to float rounding (fp32)."""
+    from diffusers import UNet2DConditionModel
+
+    from dreambooth.demo import example_subject
+
+    args = ["--method", "full", "--learning-rate", "1e-4", "--max-steps", "3"]
+    runs = {}
+    for name, extra in (("fsdp", ["--num-processes", "2", "--fsdp"]), ("one", ["--batch-size", "2"])):
+        proc = subprocess.run(
+            [sys.executable, "-m", "dreambooth", "train", "--model", str(tiny_model), "--instance-dir",
+             str(example_subject()), "--instance-prompt", "a photo of sks dog", "--output-dir", str(tmp_path / name),
+             "--resolution", "64", "--lr-scheduler", "constant", "--checkpoint-every", "2", *args, *extra],
+            env=_env(), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = UNet2DConditionModel.from_pretrained(tmp_path / name, subfolder="unet").state_dict()
+    base = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet").state_dict()
+    fsdp, one = runs["fsdp"], runs["one"]
+    assert fsdp.keys() == one.keys()
+
+    def norm(a, b):
+        return sum(float(((a[k].float() - b[k].float()) ** 2).sum()) for k in a) ** 0.5
+
+    # Adam's first steps move every weight by about lr whatever its gradient's size, so a weight whose
+    # gradient is ~0 may move either way: the whole update is compared (FSDP against DDP: 6e-6 of it differs)
+    assert norm(fsdp, one) <= 1e-3 * norm(one, base), (norm(fsdp, one), norm(one, base))
+
+
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        (["--num-processes", "1"], "--num-processes"),
+        (["--method", "textual-inversion", "--token", "<sks>", "--initializer-token", "dog"], "--method"),
+        (["--ema-decay", "0.99"], "--ema-decay"),
+        (["--quantize-base", "int8"], "--quantize-base"),
+    ],
+)
+def test_what_fsdp_cannot_shard_is_one_line_before_anything_starts(tiny_model, tmp_path, capsys, flags, named):
+    from dreambooth.cli import main
+    from dreambooth.demo import example_subject
+
+    args = ["train", "--model", str(tiny_model), "--instance-dir", str(example_subject()), "--instance-prompt",
+            "a photo of sks dog", "--output-dir", str(tmp_path / "run"), "--fsdp", "--num-processes", "2", *flags]  # fmt: skip
+    if "--method" in flags:
+        args[args.index("--instance-prompt") + 1] = "a photo of <sks> dog"
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {named}") and "--fsdp" in err[0], err
+    assert not (tmp_path / "run").exists()

@@ -177,6 +177,11 @@ class TrainConfig(TextualInversionOptions, LoRAOptions, TrainData):
         "examples per step, gradients are averaged (multi-node: accelerate launch -m dreambooth train)",
         ge=1,
     )
+    fsdp: bool = option(
+        False,
+        "shard what trains (weights, gradients, optimizer states) across the --num-processes with torch's FSDP2, "
+        "for models that do not fit one GPU; checkpoints are sharded, the final weights one ordinary file",
+    )
     seed: int = option(0, "seed of everything random in the run")
     skip_nonfinite: bool = option(
         False, "skip a step whose loss or gradient is not finite (counted in train_log.csv) instead of stopping"

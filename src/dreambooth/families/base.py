@@ -47,6 +47,7 @@ class Family:
     textual_inversion = True  # a new token's embedding can be learned (in every text encoder)
     kohya_fused = False  # the layout fuses several denoiser modules into one (kohya_entries names them)
     size_conditioning = False  # the denoiser is conditioned on each image's size and crop (SDXL)
+    shard_blocks: tuple[str, ...] = ("down_blocks", "mid_block", "up_blocks")  # --fsdp's units in the denoiser
     safety_checker = True  # the pipeline has one (loaded as None: this tool makes no content decisions)
 
     @classmethod

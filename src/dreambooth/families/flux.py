@@ -24,6 +24,7 @@ class Flux(FlowFamily):
     default_weighting = "none"  # diffusers' FLUX script's default
     default_max_sequence_length = 512
     default_guidance = DEFAULT_GUIDANCE  # FluxPipeline's: [dev]'s embedded guidance (schnell ignores it)
+    shard_blocks = ("transformer_blocks", "single_transformer_blocks")
     t5_tokenizer = "tokenizer_2"
     single_file_kinds = ("flux-dev", "flux-schnell")  # not Fill or Depth: they take an image too
 

@@ -26,6 +26,7 @@ class SD3(FlowFamily):
     default_weighting = "logit_normal"  # diffusers' SD3 script's default
     default_max_sequence_length = 77  # diffusers' SD3 script's default
     default_guidance = 7.0  # StableDiffusion3Pipeline's
+    shard_blocks = ("transformer_blocks",)
     t5_tokenizer = "tokenizer_3"
     single_file_kinds = ("sd3", "sd35_medium", "sd35_large")
     kohya_text_encoder_prefixes = {"text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}

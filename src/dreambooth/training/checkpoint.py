@@ -103,19 +103,26 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(
-    output_dir, step: int, method, comps, optimizer, lr_scheduler, extra: dict, ema=None, ema_save=None
+    output_dir, step: int, method, comps, optimizer, lr_scheduler, extra: dict, ema=None, ema_save=None, sharded=None
 ) -> Path:
-    """ema: the EMA's state (diffusers' EMAModel) and ema_save(folder), which writes its user-facing weights."""
+    """ema: the EMA's state (diffusers' EMAModel) and ema_save(folder), which writes its user-facing weights.
+    sharded: with --fsdp, the folder where every process wrote its shards of the trained tensors and the
+    optimizer's states (sharding.save); it moves into the checkpoint, which then holds no optimizer file."""
     from safetensors.torch import save_file
 
     path = checkpoints_dir(output_dir) / f"step-{step}"
     with atomic_dir(path) as tmp:
         # What resumes exactly comes first; the user-facing weights (so any checkpoint can generate) must
         # not cost the checkpoint when one of their files cannot be written.
+        if sharded is not None:
+            from .sharding import SHARDED_DIR
+
+            Path(sharded).replace(tmp / SHARDED_DIR)
         save_file(method.state_dict(comps), tmp / "trainable.safetensors")
         if ema is not None:
             _write_state(tmp, "ema", ema.state_dict())
-        _write_state(tmp, "optimizer", optimizer.state_dict())
+        if sharded is None:
+            _write_state(tmp, "optimizer", optimizer.state_dict())
         _write_state(tmp, "scheduler", lr_scheduler.state_dict())
         _write_state(tmp, "rng", rng_state())
         _, unsaved = save_weights(method.save, comps, tmp)
@@ -148,7 +155,10 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     return {
         "trainable": load_file(path / "trainable.safetensors"),
-        "optimizer": _read_state(path, "optimizer"),
+        # (none with --fsdp: each process's shards of it are in sharded/)
+        "optimizer": _read_state(path, "optimizer")
+        if (path / "optimizer.json").is_file() or (path / "optimizer.pt").is_file()
+        else None,
         "scheduler": _read_state(path, "scheduler"),
         "rng": _read_state(path, "rng"),
         "ema": _read_state(path, "ema") if (path / "ema.json").is_file() else None,

@@ -27,6 +27,7 @@ from . import validation
 from .checkpoint import prune_checkpoints, save_checkpoint
 from .preflight import Plan, preflight
 from .setup import Run, resolved, setup
+from .sharding import full_tensor
 from .step import training_step
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,19 @@ def _train(cfg: TrainConfig, plan: Plan, group, out: Path, progress: bool) -> No
         group.wait_for_everyone()
         run = setup(cfg, plan, progress)
         fit(run, progress)
-        if main:
-            _finish(run, cfg, out)
+        with _whole(run):  # with --fsdp every process gathers the trained tensors onto the main one
+            if main:
+                _finish(run, cfg, out)
+
+
+def _whole(run: Run):
+    """With --fsdp, a context in which the main process holds every trained tensor whole (every process
+    takes part); without, nothing to do."""
+    if not run.cfg.fsdp:
+        return contextlib.nullcontext()
+    from . import sharding
+
+    return sharding.gathered(run.comps, run.accelerator.is_main_process)
 
 
 def _finish(run: Run, cfg: TrainConfig, out: Path) -> None:
@@ -164,7 +176,8 @@ def fit(run: Run, progress: bool = True) -> None:
     if cfg.report_to != "none":
         hparams = {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))}
         acc.init_trackers("train", config=hparams)
-    if acc.is_main_process and run.start_step == 0 and validation.due(cfg, 0):
+    renders = acc.is_main_process or cfg.fsdp  # a sharded model's forward takes every process
+    if renders and run.start_step == 0 and validation.due(cfg, 0):
         validation.render(run, 0)  # the base model's images, to compare against
     steps = _StepLog(run, progress)
     with _StopRequest() as stop, steps:
@@ -177,7 +190,7 @@ def fit(run: Run, progress: bool = True) -> None:
                 steps.skip(step + 1, fault)
             steps.write(step + 1, totals, time.perf_counter() - t0, fault)
             _checkpoint(run, step + 1, stopping)
-            if acc.is_main_process and validation.due(cfg, step + 1):
+            if renders and validation.due(cfg, step + 1):
                 validation.render(run, step + 1)
     if acc.is_main_process:
         validation.write_grid(cfg)
@@ -201,8 +214,24 @@ def _checkpoint(run: Run, done: int, stopping: bool) -> None:
     cfg, acc = run.cfg, run.accelerator
     out = Path(cfg.output_dir)
     path = checkpoints_dir(out) / f"step-{done}"
-    if (done % cfg.checkpoint_every == 0 or done == cfg.max_steps or stopping) and acc.is_main_process:
-        extra = {"max_steps": cfg.max_steps, "num_processes": acc.num_processes}
+    due = done % cfg.checkpoint_every == 0 or done == cfg.max_steps or stopping
+    extra = {"max_steps": cfg.max_steps, "num_processes": acc.num_processes, **({"fsdp": True} if cfg.fsdp else {})}
+    if due and cfg.fsdp:  # every process writes its shards, then the main one the rest, whole
+        from . import sharding
+
+        staging = checkpoints_dir(out) / f".step-{done}.sharded"
+        if acc.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.parent.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        sharding.save(run.comps, run.optimizer, staging)
+        with sharding.gathered(run.comps, acc.is_main_process):
+            if acc.is_main_process:
+                save_checkpoint(out, done, run.method, run.comps, run.optimizer, run.lr_scheduler, extra,
+                                sharded=staging)  # fmt: skip
+                prune_checkpoints(out, cfg.keep_checkpoints)
+        acc.wait_for_everyone()
+    elif due and acc.is_main_process:
         save_checkpoint(out, done, run.method, run.comps, run.optimizer, run.lr_scheduler, extra, ema=run.ema,
                         ema_save=run.save_ema if run.ema is not None else None)  # fmt: skip
         prune_checkpoints(out, cfg.keep_checkpoints)
@@ -282,7 +311,7 @@ def _optimizer_step(run: Run, step: int, models: list, trained: list) -> tuple[t
                 acc.backward(loss)
             if acc.sync_gradients:
                 max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-                norm = acc.clip_grad_norm_(trained, max_norm)
+                norm = full_tensor(acc.clip_grad_norm_(trained, max_norm))  # (--fsdp: a DTensor)
                 if norm is not None and not torch.isfinite(torch.as_tensor(norm)).all():
                     fault = fault or "gradient"
                 if fault:

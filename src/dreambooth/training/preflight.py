@@ -60,6 +60,7 @@ def preflight(cfg: TrainConfig) -> Plan:
     get_method(cfg).check()
     concepts = [_concept_plan(cfg, c, i) for i, c in enumerate(concepts_of(cfg), start=1)]
     _check_hardware(cfg)
+    _check_fsdp(cfg)
     if cfg.buckets and cfg.num_processes > 1 and any(c.concept.class_prompt for c in concepts):
         raise UserError(
             "--buckets: with prior preservation on several processes not yet supported (a bucket's photos and "
@@ -135,7 +136,14 @@ def _resume_path(cfg: TrainConfig, out: Path) -> Path | None:
         if not is_checkpoint(path):
             raise UserError(f"--resume {cfg.resume}: not a complete checkpoint folder (no checkpoint_complete marker)")
     step = checkpoint_step(path)
-    trained_on = int(json.loads((path / "state.json").read_text()).get("num_processes", 1))
+    state = json.loads((path / "state.json").read_text())
+    if bool(state.get("fsdp", False)) != cfg.fsdp:
+        raise UserError(
+            f"--fsdp: the checkpoint {path} was trained {'with' if state.get('fsdp') else 'without'} it; "
+            f"resume it {'with' if state.get('fsdp') else 'without'} --fsdp (its optimizer states are "
+            f"{'in shards' if state.get('fsdp') else 'whole'})"
+        )
+    trained_on = int(state.get("num_processes", 1))
     if trained_on != cfg.num_processes:
         raise UserError(
             f"--num-processes {cfg.num_processes}: the checkpoint {path} was trained on {trained_on} process(es); "
@@ -180,6 +188,24 @@ def _check_room(cfg: TrainConfig, out: Path) -> None:
             f"({cfg.method}, {max(1, cfg.max_steps // cfg.checkpoint_every)} checkpoints); free space, raise "
             "--checkpoint-every or set --keep-checkpoints"
         )
+
+
+def _check_fsdp(cfg: TrainConfig) -> None:
+    """What --fsdp cannot shard, one line each."""
+    if not cfg.fsdp:
+        return
+    refused = [
+        (cfg.num_processes < 2, "--num-processes", "shards across processes; give --num-processes 2 or more (one per GPU)"),
+        (cfg.method == "textual-inversion", "--method", "textual-inversion trains one embedding; --fsdp shards lora and full training"),
+        (cfg.quantize_base is not None, "--quantize-base", "quantised base weights are not sharded; use one of the two"),
+        (cfg.adam_8bit, "--adam-8bit", "bitsandbytes' 8-bit states are not sharded; use AdamW"),
+        (cfg.mixed_precision == "fp16", "--mixed-precision fp16", "needs a sharded gradient scaler; use bf16"),
+        (cfg.ema_decay is not None, "--ema-decay", "the average of sharded weights is not kept; leave it out"),
+        (getattr(cfg, "train_identifier_embedding", False), "--train-identifier-embedding", "pivotal tuning's embedding rows are not sharded; leave it out"),
+    ]  # fmt: skip
+    for bad, flag, why in refused:
+        if bad:
+            raise UserError(f"{flag}: with --fsdp, {why}")
 
 
 def _check_hardware(cfg: TrainConfig) -> None:

@@ -74,7 +74,7 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
     ]
     method = get_method(cfg)
     torch.manual_seed(cfg.seed)  # adapter initialisation
-    optimizer, lr_scheduler = _trainable(cfg, method, comps)
+    optimizer, lr_scheduler = _trainable(cfg, method, comps, accelerator)
     instances = [_instance_examples(cfg, cp, 2 * i, comps, method) for i, cp in enumerate(plan.concepts)]
     data = TrainingData(
         list(zip(instances, klasses)),
@@ -91,8 +91,8 @@ def setup(cfg: TrainConfig, plan: Plan, progress: bool) -> Run:
         from diffusers.training_utils import EMAModel
 
         ema = EMAModel([p for g in optimizer.param_groups for p in g["params"]], decay=cfg.ema_decay)
-    start = _resume(plan.resume_from, method, comps, ema, optimizer, lr_scheduler) if plan.resume_from else 0
-    denoiser, text_encoders, optimizer = _prepare(accelerator, comps, method, optimizer)
+    start = _resume(plan.resume_from, cfg, method, comps, ema, optimizer, lr_scheduler) if plan.resume_from else 0
+    denoiser, text_encoders, optimizer = _prepare(accelerator, cfg, comps, method, optimizer)
     objective = comps.family.objective(comps.noise_scheduler, cfg)
     return Run(cfg, accelerator, comps, method, data, optimizer, lr_scheduler, denoiser, text_encoders, start,
                weight_dtype, objective, ema)  # fmt: skip
@@ -131,8 +131,9 @@ def _models(cfg: TrainConfig, device, weight_dtype) -> Components:
     return comps
 
 
-def _trainable(cfg: TrainConfig, method: Method, comps: Components):
-    """What the method trains, with its optimizer and learning-rate schedule."""
+def _trainable(cfg: TrainConfig, method: Method, comps: Components, accelerator):
+    """What the method trains (sharded across the processes with --fsdp), with its optimizer and
+    learning-rate schedule."""
     from diffusers.optimization import get_scheduler
 
     param_groups = method.prepare(comps)
@@ -142,6 +143,10 @@ def _trainable(cfg: TrainConfig, method: Method, comps: Components):
             for _, _, te in comps.trainable_encoders():  # (transformers 5 renamed it)
                 enable = getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable
                 enable()
+    if cfg.fsdp:
+        from . import sharding
+
+        param_groups = sharding.shard(comps, param_groups, accelerator)
     optimizer = _optimizer(cfg, param_groups)
     lr_scheduler = get_scheduler(
         cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
@@ -160,23 +165,34 @@ def _cache(data: TrainingData, comps: Components, method: Method, progress: bool
             te.to("cpu")
 
 
-def _resume(path: Path, method: Method, comps: Components, ema, optimizer, lr_scheduler) -> int:
+def _resume(path: Path, cfg: TrainConfig, method: Method, comps: Components, ema, optimizer, lr_scheduler) -> int:
     """Load a checkpoint's trained tensors, optimizer, schedule, EMA and random state; its step."""
     state = load_checkpoint(path)
-    method.load_state_dict(comps, state["trainable"])
+    if cfg.fsdp:  # this process's shards of the trained tensors and their optimizer states
+        from . import sharding
+
+        sharding.load(comps, optimizer, path / sharding.SHARDED_DIR)
+    else:
+        method.load_state_dict(comps, state["trainable"])
+        optimizer.load_state_dict(state["optimizer"])
     if ema is not None:
         if state["ema"] is None:
             raise UserError(f"--ema-decay: the checkpoint {path} was trained without it")
         ema.load_state_dict(state["ema"])
-    optimizer.load_state_dict(state["optimizer"])
     lr_scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     log.info("resuming from %s (step %d)", path, state["state"]["step"])
     return state["state"]["step"]
 
 
-def _prepare(accelerator, comps: Components, method: Method, optimizer) -> tuple:
-    """(denoiser, text encoders, optimizer) as accelerate wraps what trains."""
+def _prepare(accelerator, cfg: TrainConfig, comps: Components, method: Method, optimizer) -> tuple:
+    """(denoiser, text encoders, optimizer) as accelerate wraps what trains (with --fsdp: the sharded
+    modules themselves, under autocast, and the optimizer)."""
+    if cfg.fsdp:
+        from . import sharding
+
+        sharding.autocast(sharding.trained_modules(comps).values(), accelerator)
+        return comps.denoiser, comps.text_encoders, accelerator.prepare(optimizer)
     if method.trains_text_encoder:
         names = [n for n, _, _ in comps.trainable_encoders()]
         denoiser, *trained, optimizer = accelerator.prepare(comps.denoiser, *[comps.parts[n] for n in names], optimizer)

@@ -65,6 +65,8 @@ def render(run, step: int) -> Path:
                     num_inference_steps=cfg.validation_inference_steps,
                     **family.call_kwargs(None, cfg.validation_guidance, zero_snr),
                 ).images
+            if not acc.is_main_process:  # (with --fsdp every process samples; the main one writes)
+                continue
             if getattr(cfg, "report_to", "none") == "tensorboard":
                 import numpy as np
 
