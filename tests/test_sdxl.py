@@ -299,7 +299,9 @@ def test_validation_moves_both_text_encoders_back_to_the_accelerator(sdxl, tmp_p
     )
     run = setup(cfg, preflight(cfg), progress=False)
     assert not run.method.trains_text_encoder  # so their embeddings were cached and they were moved off
-    run.accelerator = SimpleNamespace(device=torch.device("cuda"), autocast=contextlib.nullcontext)
+    run.accelerator = SimpleNamespace(
+        device=torch.device("cuda"), autocast=contextlib.nullcontext, is_main_process=True
+    )
     moved = []
     for name in ("vae", "text_encoder", "text_encoder_2"):
         module = run.comps.vae if name == "vae" else run.comps.parts[name]
