@@ -62,6 +62,13 @@ def bad_cases(tiny_model, instance_dir, tmp_path):
         "fp16 without a GPU": (["--mixed-precision", "fp16"], "--mixed-precision"),
         "8-bit Adam without a GPU": (["--adam-8bit"], "--adam-8bit"),
         "config file with a typo": (["--config", str(bad_yaml)], "learning_rat"),
+        "unknown optimizer": (["--optimizer", "lion"], "--optimizer"),
+        "8-bit Adam and another optimizer": (["--adam-8bit", "--optimizer", "prodigy"], "--adam-8bit"),
+        "another optimizer's option": (["--prodigy-d-coef", "2"], "--prodigy-d-coef"),
+        "schedule-free with a schedule": (
+            ["--optimizer", "schedule-free-adamw", "--lr-scheduler", "cosine"],
+            "--lr-scheduler",
+        ),  # fmt: skip
     }
 
 
@@ -84,6 +91,10 @@ CASES = [
     "fp16 without a GPU",
     "8-bit Adam without a GPU",
     "config file with a typo",
+    "unknown optimizer",
+    "8-bit Adam and another optimizer",
+    "another optimizer's option",
+    "schedule-free with a schedule",
 ]
 
 

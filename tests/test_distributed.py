@@ -264,6 +264,7 @@ def test_fsdp_full_fine_tuning_saves_one_ordinary_model(tiny_model, tmp_path):
         (["--method", "textual-inversion", "--token", "<sks>", "--initializer-token", "dog"], "--method"),
         (["--ema-decay", "0.99"], "--ema-decay"),
         (["--quantize-base", "int8"], "--quantize-base"),
+        (["--optimizer", "prodigy"], "--optimizer prodigy"),
     ],
 )
 def test_what_fsdp_cannot_shard_is_one_line_before_anything_starts(tiny_model, tmp_path, capsys, flags, named):

@@ -32,8 +32,19 @@ def settings(class_dir):
     )
 
 
-def test_stop_and_resume_equals_an_uninterrupted_run(make_cfg, class_dir, tmp_path, monkeypatch):
-    straight = train(make_cfg(output_dir=str(tmp_path / "straight"), **settings(class_dir)), progress=False)
+OPTIMIZER_SETTINGS = {  # each optimizer's state (Prodigy's step-size estimate, Adafactor's factored moments,
+    # schedule-free AdamW's second sequence of weights) must come back exactly
+    "adamw": {},
+    "prodigy": dict(optimizer="prodigy", learning_rate=1.0, text_encoder_lr=1.0),
+    "adafactor": dict(optimizer="adafactor"),
+    "schedule-free-adamw": dict(optimizer="schedule-free-adamw", lr_scheduler="constant_with_warmup"),
+}
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZER_SETTINGS))
+def test_stop_and_resume_equals_an_uninterrupted_run(make_cfg, class_dir, tmp_path, monkeypatch, optimizer):
+    kw = settings(class_dir) | OPTIMIZER_SETTINGS[optimizer]
+    straight = train(make_cfg(output_dir=str(tmp_path / "straight"), **kw), progress=False)
 
     real_step = loop.training_step
 
@@ -43,14 +54,12 @@ def test_stop_and_resume_equals_an_uninterrupted_run(make_cfg, class_dir, tmp_pa
         return real_step(run, step, micro)
 
     monkeypatch.setattr(loop, "training_step", crash_at_step_5)
-    cfg = make_cfg(output_dir=str(tmp_path / "stopped"), **settings(class_dir))
+    cfg = make_cfg(output_dir=str(tmp_path / "stopped"), **kw)
     with pytest.raises(Crash):
         train(cfg, progress=False)
     monkeypatch.setattr(loop, "training_step", real_step)
     assert not (tmp_path / "stopped" / "pytorch_lora_weights.safetensors").exists()
-    resumed = train(
-        make_cfg(output_dir=str(tmp_path / "stopped"), resume="latest", **settings(class_dir)), progress=False
-    )
+    resumed = train(make_cfg(output_dir=str(tmp_path / "stopped"), resume="latest", **kw), progress=False)
 
     assert max_abs_diff(lora_weights(straight), lora_weights(resumed)) <= 1e-6
     rows = list(csv.DictReader(open(resumed / "train_log.csv")))

@@ -11,6 +11,7 @@ from ..families.base import WEIGHTING_SCHEMES
 from ..methods import METHODS
 from ..methods.lora import LoRAOptions
 from ..methods.textual_inversion import TextualInversionOptions
+from ..optimizers import OPTIMIZERS, ProdigyOptions
 from ..options import check_bounds, check_required, flag_name, option
 from ..quantize import KINDS as QUANTIZE_KINDS
 
@@ -88,7 +89,7 @@ class TrainData:
 
 
 @dataclasses.dataclass
-class TrainConfig(TextualInversionOptions, LoRAOptions, TrainData):
+class TrainConfig(ProdigyOptions, TextualInversionOptions, LoRAOptions, TrainData):
     # for every method
     zero_terminal_snr: bool = option(
         False,
@@ -98,7 +99,12 @@ class TrainConfig(TextualInversionOptions, LoRAOptions, TrainData):
     train_text_encoder: bool = option(
         False, "also train the text encoder (LoRA on its attention projections; all of it with --method full)"
     )
-    text_encoder_lr: float = option(1e-5, "learning rate of the text-encoder LoRA", gt=0, le=1)
+    text_encoder_lr: float | None = option(
+        None,
+        "learning rate of the text-encoder LoRA (default: 1e-5; with --optimizer prodigy, --learning-rate)",
+        gt=0,
+        le=1,
+    )
     text_encoder_2_lr: float | None = option(
         None, "SDXL: learning rate of the second text encoder (default: --text-encoder-lr)", gt=0
     )
@@ -109,8 +115,18 @@ class TrainConfig(TextualInversionOptions, LoRAOptions, TrainData):
         choices=QUANTIZE_KINDS,
     )
     # optimisation
+    optimizer: str = option(
+        "adamw",
+        "adamw; adamw8bit (bitsandbytes, CUDA: Adam's moments in 8 bits); prodigy (estimates its own step size: "
+        "learning rate 1.0); adafactor (factored second moment, little state: full fine-tuning on small cards); "
+        "schedule-free-adamw (no schedule to choose)",
+        choices=tuple(OPTIMIZERS),
+    )
     learning_rate: float | None = option(
-        None, "learning rate (default by method: lora 1e-4, full 5e-6, textual-inversion 5e-4 x batch)", gt=0, le=1
+        None,
+        "learning rate (default by method: lora 1e-4, full 5e-6, textual-inversion 5e-4 x batch; prodigy 1.0)",
+        gt=0,
+        le=1,
     )
     lr_scheduler: str = option("constant_with_warmup", "learning-rate schedule", choices=LR_SCHEDULERS)
     lr_warmup_steps: int | None = option(None, "warmup steps (default 500; 'constant' takes none)", ge=0)
@@ -168,7 +184,7 @@ class TrainConfig(TextualInversionOptions, LoRAOptions, TrainData):
     adam_beta2: float = option(0.999, "AdamW beta2")
     adam_weight_decay: float = option(1e-2, "AdamW weight decay")
     adam_epsilon: float = option(1e-8, "AdamW epsilon")
-    adam_8bit: bool = option(False, "8-bit AdamW from bitsandbytes (CUDA only)")
+    adam_8bit: bool = option(False, "8-bit AdamW from bitsandbytes (CUDA only): --optimizer adamw8bit")
     mixed_precision: str = option("no", "mixed precision through accelerate", choices=MIXED_PRECISION)
     gradient_checkpointing: bool = option(False, "trade compute for memory in the UNet (and text encoder)")
     num_processes: int = option(
@@ -222,8 +238,13 @@ class TrainConfig(TextualInversionOptions, LoRAOptions, TrainData):
 
     def __post_init__(self) -> None:
         method = METHODS.get(self.method, METHODS["lora"])
+        if self.adam_8bit and self.optimizer == "adamw":  # --adam-8bit: the name it had first
+            self.optimizer = "adamw8bit"
+        optimizer = OPTIMIZERS.get(self.optimizer, OPTIMIZERS["adamw"])
         if self.learning_rate is None:
-            self.learning_rate = method.default_learning_rate(self)
+            self.learning_rate = optimizer.default_learning_rate or method.default_learning_rate(self)
+        if self.text_encoder_lr is None:  # Prodigy's learning rates multiply its own step size: the same one
+            self.text_encoder_lr = self.learning_rate if optimizer.default_learning_rate else 1e-5
         if self.max_steps is None:
             self.max_steps = method.defaults["max_steps"]
 
@@ -248,6 +269,11 @@ class TrainConfig(TextualInversionOptions, LoRAOptions, TrainData):
         method = METHODS[self.method]
         method.refuse_options_of_others(self, [m for m in METHODS.values() if m is not method])
         method.validate_options(self)
+        optimizer = OPTIMIZERS[self.optimizer]
+        if self.adam_8bit and self.optimizer != "adamw8bit":
+            raise UserError(f"--adam-8bit: is --optimizer adamw8bit, and --optimizer is {self.optimizer}")
+        optimizer.refuse_options_of_others(self, [o for o in OPTIMIZERS.values() if o is not optimizer])
+        optimizer.validate_options(self)
         self._validate_together()
 
     def _validate_together(self) -> None:

@@ -4,6 +4,7 @@ not count."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -103,11 +104,23 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(
-    output_dir, step: int, method, comps, optimizer, lr_scheduler, extra: dict, ema=None, ema_save=None, sharded=None
+    output_dir,
+    step: int,
+    method,
+    comps,
+    optimizer,
+    lr_scheduler,
+    extra: dict,
+    ema=None,
+    ema_save=None,
+    sharded=None,
+    evaluating=contextlib.nullcontext,
 ) -> Path:
     """ema: the EMA's state (diffusers' EMAModel) and ema_save(folder), which writes its user-facing weights.
     sharded: with --fsdp, the folder where every process wrote its shards of the trained tensors and the
-    optimizer's states (sharding.save); it moves into the checkpoint, which then holds no optimizer file."""
+    optimizer's states (sharding.save); it moves into the checkpoint, which then holds no optimizer file.
+    evaluating: a context in which the parameters hold the weights to save for use (schedule-free
+    AdamW's average); what resumes is saved outside it."""
     from safetensors.torch import save_file
 
     path = checkpoints_dir(output_dir) / f"step-{step}"
@@ -125,9 +138,10 @@ def save_checkpoint(
             _write_state(tmp, "optimizer", optimizer.state_dict())
         _write_state(tmp, "scheduler", lr_scheduler.state_dict())
         _write_state(tmp, "rng", rng_state())
-        _, unsaved = save_weights(method.save, comps, tmp)
-        if ema is not None:
-            unsaved += save_weights(lambda _, folder: ema_save(folder), comps, tmp / EMA_DIR)[1]
+        with evaluating():
+            _, unsaved = save_weights(method.save, comps, tmp)
+            if ema is not None:
+                unsaved += save_weights(lambda _, folder: ema_save(folder), comps, tmp / EMA_DIR)[1]
         for problem in unsaved:
             log.warning("checkpoint step-%d: could not write %s", step, problem)
         state = {"step": step, **extra, **({"unsaved": unsaved} if unsaved else {})}

@@ -119,7 +119,8 @@ def _train(cfg: TrainConfig, plan: Plan, group, out: Path, progress: bool) -> No
         group.wait_for_everyone()
         run = setup(cfg, plan, progress)
         fit(run, progress)
-        with _whole(run):  # with --fsdp every process gathers the trained tensors onto the main one
+        # with --fsdp every process gathers the trained tensors onto the main one
+        with _whole(run), run.optimizer_unit.evaluating(run.optimizer):
             if main:
                 _finish(run, cfg, out)
 
@@ -173,12 +174,14 @@ def fit(run: Run, progress: bool = True) -> None:
     models = [run.denoiser, *(run.text_encoders if run.method.trains_text_encoder else [])]
     for m in models:
         m.train()
+    run.optimizer_unit.start(run.optimizer)
     if cfg.report_to != "none":
         hparams = {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))}
         acc.init_trackers("train", config=hparams)
     renders = acc.is_main_process or cfg.fsdp  # a sharded model's forward takes every process
     if renders and run.start_step == 0 and validation.due(cfg, 0):
-        validation.render(run, 0)  # the base model's images, to compare against
+        with run.optimizer_unit.evaluating(run.optimizer):
+            validation.render(run, 0)  # the base model's images, to compare against
     steps = _StepLog(run, progress)
     with _StopRequest() as stop, steps:
         for step in range(run.start_step, cfg.max_steps):
@@ -191,7 +194,8 @@ def fit(run: Run, progress: bool = True) -> None:
             steps.write(step + 1, totals, time.perf_counter() - t0, fault)
             _checkpoint(run, step + 1, stopping)
             if renders and validation.due(cfg, step + 1):
-                validation.render(run, step + 1)
+                with run.optimizer_unit.evaluating(run.optimizer):
+                    validation.render(run, step + 1)
     if acc.is_main_process:
         validation.write_grid(cfg)
     if cfg.report_to != "none":
@@ -233,7 +237,8 @@ def _checkpoint(run: Run, done: int, stopping: bool) -> None:
         acc.wait_for_everyone()
     elif due and acc.is_main_process:
         save_checkpoint(out, done, run.method, run.comps, run.optimizer, run.lr_scheduler, extra, ema=run.ema,
-                        ema_save=run.save_ema if run.ema is not None else None)  # fmt: skip
+                        ema_save=run.save_ema if run.ema is not None else None,
+                        evaluating=lambda: run.optimizer_unit.evaluating(run.optimizer))  # fmt: skip
         prune_checkpoints(out, cfg.keep_checkpoints)
     if stopping and done < cfg.max_steps:
         acc.wait_for_everyone()  # the checkpoint is on disk before any process exits

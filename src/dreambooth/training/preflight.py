@@ -16,6 +16,7 @@ from ..data.prior import check_class_dir
 from ..errors import UserError
 from ..methods import METHODS, get_method
 from ..models import check_model
+from ..optimizers import OPTIMIZERS, get_optimizer
 from ..options import flag_name
 from ..runs import checkpoint_step, is_checkpoint, list_checkpoints, run_status
 
@@ -198,7 +199,7 @@ def _check_fsdp(cfg: TrainConfig) -> None:
         (cfg.num_processes < 2, "--num-processes", "shards across processes; give --num-processes 2 or more (one per GPU)"),
         (cfg.method == "textual-inversion", "--method", "textual-inversion trains one embedding; --fsdp shards lora and full training"),
         (cfg.quantize_base is not None, "--quantize-base", "quantised base weights are not sharded; use one of the two"),
-        (cfg.adam_8bit, "--adam-8bit", "bitsandbytes' 8-bit states are not sharded; use AdamW"),
+        (not OPTIMIZERS[cfg.optimizer].shards, f"--optimizer {cfg.optimizer}", "its states are not sharded here; use adamw"),
         (cfg.mixed_precision == "fp16", "--mixed-precision fp16", "needs a sharded gradient scaler; use bf16"),
         (cfg.ema_decay is not None, "--ema-decay", "the average of sharded weights is not kept; leave it out"),
         (getattr(cfg, "train_identifier_embedding", False), "--train-identifier-embedding", "pivotal tuning's embedding rows are not sharded; leave it out"),
@@ -209,13 +210,15 @@ def _check_fsdp(cfg: TrainConfig) -> None:
 
 
 def _check_hardware(cfg: TrainConfig) -> None:
-    if cfg.mixed_precision == "fp16" or cfg.adam_8bit:
+    if cfg.mixed_precision == "fp16":
         import torch
 
         if not torch.cuda.is_available():
-            flag = "--adam-8bit" if cfg.adam_8bit else "--mixed-precision fp16"
-            raise UserError(f"{flag}: needs a CUDA GPU, and none is available (use bf16 or no on the CPU)")
-    if cfg.adam_8bit and importlib.util.find_spec("bitsandbytes") is None:
-        raise UserError("--adam-8bit: needs the bitsandbytes package (pip install bitsandbytes)")
+            raise UserError(
+                "--mixed-precision fp16: needs a CUDA GPU, and none is available (use bf16 or no on the CPU)"
+            )
+    get_optimizer(cfg).check()
+    if (warning := OPTIMIZERS[cfg.optimizer].learning_rate_warning(cfg)) is not None:
+        log.warning("%s", warning)
     if cfg.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
         raise UserError("--report-to tensorboard: needs the tensorboard package (pip install tensorboard)")

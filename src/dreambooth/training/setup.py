@@ -17,6 +17,7 @@ from ..data.prior import class_images, generate_class_images, missing_class_indi
 from ..errors import UserError
 from ..methods import METHODS, Method, get_method
 from ..models import Components, load_components
+from ..optimizers import get_optimizer
 from .checkpoint import load_checkpoint, set_rng_state
 from .preflight import Plan
 
@@ -38,6 +39,11 @@ class Run:
     weight_dtype: torch.dtype
     objective: Any  # families.objectives: noising, target and loss weights
     ema: Any = None  # diffusers' EMAModel of the trained parameters, with --ema-decay
+
+    @property
+    def optimizer_unit(self):
+        """The --optimizer (what it needs around training: schedule-free AdamW's evaluation weights)."""
+        return get_optimizer(self.cfg)
 
     @property
     def trained(self) -> list:
@@ -147,10 +153,10 @@ def _trainable(cfg: TrainConfig, method: Method, comps: Components, accelerator)
         from . import sharding
 
         param_groups = sharding.shard(comps, param_groups, accelerator)
-    optimizer = _optimizer(cfg, param_groups)
-    lr_scheduler = get_scheduler(
-        cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
-    )
+    unit = get_optimizer(cfg)
+    optimizer = unit.build(param_groups)
+    schedule, warmup = unit.schedule()
+    lr_scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=warmup, num_training_steps=cfg.max_steps)
     return optimizer, lr_scheduler
 
 
@@ -276,12 +282,3 @@ def _token_ids(cfg: TrainConfig, comps: Components, prompts: list[str]) -> list[
     """The prompts' token ids (P, L), one tensor per tokenizer of the model's family."""
     rows = [comps.family.token_ids(comps.tokenizers, p, cfg.max_sequence_length) for p in prompts]
     return [torch.cat(per_tokenizer) for per_tokenizer in zip(*rows)]
-
-
-def _optimizer(cfg: TrainConfig, groups: list[dict]):
-    kw = dict(betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-    if cfg.adam_8bit:
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(groups, **kw)
-    return torch.optim.AdamW(groups, **kw)
