@@ -133,25 +133,25 @@ def test_sdxl_lora_exports_to_kohya_and_loads_to_the_same_images(sdxl, sdxl_lora
 def test_lora_training_on_sdxl_conditions_on_sizes_and_trains_both_text_encoders(sdxl, tmp_path, monkeypatch):
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 
-    import dreambooth.training.setup as setup_module
+    from dreambooth.optimizers.adamw import AdamW
 
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.new("RGB", (96, 64), (200, 120, 40)).save(photos / "wide.png")  # 96 wide, 64 high
     seen, lrs = [], []
-    real_forward, real_optimizer = UNet2DConditionModel.forward, setup_module._optimizer
+    real_forward, real_build = UNet2DConditionModel.forward, AdamW.build
 
     def spy(self, *args, added_cond_kwargs=None, **kw):
         if self.training:
             seen.append(added_cond_kwargs)
         return real_forward(self, *args, added_cond_kwargs=added_cond_kwargs, **kw)
 
-    def spy_optimizer(cfg, groups):
+    def spy_build(self, groups):
         lrs.extend(g["lr"] for g in groups)
-        return real_optimizer(cfg, groups)
+        return real_build(self, groups)
 
     monkeypatch.setattr(UNet2DConditionModel, "forward", spy)
-    monkeypatch.setattr(setup_module, "_optimizer", spy_optimizer)
+    monkeypatch.setattr(AdamW, "build", spy_build)
     run = tmp_path / "run"
     args = ["train", "--model", str(sdxl), "--instance-dir", str(photos), "--instance-prompt", "a photo of sks dog"]
     args += ["--class-prompt", "a photo of a dog", "--class-dir", str(tmp_path / "class"), "--num-class-images", "2"]
