@@ -575,10 +575,12 @@ def test_bf16_mixed_precision_generates_class_and_validation_images(flow_models,
     cfg = make_cfg(model=str(flow_models / arch), mixed_precision="bf16", class_prompt="a photo of a dog",
                    class_dir=str(tmp_path / "class"), num_class_images=2, class_inference_steps=2,
                    validation_prompt=["a photo of sks dog"], validation_inference_steps=2,
-                   max_sequence_length=16)  # fmt: skip
+                   max_sequence_length=16, validation_loss_every=2)  # fmt: skip
     run = train(cfg, progress=False)
     assert len(list((tmp_path / "class").glob("*.png"))) == 2
     assert list((run / "validation").rglob("*.png"))
+    last = (run / "train_log.csv").read_text().splitlines()[-1].split(",")
+    assert float(last[-2]) > 0 and float(last[-1]) > 0  # the validation loss, on the photos and class images
 
 
 def test_generation_without_guidance_uses_the_familys_own(flow_models, tiny_model, tmp_path):

@@ -172,3 +172,28 @@ def test_select_scores_runs_of_every_method_and_layout(kind, options, make_cfg, 
     assert all(0 <= c["dino"] <= 1 for c in selection["candidates"])
     prompt = selection["prompts"][0]
     assert ("<sks-dog> dog" in prompt) if kind == "textual-inversion" else ("sks dog" in prompt)
+
+
+def test_select_can_rank_checkpoints_by_the_validation_loss(make_cfg, extractors, tmp_path, capsys):
+    """With --validation-loss-every the run logs the loss at fixed noise at each checkpoint's step:
+    select reports it beside the paper's metrics and can put it in the objective (lower is better);
+    without it that objective is one line."""
+    import csv
+
+    from dreambooth.training.loop import train
+
+    run = train(make_cfg(output_dir=str(tmp_path / "run"), max_steps=3, checkpoint_every=1, learning_rate=1e-2,
+                         validation_loss_every=1), progress=False)  # fmt: skip
+    logged = {int(r["step"]): float(r["validation_loss"]) for r in csv.DictReader(open(run / "train_log.csv"))}
+    dino, clip = extractors
+    args = ["select", "--run", str(run), "--dino-model", str(dino), "--clip-model", str(clip), "--prompts", "1",
+            "--images-per-prompt", "1", "--num-class-images", "0", "--steps", "2"]  # fmt: skip
+    assert main([*args, "--objective", "validation_loss=1"]) == 0
+    selection = json.loads((run / "selection.json").read_text())
+    assert {c["step"]: c["validation_loss"] for c in selection["candidates"]} == logged
+    assert selection["step"] == min(logged, key=logged.get)
+    plain = train(make_cfg(output_dir=str(tmp_path / "plain"), max_steps=2, checkpoint_every=1), progress=False)
+    capsys.readouterr()
+    assert main([*args[:2], str(plain), *args[3:], "--objective", "validation_loss=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--validation-loss-every" in err[0], err

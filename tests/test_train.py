@@ -246,6 +246,7 @@ def test_report_to_tensorboard_logs_losses_lr_and_validation_images(make_cfg):
         validation_every=3,
         validation_seeds=[0],
         validation_inference_steps=2,
+        validation_loss_every=2,
     )
     out = train(cfg, progress=False)
     (events,) = list((out / "logs" / "train").glob("events.out.tfevents.*"))  # (hparams go to a subfolder)
@@ -254,6 +255,7 @@ def test_report_to_tensorboard_logs_losses_lr_and_validation_images(make_cfg):
     tags = acc.Tags()
     assert {"train/loss", "train/instance_loss", "train/lr"} <= set(tags["scalars"])
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3]
+    assert [e.step for e in acc.Scalars("validation/loss")] == [2, 3]
     assert len(tags["images"]) == 1 and {e.step for e in acc.Images(tags["images"][0])} == {0, 3}
 
 
@@ -316,3 +318,40 @@ def test_no_room_on_the_disk_is_refused_before_anything_starts(make_cfg, tmp_pat
     assert not (tmp_path / "deep").exists()
     cfg = make_cfg(method="full", max_steps=1000, checkpoint_every=250, keep_checkpoints=2, rank=16)
     assert expected_bytes(cfg, 10**9) == 10**9 * (1 + 4 * 2) + 50_000_000
+
+
+def test_validation_loss_is_the_same_measure_each_time_and_changes_nothing_else(make_cfg, class_dir, tmp_path):
+    """--validation-loss-every: the loss on the photos and class images at fixed noise and timesteps,
+    in train_log.csv at the due steps and the last; the training (losses, weights) is exactly what it is
+    without it, and on the same weights it is the same number (here the weights of a run that stopped
+    at step 4, continued)."""
+    import dataclasses
+
+    kw = dict(max_steps=6, learning_rate=1e-2, class_prompt="a photo of a dog", class_dir=str(class_dir),
+              num_class_images=4, train_text_encoder=True, checkpoint_every=2)  # fmt: skip
+    plain = train(make_cfg(output_dir=str(tmp_path / "plain"), **kw), progress=False)
+    cfg = make_cfg(output_dir=str(tmp_path / "held"), validation_loss_every=2, **kw)
+    held = train(cfg, progress=False)
+    rows = list(csv.DictReader(open(held / "train_log.csv")))
+    plain_rows = list(csv.DictReader(open(plain / "train_log.csv")))
+    assert [r["loss"] for r in rows] == [r["loss"] for r in plain_rows]
+    assert max_abs_diff(lora_weights(held), lora_weights(plain)) == 0
+    values = [(int(r["step"]), float(r["validation_loss"]), float(r["validation_prior_loss"]))
+              for r in rows if r["validation_loss"]]  # fmt: skip
+    assert [v[0] for v in values] == [2, 4, 6]
+    assert values[-1][1] < values[0][1], values  # lr 1e-2: the photos' loss falls (measured 1.066 -> 1.014)
+    from dreambooth.ui.projects import view
+    from dreambooth.ui.tab_train import loss_plot
+
+    shown = view(held)  # the web UI's plot of the run shows it beside the training loss
+    assert [(s, f"{v:.6g}") for s, v in shown.validation_losses] == [(s, f"{v:.6g}") for s, v, _ in values]
+    assert loss_plot(shown.losses, "loss", shown.validation_losses).size[0] > 100
+    from dreambooth.training.loop import resolved, setup
+    from dreambooth.training.preflight import preflight
+    from dreambooth.training.validation_loss import validation_loss
+
+    resumed = dataclasses.replace(cfg, max_steps=8, resume="latest")  # the step-6 checkpoint's weights, reloaded
+    run = setup(resolved(resumed), preflight(resumed), progress=False)
+    first = validation_loss(run)
+    assert validation_loss(run) == first
+    assert (f"{first[0]:.6g}", f"{first[1]:.6g}") == (rows[5]["validation_loss"], rows[5]["validation_prior_loss"])

@@ -178,7 +178,7 @@ def sweep_command(cfg: SweepConfig) -> int:
 
 def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[str]:
     """Train, score and report; the names of the runs that failed."""
-    from .evaluation.select import objective_values, pareto_front, parse_objective
+    from .evaluation.select import LOGGED, logged_at_steps, objective_values, pareto_front, parse_objective
 
     planned = plan(cfg)
     kind = metrics_kind(cfg, planned) if cfg.evaluate else None
@@ -186,7 +186,9 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[str]:
     default_objective = "fidelity=1,recontext=1" if kind == "oracle" else "dino=1,clip_t=1"
     if cfg.evaluate:
         cfg = dataclasses.replace(cfg, objective=cfg.objective or default_objective)
-    weights = parse_objective(cfg.objective, metrics) if cfg.evaluate else {}
+    weights = parse_objective(cfg.objective, metrics + LOGGED) if cfg.evaluate else {}
+    if any(name in LOGGED for name in weights) and not all(p.cfg.validation_loss_every for p in planned):
+        raise UserError(f"--objective {cfg.objective}: the runs must log it; give them --validation-loss-every N")
     status = train_all(cfg, planned)
     rows: list[dict] = []
     if cfg.evaluate:
@@ -199,7 +201,8 @@ def run_sweep(cfg: SweepConfig, progress: bool = True) -> list[str]:
             if status.get(p.name) != "finished":
                 continue
             found = evaluate_oracle(cfg, p, engine) if kind == "oracle" else evaluate_paper(cfg, p)
-            rows += [{"run": p.name, **p.overrides, **r} for r in found]
+            logged = logged_at_steps(Path(p.cfg.output_dir))  # --validation-loss-every, where the run has it
+            rows += [{"run": p.name, **p.overrides, **r, "validation_loss": logged.get(r["step"])} for r in found]
         if rows:
             a, b = ("fidelity", "recontext") if kind == "oracle" else ("dino", "clip_t")
             for r, front, value in zip(rows, pareto_front(rows, a, b), objective_values(rows, weights)):

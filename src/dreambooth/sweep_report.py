@@ -56,7 +56,10 @@ def evaluate_paper(cfg: SweepConfig, p: Planned) -> list[dict]:
         clip_model=cfg.clip_model,
     )
     selection = run_select(scfg, progress=False)
-    return [{k: r[k] for k in ("step", "checkpoint", *PAPER_METRICS)} for r in selection["candidates"]]
+    return [
+        {k: r.get(k) for k in ("step", "checkpoint", *PAPER_METRICS, "validation_loss")}
+        for r in selection["candidates"]
+    ]
 
 
 def evaluate_oracle(cfg: SweepConfig, p: Planned, engine) -> list[dict]:

@@ -223,6 +223,12 @@ class TrainConfig(ProdigyOptions, TextualInversionOptions, LoRAOptions, TrainDat
     resume: str | None = option(None, "continue a run: 'latest' or a checkpoint folder")
     overwrite: bool = option(False, "replace a finished run in --output-dir")
     # validation images while training
+    validation_loss_every: int | None = option(
+        None,
+        "every N steps (and at the last), the denoising loss on the photos and the first 8 class images at fixed "
+        "noise and timesteps: the one loss curve that is not noise (train_log.csv's validation_loss columns)",
+        ge=1,
+    )
     validation_prompt: list[str] = option([], "prompt to render while training (repeatable)")
     validation_every: int | None = option(
         None, "render validation images every N steps (default: --checkpoint-every)", ge=1

@@ -167,6 +167,22 @@ class TrainingData:
         else:
             which = torch.zeros(n, dtype=torch.long)
         idx, flips, crops, which = idx[lo:hi], flips[lo:hi], crops[lo:hi], which[lo:hi]
+        latents = self._latents(s, idx, flips, crops, vae, generator, rows=(lo, n))
+        if s.caption_dropout > 0:  # drawn last: without dropout a step's random numbers are unchanged
+            dropped = (torch.rand(n, generator=generator) < s.caption_dropout)[lo:hi]
+            which = torch.where(dropped, s.prompt_ids.shape[0] - 1, which)
+        emb, added = self._text(s, idx, flips, crops, which, text_encoders, device)
+        return latents.to(device), emb.to(device), added
+
+    def fixed(self, s: ExampleSet, i: int, generator: torch.Generator, vae, text_encoders, device):
+        """Example i of s as the validation loss sees it: unflipped, centred, with its own prompt (its
+        caption, or the first prompt), its latents sampled from generator; as batch returns them."""
+        which = torch.tensor([s.prompt_of[i] if s.prompt_of is not None else 0], dtype=torch.long)
+        latents = self._latents(s, [i], [False], [(0.5, 0.5)], vae, generator, rows=(0, 1))
+        emb, added = self._text(s, [i], [False], [(0.5, 0.5)], which, text_encoders, device)
+        return latents.to(device), emb.to(device), added
+
+    def _latents(self, s: ExampleSet, idx, flips, crops, vae, generator, rows):
         if s._latent_cache:
             params = torch.stack([s._latent_cache[(i, f)] for i, f in zip(idx, flips)])
         else:
@@ -174,10 +190,10 @@ class TrainingData:
                 params = self._encode(vae, [s.paths[i] for i in idx], flips, crops, [self._target(s, i) for i in idx])
         cfg = vae.config
         shift = getattr(cfg, "shift_factor", None) or 0.0
-        latents = sample_latents(params, generator, cfg.scaling_factor, shift, rows=(lo, n))
-        if s.caption_dropout > 0:  # drawn last: without dropout a step's random numbers are unchanged
-            dropped = (torch.rand(n, generator=generator) < s.caption_dropout)[lo:hi]
-            which = torch.where(dropped, s.prompt_ids.shape[0] - 1, which)
+        return sample_latents(params, generator, cfg.scaling_factor, shift, rows=rows)
+
+    def _text(self, s: ExampleSet, idx, flips, crops, which, text_encoders, device):
+        """The prompts' embeddings (cached or encoded) and the family's further conditioning, or None."""
         if s._embedding_cache is not None:
             emb, pooled = s._embedding_cache
             emb, pooled = emb[which], None if pooled is None else pooled[which]
@@ -189,4 +205,4 @@ class TrainingData:
             if self.family.size_conditioning:
                 sizes = [micro_conditioning(s.size(i), self._target(s, i), c, f) for i, c, f in zip(idx, crops, flips)]
             added = {k: v.to(device) for k, v in self.family.conditions(pooled, sizes).items()}
-        return latents.to(device), emb.to(device), added
+        return emb, added

@@ -30,7 +30,9 @@ SELECTION = "selection.json"
 METRICS = ("dino", "clip_i", "clip_t", "pres")
 
 
-LOWER_IS_BETTER = ("pres", "leakage")  # PRES and the toy world's class leakage: less is better
+LOWER_IS_BETTER = ("pres", "leakage", "validation_loss")  # less is better
+# what the run logged at each checkpoint's step (--validation-loss-every), usable in --objective too
+LOGGED = ("validation_loss",)
 
 
 def parse_objective(text: str, metrics: tuple[str, ...] = METRICS) -> dict[str, float]:
@@ -64,12 +66,22 @@ def objective_values(rows: list[dict], weights: dict[str, float]) -> list[float]
     for name, w in weights.items():
         col = [r.get(name) for r in rows]
         if any(v is None for v in col):
-            raise UserError(f"--objective: '{name}' was not measured (PRES needs --num-class-images > 0)")
+            why = "train with --validation-loss-every N" if name in LOGGED else "PRES needs --num-class-images > 0"
+            raise UserError(f"--objective: '{name}' was not measured at every candidate ({why})")
         lo, hi = min(col), max(col)
         for i, v in enumerate(col):
             norm = 0.5 if hi == lo else (v - lo) / (hi - lo)
             values[i] += w * ((1 - norm) if name in LOWER_IS_BETTER else norm)
     return values
+
+
+def logged_at_steps(run: Path, column: str = "validation_loss") -> dict[int, float]:
+    """A train_log.csv column's values by step, where the row has one."""
+    f = run / "train_log.csv"
+    if not f.is_file():
+        return {}
+    with open(f, newline="", encoding="utf-8") as h:
+        return {int(r["step"]): float(r[column]) for r in csv.DictReader(h) if r.get(column)}
 
 
 def _candidates(run: Path, method) -> list[tuple[int, Path]]:
@@ -112,15 +124,24 @@ def run_select(cfg: SelectConfig, progress: bool = True) -> dict:
     saved = runs.saved_config(run)
     if saved is None:
         raise UserError(f"--run {run}: not a training run (no readable config.yaml)")
-    weights = parse_objective(cfg.objective)
+    weights = parse_objective(cfg.objective, METRICS + LOGGED)
     method = get_method(saved)
     if cfg.scales and "lora" not in method.sampling(run):
         raise UserError(f"--scales: LoRA strengths, and --run {run} trained with --method {saved.method}")
     candidates = _candidates(run, method)
     if not candidates:
         raise UserError(f"--run {run}: holds no checkpoint and no final weights")
+    logged = logged_at_steps(run)
+    unlogged = [step for step, _ in candidates if step not in logged]
+    if unlogged and any(name in LOGGED for name in weights):
+        raise UserError(
+            f"--objective {cfg.objective}: the run logged no validation loss at step {unlogged[0]} "
+            "(train with --validation-loss-every N, a divisor of --checkpoint-every)"
+        )
     base, prompts = _protocol(cfg, saved, run / "selection")
     rows = _score_candidates(cfg, base, prompts, candidates, method, progress)
+    for r in rows:
+        r["validation_loss"] = logged.get(r["step"])
     for r, f, v in zip(rows, pareto_front(rows), objective_values(rows, weights)):
         r["pareto"], r["objective"] = f, round(v, 6)
     best = max((r for r in rows if r["pareto"]), key=lambda r: r["objective"])

@@ -39,6 +39,10 @@ class Objective:
         """The timesteps of a global batch of total examples (total,), drawn from g."""
         raise NotImplementedError
 
+    def fixed_timesteps(self, k: int) -> torch.Tensor:
+        """k timesteps spread evenly over the training range (the validation loss's, always the same)."""
+        raise NotImplementedError
+
     def noisy(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -61,6 +65,10 @@ class Denoising(Objective):
 
     def timesteps(self, total: int, g: torch.Generator) -> torch.Tensor:
         return torch.randint(0, self.scheduler.config.num_train_timesteps, (total,), generator=g)
+
+    def fixed_timesteps(self, k: int) -> torch.Tensor:
+        n = self.scheduler.config.num_train_timesteps
+        return ((torch.arange(k) + 0.5) * n / k).long()  # the middles of k equal ranges
 
     def noisy(self, latents, noise, t):
         return self.scheduler.add_noise(latents, noise, t)
@@ -103,6 +111,10 @@ class RectifiedFlow(Objective):
         n = self.scheduler.config.num_train_timesteps
         indices = (u * n).long().clamp(0, len(self.scheduler.timesteps) - 1)
         return self.scheduler.timesteps[indices]
+
+    def fixed_timesteps(self, k: int) -> torch.Tensor:
+        schedule = self.scheduler.timesteps
+        return schedule[((torch.arange(k) + 0.5) * len(schedule) / k).long()]  # the middles of k equal ranges
 
     def sigmas(self, t: torch.Tensor, ndim: int) -> torch.Tensor:
         """The scheduler's sigma of each timestep (looked up in its schedule, as the scripts' get_sigmas

@@ -31,7 +31,10 @@ from .sharding import full_tensor
 from .step import training_step
 
 log = logging.getLogger(__name__)
-LOG_COLUMNS = ("step", "loss", "instance_loss", "prior_loss", "lr", "seconds", "skipped")
+LOG_COLUMNS = (
+    "step", "loss", "instance_loss", "prior_loss", "lr", "seconds", "skipped", "validation_loss",
+    "validation_prior_loss",
+)  # fmt: skip
 
 
 class _StopRequest:
@@ -191,7 +194,7 @@ def fit(run: Run, progress: bool = True) -> None:
             totals, stopping = _agreed(acc, totals, stop.signal is not None)
             if fault:
                 steps.skip(step + 1, fault)
-            steps.write(step + 1, totals, time.perf_counter() - t0, fault)
+            steps.write(step + 1, totals, time.perf_counter() - t0, fault, _validation_loss(run, step + 1))
             _checkpoint(run, step + 1, stopping)
             if renders and validation.due(cfg, step + 1):
                 with run.optimizer_unit.evaluating(run.optimizer):
@@ -200,6 +203,18 @@ def fit(run: Run, progress: bool = True) -> None:
         validation.write_grid(cfg)
     if cfg.report_to != "none":
         acc.end_training()
+
+
+def _validation_loss(run: Run, done: int) -> tuple[float, float | None] | None:
+    """--validation-loss-every: (photos, class images) when due, on the weights that would be saved; every
+    process computes it (a sharded model's forward takes them all; the others' cost is a few forwards)."""
+    every = run.cfg.validation_loss_every
+    if not every or (done % every and done != run.cfg.max_steps):
+        return None
+    from .validation_loss import validation_loss
+
+    with run.optimizer_unit.evaluating(run.optimizer):
+        return validation_loss(run)
 
 
 def _agreed(acc, totals: torch.Tensor, stopping: bool) -> tuple[torch.Tensor, bool]:
@@ -283,15 +298,19 @@ class _StepLog:
         self.skipped += 1
         log.warning("step %d: the %s is not finite; step skipped (%d so far)", done, fault, self.skipped)
 
-    def write(self, done: int, totals: torch.Tensor, dt: float, fault: str | None) -> None:
+    def write(self, done: int, totals: torch.Tensor, dt: float, fault: str | None, held=None) -> None:
         lr = totals[3].item()
         row = [done, *(f"{v:.6g}" for v in totals[:3].tolist()), f"{lr:.6g}", f"{dt:.4f}", int(bool(fault))]
+        row += ["" if v is None else f"{v:.6g}" for v in (held or (None, None))]
         if self.file is not None:
             self.file.write(",".join(map(str, row)) + "\n")
             self.file.flush()
         if self.cfg.report_to != "none":
             names = ("loss", "instance_loss", "prior_loss")
             self.acc.log({**{f"train/{k}": v for k, v in zip(names, totals[:3].tolist())}, "train/lr": lr}, step=done)
+            if held is not None:
+                self.acc.log({f"validation/{k}": v for k, v in zip(("loss", "prior_loss"), held) if v is not None},
+                             step=done)  # fmt: skip
         self.step_time = dt if self.step_time is None else 0.9 * self.step_time + 0.1 * dt
         self.bar.set_postfix_str(f"loss={totals[0]:.4f} lr={lr:.2e} s/step={self.step_time:.2f}")
         self.bar.update(1)

@@ -135,6 +135,7 @@ class RunView:
     max_steps: int | None
     method: str
     losses: list[tuple[int, float]] = field(default_factory=list)
+    validation_losses: list[tuple[int, float]] = field(default_factory=list)  # --validation-loss-every
     checkpoints: list[int] = field(default_factory=list)
     validation_step: int | None = None
     validation_images: list[Path] = field(default_factory=list)
@@ -153,7 +154,8 @@ def saved_config(run: Path) -> TrainConfig | None:
     return None
 
 
-def read_losses(run: Path) -> list[tuple[int, float]]:
+def read_losses(run: Path, column: str = "loss") -> list[tuple[int, float]]:
+    """(step, value) of a train_log.csv column, where the row has one (validation_loss: at its steps)."""
     f = run / "train_log.csv"
     if not f.is_file():
         return []
@@ -161,9 +163,9 @@ def read_losses(run: Path) -> list[tuple[int, float]]:
     with open(f, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             try:
-                out.append((int(row["step"]), float(row["loss"])))
+                out.append((int(row["step"]), float(row[column])))
             except (KeyError, TypeError, ValueError):
-                continue  # a row being written
+                continue  # a row being written, or one without the column's value
     return out
 
 
@@ -223,6 +225,7 @@ def view(run: Path, process: str | None = None) -> RunView:
         max_steps=record.get("max_steps") or (cfg.max_steps if cfg else None),
         method=(cfg.method if cfg else record.get("method", "lora")),
         losses=losses,
+        validation_losses=read_losses(run, "validation_loss"),
         checkpoints=checkpoints,
         validation_step=v_step,
         validation_images=v_images,

@@ -36,13 +36,16 @@ def running_mean(values: list[float], window: int) -> list[float]:
     return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(window, i + 1) for i in range(len(values))]
 
 
-def loss_plot(losses: list[tuple[int, float]], title: str):
-    """The loss over steps with its running mean (Pillow; no plotting library)."""
+def loss_plot(losses: list[tuple[int, float]], title: str, validation: list[tuple[int, float]] | None = None):
+    """The loss over steps with its running mean, and the validation loss where the run logs one
+    (Pillow; no plotting library)."""
     from ..evaluation.plot import line_plot
 
     window = max(1, len(losses) // 20)
     smooth = list(zip((step for step, _ in losses), running_mean([v for _, v in losses], window)))
     series = {"loss": losses} if len(losses) <= 50 else {f"loss (mean of {window})": smooth}
+    if validation:
+        series["validation loss (fixed noise)"] = validation
     return line_plot(series, title, "step")
 
 
@@ -174,7 +177,7 @@ class TrainEvents(TabEvents):
         log_text = tail(folder / "train.log")
         if before == key:
             return status_line(name, v), keep(), keep(), log_text, before
-        plot = loss_plot(v.losses, f"loss · {name}") if len(v.losses) >= 2 else None
+        plot = loss_plot(v.losses, f"loss · {name}", v.validation_losses) if len(v.losses) >= 2 else None
         images = [(str(p), f"step {v.validation_step} · {p.stem}") for p in v.validation_images]
         return status_line(name, v), plot, images, log_text, key
 
