@@ -31,3 +31,30 @@ def dog_class_images(model, folder, indices) -> None:
         resolution=64,
         progress=False,
     )
+
+
+def wandb_records(path) -> list:
+    """The records of a W&B run file (run-ID.wandb), read independently of wandb's own reader (which
+    moved out of Python): a 7-byte header (':W&B', magic 0xBEE1, version), then LevelDB's log format
+    (32 KiB blocks; each chunk a 4-byte checksum, 2-byte length, 1-byte type: full, first, middle, last),
+    each record a wandb_internal_pb2.Record."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = open(path, "rb").read()
+    assert data[:4] == b":W&B" and data[4:6] == b"\xe1\xbe", data[:7]
+    block, pos, records, pending = 32768, 7, [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records

@@ -355,3 +355,35 @@ def test_validation_loss_is_the_same_measure_each_time_and_changes_nothing_else(
     first = validation_loss(run)
     assert validation_loss(run) == first
     assert (f"{first[0]:.6g}", f"{first[1]:.6g}") == (rows[5]["validation_loss"], rows[5]["validation_prior_loss"])
+
+
+def test_report_to_wandb_logs_offline_unless_logged_in(make_cfg, tmp_path, monkeypatch):
+    """--report-to all: TensorBoard and Weights & Biases; this machine is not logged in to W&B, so the
+    run is logged offline into OUTPUT/logs/wandb (nothing leaves the machine): its config, every step's
+    losses and learning rate, the validation loss and the validation images, read back from W&B's run
+    file by an independent reader (helpers.wandb_records)."""
+    import json
+
+    from helpers import wandb_records
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc login
+    cfg = make_cfg(max_steps=3, report_to="all", validation_prompt=["a photo of sks dog"], validation_every=3,
+                   validation_seeds=[0], validation_inference_steps=2, validation_loss_every=1)  # fmt: skip
+    out = train(cfg, progress=False)
+    assert list((out / "logs" / "train").glob("events.out.tfevents.*"))  # TensorBoard's too
+    (run_file,) = (out / "logs" / "wandb").glob("offline-run-*/run-*.wandb")
+    records = wandb_records(run_file)
+    config = {i.key: json.loads(i.value_json) for r in records if r.HasField("config") for i in r.config.update}
+    assert config["learning_rate"] == 1e-3 and config["max_steps"] == 3
+    rows = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+            for r in records if r.HasField("history")]  # fmt: skip
+    logged = csv.DictReader(open(out / "train_log.csv"))
+    by_step = {row["_step"]: row for row in rows}
+    for line in logged:
+        step = int(line["step"])
+        assert abs(by_step[step]["train/loss"] - float(line["loss"])) < 1e-5
+        assert abs(by_step[step]["validation/loss"] - float(line["validation_loss"])) < 1e-5
+    images = {row["_step"] for row in rows if "validation/00 a photo of sks dog/count" in row}
+    assert images == {0, 3}

@@ -238,8 +238,9 @@ class TrainConfig(ProdigyOptions, TextualInversionOptions, LoRAOptions, TrainDat
     validation_guidance: float = option(7.5, "guidance scale of the validation images")
     report_to: str = option(
         "none",
-        "also log losses, learning rate and validation images to TensorBoard (OUTPUT/logs)",
-        choices=("none", "tensorboard"),
+        "also log the config, losses, learning rate and validation images to TensorBoard (OUTPUT/logs), Weights & "
+        "Biases (offline into OUTPUT/logs/wandb unless logged in) or both (all)",
+        choices=("none", "tensorboard", "wandb", "all"),
     )
 
     def __post_init__(self) -> None:

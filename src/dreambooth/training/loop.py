@@ -23,7 +23,7 @@ from ..config import TrainConfig
 from ..errors import ProcessesFailed, SaveIncomplete, TrainingInterrupted, UserError
 from ..options import to_yaml
 from ..runs import EMA_DIR, RUN_FILE, checkpoints_dir, list_checkpoints
-from . import validation
+from . import trackers, validation
 from .checkpoint import prune_checkpoints, save_checkpoint
 from .preflight import Plan, preflight
 from .setup import Run, resolved, setup
@@ -180,7 +180,7 @@ def fit(run: Run, progress: bool = True) -> None:
     run.optimizer_unit.start(run.optimizer)
     if cfg.report_to != "none":
         hparams = {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (int, float, str, bool))}
-        acc.init_trackers("train", config=hparams)
+        acc.init_trackers("train", config=hparams, init_kwargs=trackers.init_kwargs(cfg.report_to, cfg.output_dir))
     renders = acc.is_main_process or cfg.fsdp  # a sharded model's forward takes every process
     if renders and run.start_step == 0 and validation.due(cfg, 0):
         with run.optimizer_unit.evaluating(run.optimizer):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from dataclasses import dataclass
@@ -220,5 +219,6 @@ def _check_hardware(cfg: TrainConfig) -> None:
     get_optimizer(cfg).check()
     if (warning := OPTIMIZERS[cfg.optimizer].learning_rate_warning(cfg)) is not None:
         log.warning("%s", warning)
-    if cfg.report_to == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
-        raise UserError("--report-to tensorboard: needs the tensorboard package (pip install tensorboard)")
+    from .trackers import check as check_trackers
+
+    check_trackers(cfg.report_to)

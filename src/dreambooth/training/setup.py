@@ -18,6 +18,7 @@ from ..errors import UserError
 from ..methods import METHODS, Method, get_method
 from ..models import Components, load_components
 from ..optimizers import get_optimizer
+from . import trackers
 from .checkpoint import load_checkpoint, set_rng_state
 from .preflight import Plan
 
@@ -119,7 +120,7 @@ def _accelerator(cfg: TrainConfig):
         cpu=use_cpu(),
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.gradient_accumulation,
-        log_with="tensorboard" if cfg.report_to == "tensorboard" else None,
+        log_with=list(trackers.names(cfg.report_to)) or None,
         project_dir=str(Path(cfg.output_dir) / "logs"),
     )
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)

@@ -67,14 +67,10 @@ def render(run, step: int) -> Path:
                 ).images
             if not acc.is_main_process:  # (with --fsdp every process samples; the main one writes)
                 continue
-            if getattr(cfg, "report_to", "none") == "tensorboard":
-                import numpy as np
+            if getattr(cfg, "report_to", "none") != "none":
+                from .trackers import log_images
 
-                acc.get_tracker("tensorboard").log_images(
-                    {f"validation/{pi:02d} {prompt}": np.stack([np.asarray(im) for im in images])},
-                    step,
-                    dataformats="NHWC",
-                )
+                log_images(acc, cfg.report_to, f"validation/{pi:02d} {prompt}", images, step)
             _save(cfg, folder, pi, prompt, images, step, sampler, zero_snr)
     finally:
         pipe.scheduler = scheduler
