@@ -71,7 +71,7 @@ def test_caption_dropout_gives_its_share_of_examples_the_empty_prompt_and_leaves
         cfg = resolved(make_cfg(caption_dropout=dropout))
         run = setup(cfg, preflight(cfg), progress=False)
         g = torch.Generator().manual_seed(0)
-        latents, emb, _ = run.data.batch(run.data.instance, 0, n, g, run.comps.vae, run.text_encoders, "cpu")
+        latents, emb, _, _ = run.data.batch(run.data.instance, 0, n, g, run.comps.vae, run.text_encoders, "cpu")
         return run, latents, emb
 
     run, latents, emb = draw(p)

@@ -65,3 +65,18 @@ def test_offset_noise_is_one_constant_per_example_and_channel_and_splits_like_a_
     assert torch.equal(out, out[:, :, :1, :1].expand_as(out)) and 0.02 < out.abs().mean() < 0.2
     half = offset_noise(noise[2:4], 0.1, torch.Generator().manual_seed(0), rows=(2, 6))
     assert torch.equal(half, out[2:4])  # rows 2..3 of the same draw, as a second process takes them
+
+
+def test_masked_loss_weighs_each_latent_cell_of_the_instance_examples_only():
+    """--masked-loss: the instance MSE with each cell's squared error times its weight (every channel),
+    the mean over all cells as kohya's trainers take it; all-ones weights change nothing; the class
+    examples are never weighed."""
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 4, 2, 2, generator=g)
+    pixels = torch.tensor([[[[1.0, 0.1], [1.0, 0.1]]], [[[0.1, 0.1], [1.0, 1.0]]]])  # 2 instance examples
+    total, inst, prior = prior_preservation_loss(pred, target, 2, 0.5, None, pixels)
+    squared = (pred[:2] - target[:2]) ** 2
+    assert torch.allclose(inst, (squared * pixels).mean())
+    assert torch.allclose(prior, ((pred[2:] - target[2:]) ** 2).mean()) and torch.allclose(total, inst + 0.5 * prior)
+    plain = prior_preservation_loss(pred, target, 2, 0.5)
+    assert torch.allclose(prior_preservation_loss(pred, target, 2, 0.5, None, torch.ones(2, 1, 2, 2))[0], plain[0])

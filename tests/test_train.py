@@ -67,7 +67,8 @@ def test_run_writes_resolved_config_log_and_checkpoints(make_cfg, tmp_path):
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["lr_warmup_steps"] == 3 and cfg["lora_alpha"] == 4.0 and cfg["rank"] == 4
     rows = list(csv.DictReader(open(out / "train_log.csv")))
-    assert list(rows[0]) == ["step", "loss", "instance_loss", "prior_loss", "lr", "seconds", "skipped"]
+    assert list(rows[0]) == ["step", "loss", "instance_loss", "prior_loss", "lr", "seconds", "skipped",
+                             "validation_loss", "validation_prior_loss"]  # fmt: skip
     lrs = [float(r["lr"]) for r in rows]
     # warmup really applied (0, 1/3, 2/3 of the peak), then linear decay over the remaining steps
     assert lrs[:4] == pytest.approx([0.0, 1e-3 / 3, 2e-3 / 3, 1e-3])

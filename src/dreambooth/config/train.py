@@ -68,6 +68,12 @@ class TrainData:
         ge=0,
         lt=1,
     )
+    masked_loss: bool = option(
+        False,
+        "weigh the photos' loss by a mask of the subject (photo.mask.png beside photo.jpg, or the photo's alpha "
+        "channel): its background counts --unmasked-weight, so it does not stick to the identifier",
+    )
+    unmasked_weight: float = option(0.1, "with --masked-loss: the loss weight outside the mask", ge=0, le=1)
     output_dir: str | None = option(
         None, "where the run writes its weights, checkpoints, config and log", required=True
     )
@@ -284,6 +290,8 @@ class TrainConfig(ProdigyOptions, TextualInversionOptions, LoRAOptions, TrainDat
         self._validate_together()
 
     def _validate_together(self) -> None:
+        if self.unmasked_weight != 0.1 and not self.masked_loss:
+            raise UserError(f"--unmasked-weight {self.unmasked_weight:g}: a --masked-loss setting; give --masked-loss")
         if self.concepts is None and not self.instance_prompt.strip():
             raise UserError("--instance-prompt: is empty")
         if not self.validation_seeds:

@@ -59,13 +59,22 @@ class ExampleSet:
     drawn_prompts: int | None = None  # rows drawn from (the empty prompt of caption dropout is the last row)
     caption_dropout: float = 0.0
     targets: list[tuple[int, int]] | None = None  # each image's (width, height) bucket (--buckets); else square
+    unmasked_weight: float | None = None  # --masked-loss: the loss weight outside each photo's mask (None: off)
     _latent_cache: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict)
     _embedding_cache: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (P, L, D), pooled (P, D2)
     _sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # image index -> (width, height)
+    _masks: dict[int, object] = field(default_factory=dict)  # image index -> its mask (PIL) or None
 
     def token_ids(self, which=slice(None)) -> list[torch.Tensor]:
         """The prompts' token ids, one tensor per tokenizer of the family (rows `which`)."""
         return [ids[which] for ids in (self.prompt_ids, *self.more_ids)]
+
+    def mask(self, i: int):
+        if i not in self._masks:
+            from .masks import load_mask
+
+            self._masks[i] = load_mask(self.paths[i])
+        return self._masks[i]
 
     def size(self, i: int) -> tuple[int, int]:
         if i not in self._sizes:
@@ -172,7 +181,20 @@ class TrainingData:
             dropped = (torch.rand(n, generator=generator) < s.caption_dropout)[lo:hi]
             which = torch.where(dropped, s.prompt_ids.shape[0] - 1, which)
         emb, added = self._text(s, idx, flips, crops, which, text_encoders, device)
-        return latents.to(device), emb.to(device), added
+        return latents.to(device), emb.to(device), added, self._weights(s, idx, flips, crops, latents, device)
+
+    def _weights(self, s: ExampleSet, idx, flips, crops, latents, device):
+        """--masked-loss: each example's loss weights on the latent grid (n, 1, h, w), or None."""
+        if s.unmasked_weight is None:
+            return None
+        from .masks import latent_weights
+
+        grid, out = tuple(latents.shape[-2:]), []
+        for i, f, c in zip(idx, flips, crops):
+            mask = s.mask(i)
+            out.append(torch.ones(1, *grid) if mask is None else latent_weights(mask, self._target(s, i), f, c, grid,
+                                                                                s.unmasked_weight))  # fmt: skip
+        return torch.stack(out).to(device)
 
     def fixed(self, s: ExampleSet, i: int, generator: torch.Generator, vae, text_encoders, device):
         """Example i of s as the validation loss sees it: unflipped, centred, with its own prompt (its

@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError
+from . import masks
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -38,7 +39,7 @@ class Verdict:
     """What check-data says of one file: used (with notes), rejected (with the reason) or ignored."""
 
     path: Path
-    status: str  # "ok", "rejected", "ignored" or "caption" (a photo's .txt caption)
+    status: str  # "ok", "rejected", "ignored", "caption" (a photo's .txt caption) or "mask" (its .mask.png)
     reason: str = ""
     notes: list[str] = field(default_factory=list)
     size: tuple[int, int] | None = None
@@ -56,6 +57,10 @@ def scan_folder(folder: str | Path) -> list[Verdict]:
             out.append(Verdict(p, "ignored", "a folder (only files directly in the folder are used)"))
         elif p.suffix.lower() == ".txt" and any(p.with_suffix(s).is_file() for s in _all_cases(IMAGE_SUFFIXES)):
             out.append(_caption_verdict(p))
+        elif masks.is_mask_file(p):
+            why = masks.problem(p)
+            photo = masks.photo_of(p)
+            out.append(Verdict(p, "rejected", why) if why else Verdict(p, "mask", f"mask of {photo.name}"))
         elif p.suffix.lower() not in IMAGE_SUFFIXES:
             out.append(Verdict(p, "ignored", f"not an image file name ({p.suffix or 'no suffix'})"))
         else:
@@ -94,11 +99,19 @@ def check_data_report(folder: str) -> tuple[str, bool]:
     for v in verdicts:
         if v.status == "ok":
             size = f"{v.size[0]}x{v.size[1]}"
-            lines.append(f"ok        {v.path.name}  {size}" + (f"  ({'; '.join(v.notes)})" if v.notes else ""))
+            notes = list(v.notes)
+            where = masks.source(v.path)
+            if where:
+                notes.append(
+                    f"masked by {masks.mask_file(v.path).name}" if where == "file" else "masked by its alpha channel"
+                )
+            lines.append(f"ok        {v.path.name}  {size}" + (f"  ({'; '.join(notes)})" if notes else ""))
         else:
             lines.append(f"{v.status:<9} {v.path.name}: {v.reason}")
     counts = {s: sum(v.status == s for v in verdicts) for s in ("ok", "rejected", "ignored", "caption")}
     captions = f", {counts['caption']} captions" if counts["caption"] else ""
+    masked = sum(v.status == "ok" and masks.source(v.path) is not None for v in verdicts)
+    captions += f", {masked} masked (--masked-loss)" if masked else ""
     lines.append(
         f"{counts['ok']} usable, {counts['rejected']} rejected, {counts['ignored']} ignored{captions} in {folder}"
     )
@@ -177,7 +190,9 @@ def instance_images(folder: str | None, skip_bad: bool = False) -> list[Path]:
     verdicts = [
         v
         for v in scan_folder(folder)
-        if v.status not in ("ignored", "caption") and v.path.suffix.lower() in IMAGE_SUFFIXES
+        if v.status not in ("ignored", "caption", "mask")
+        and v.path.suffix.lower() in IMAGE_SUFFIXES
+        and not (v.status == "rejected" and masks.is_mask_file(v.path) and masks.photo_of(v.path) is not None)
     ]
     if not verdicts:
         raise UserError(f"--instance-dir {folder}: holds no images ({', '.join(IMAGE_SUFFIXES)})")

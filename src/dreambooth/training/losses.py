@@ -19,8 +19,13 @@ def offset_noise(
     return noise + strength * offset.to(noise.device)
 
 
-def _mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    per_example = (pred - target).pow(2).flatten(1).mean(1)
+def _mse(
+    pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, pixels: torch.Tensor | None = None
+) -> torch.Tensor:
+    squared = (pred - target).pow(2)
+    if pixels is not None:  # (B, 1, h, w): each latent cell's weight, over every channel
+        squared = squared * pixels.to(squared)
+    per_example = squared.flatten(1).mean(1)
     return (per_example if weights is None else per_example * weights).mean()
 
 
@@ -30,16 +35,19 @@ def prior_preservation_loss(
     n_instance: int,
     prior_weight: float,
     weights: torch.Tensor | None = None,
+    instance_pixels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """DreamBooth eq. 2: MSE on the instance examples + lambda * MSE on the class (prior) examples.
 
     pred, target: (B, C, h, w), the first n_instance rows are instance examples, the rest class
     examples (none without prior preservation); weights (B,): per-example loss weights (min-SNR),
-    or None. Returns (total, instance loss, prior loss).
+    or None; instance_pixels (n_instance, 1, h, w): --masked-loss's weight of each latent cell of the
+    instance examples (as kohya's trainers weigh it: the mean over all cells, not renormalised), or
+    None. Returns (total, instance loss, prior loss).
     """
     pred, target = pred.float(), target.float()
     w = None if weights is None else weights.float()
-    instance = _mse(pred[:n_instance], target[:n_instance], None if w is None else w[:n_instance])
+    instance = _mse(pred[:n_instance], target[:n_instance], None if w is None else w[:n_instance], instance_pixels)
     if pred.shape[0] == n_instance:
         return instance, instance, torch.zeros_like(instance)
     prior = _mse(pred[n_instance:], target[n_instance:], None if w is None else w[n_instance:])

@@ -104,6 +104,19 @@ def _concept_plan(cfg: TrainConfig, c: Concept, i: int) -> ConceptPlan:
         if cfg.concepts:
             raise UserError(f"--concepts {cfg.concepts}: concept {i}: {e}") from None
         raise
+    if cfg.masked_loss:
+        from ..data.masks import load_mask
+
+        try:
+            found = [p for p in paths if load_mask(p) is not None]
+        except UserError as e:
+            raise UserError(f"--masked-loss: {e}") from None
+        if not found:
+            raise UserError(
+                f"--masked-loss: no photo in {c.instance_dir} has a mask (photo.mask.png beside photo.jpg, or an "
+                "alpha channel)"
+            )
+        log.info("--masked-loss: %d of %d photos masked (the others weigh fully)", len(found), len(paths))
     return ConceptPlan(c, paths, captions)
 
 

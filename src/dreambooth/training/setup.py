@@ -240,6 +240,7 @@ def _instance_examples(cfg: TrainConfig, cp, stream: int, comps: Components, met
         prompt_of=prompt_of,
         drawn_prompts=drawn,
         caption_dropout=cfg.caption_dropout,
+        unmasked_weight=cfg.unmasked_weight if cfg.masked_loss else None,
     )
 
 

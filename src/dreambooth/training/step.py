@@ -46,7 +46,7 @@ def _losses(run: Run, parts: list, prior_weight: float = 0.0) -> tuple[torch.Ten
     family, dtype = run.comps.family, run.weight_dtype
     pred = family.predict(run.denoiser, noisy.to(dtype), timesteps, emb.to(dtype), conditions, run.cfg)
     weights = run.objective.weights(timesteps)
-    return prior_preservation_loss(pred, target, parts[0][0].shape[0], prior_weight, weights)
+    return prior_preservation_loss(pred, target, parts[0][0].shape[0], prior_weight, weights, parts[0][5])
 
 
 def _noised(run: Run, s: ExampleSet, k: int, g: torch.Generator, total: int, slot: int):
@@ -56,7 +56,7 @@ def _noised(run: Run, s: ExampleSet, k: int, g: torch.Generator, total: int, slo
     across processes and micro-batches changes nothing."""
     comps, device, n, objective = run.comps, run.accelerator.device, run.cfg.batch_size, run.objective
     part = (slot * n, (slot + 1) * n)
-    latents, emb, added = run.data.batch(s, k, total, g, comps.vae, run.text_encoders, device, part)  # (n, C, h, w)
+    latents, emb, added, pixels = run.data.batch(s, k, total, g, comps.vae, run.text_encoders, device, part)
     noise = torch.randn((total, *latents.shape[1:]), generator=g)[part[0] : part[1]].to(device)
     timesteps = objective.timesteps(total, g)[part[0] : part[1]].to(device)
     if run.cfg.noise_offset:  # (drawn after the rest: without it, a step's random numbers are unchanged)
@@ -66,4 +66,4 @@ def _noised(run: Run, s: ExampleSet, k: int, g: torch.Generator, total: int, slo
         fresh = torch.randn((total, *latents.shape[1:]), generator=g)[part[0] : part[1]].to(device)
         source = noise + run.cfg.input_perturbation * fresh
     noisy = objective.noisy(latents, source, timesteps)
-    return noisy, timesteps, emb, objective.target(latents, noise, timesteps), added
+    return noisy, timesteps, emb, objective.target(latents, noise, timesteps), added, pixels
