@@ -30,9 +30,9 @@ def base_run(make_cfg):
 
 
 def test_noise_offset_shifts_the_target_noise_by_a_constant_per_image_and_channel(make_cfg, base_run):
-    noisy0, t0, _, target0, _ = _draw(base_run)
+    noisy0, t0, _, target0, _, _ = _draw(base_run)
     run = _run(make_cfg(batch_size=4, noise_offset=0.1))
-    noisy, t, _, target, _ = _draw(run)
+    noisy, t, _, target, _, _ = _draw(run)
     assert torch.equal(t, t0)
     shift = target - target0  # epsilon prediction: the target is the noise
     assert torch.allclose(shift, shift[:, :, :1, :1].expand_as(shift), atol=1e-6)
@@ -41,8 +41,8 @@ def test_noise_offset_shifts_the_target_noise_by_a_constant_per_image_and_channe
 
 
 def test_input_perturbation_changes_the_input_not_the_target(make_cfg, base_run):
-    noisy0, t0, _, target0, _ = _draw(base_run)
-    noisy, t, _, target, _ = _draw(_run(make_cfg(batch_size=4, input_perturbation=0.1)))
+    noisy0, t0, _, target0, _, _ = _draw(base_run)
+    noisy, t, _, target, _, _ = _draw(_run(make_cfg(batch_size=4, input_perturbation=0.1)))
     assert torch.equal(target, target0) and torch.equal(t, t0)
     assert (noisy - noisy0).abs().max() > 1e-3
 
