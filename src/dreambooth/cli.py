@@ -22,6 +22,8 @@ from .config import (
     ExportConfig,
     GenerateConfig,
     GridConfig,
+    LoraMergeConfig,
+    LoraResizeConfig,
     SelectConfig,
     SweepConfig,
     TinyModelConfig,
@@ -44,6 +46,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
 
 
+class _IntermixedParser(_Parser):
+    """Positionals around flags (`lora merge A B --weights 0.7,0.3 OUT`): argparse's intermixed parsing
+    (which calls parse_known_args itself, hence the guard)."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
     """A command: its config dataclass (whose fields are its flags), what it is for, and its runner
@@ -55,6 +73,7 @@ class Command:
     description: str | None
     runner: str
     config_file: bool = True  # a --config FILE whose keys are the flags (learning_rate: 1e-4)
+    subcommands: dict | None = None  # a group (`dreambooth lora resize`): its commands, by name
 
 
 COMMANDS = {
@@ -143,6 +162,32 @@ COMMANDS = {
         "ui.app:run_ui",
         config_file=False,
     ),
+    "lora": Command(
+        None,
+        "LoRA files without training: resize to a lower rank, merge several into one",
+        "LoRA files rewritten without training, in diffusers' layout (export --format kohya writes kohya's).",
+        "",
+        config_file=False,
+        subcommands={
+            "resize": Command(
+                LoraResizeConfig,
+                "a LoRA at a lower rank (SVD of each layer's product), with the share of each layer kept",
+                "Resize RUN-OR-FILE to --rank R by the SVD of each layer's product (the best rank-R approximation); "
+                "prints the share of each layer's Frobenius norm kept, as kohya's resize does. To the LoRA's own "
+                "rank it is exact.",
+                "loratools:run_resize",
+                config_file=False,
+            ),
+            "merge": Command(
+                LoraMergeConfig,
+                "several LoRAs of one base model into one (ranks concatenated, or SVD to --rank)",
+                "Merge LORA... into OUT: with the ranks concatenated the merged file adds exactly the weighted sum "
+                "of their products (--weights 0.7,0.3); --rank R resizes that sum by SVD.",
+                "loratools:run_merge",
+                config_file=False,
+            ),
+        },
+    ),
     "demo": Command(
         DemoConfig,
         "DreamBooth (with and without prior) and Textual Inversion on the toy-world model, measured",
@@ -162,6 +207,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name, command in COMMANDS.items():
         c = sub.add_parser(name, help=command.help, description=command.description or command.help)
+        if command.subcommands:
+            group = c.add_subparsers(
+                dest="subcommand", required=True, metavar="COMMAND", parser_class=_IntermixedParser
+            )
+            for sub_name, sub_command in command.subcommands.items():
+                s = group.add_parser(sub_name, help=sub_command.help, description=sub_command.description)
+                add_arguments(s, sub_command.config)
+            continue
         if command.config_file:
             c.add_argument("--config", help="YAML file whose keys are the flags' names (learning_rate: 1e-4)")
         add_arguments(c, command.config)
@@ -263,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("httpx", "httpx2", "httpcore"):  # the hub client's every request, at INFO
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
-        result = _run(ns, COMMANDS[ns.command])
+        command = COMMANDS[ns.command]
+        result = _run(ns, command.subcommands[ns.subcommand] if command.subcommands else command)
         if isinstance(result, int):
             return result
         lines = result if isinstance(result, list) else [result] if isinstance(result, Path) else []

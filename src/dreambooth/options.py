@@ -210,7 +210,8 @@ def _add_argument(parser: argparse.ArgumentParser, f: dataclasses.Field, tp: Any
     if default not in (None, False, []) and tp is not bool:
         help_ += f" (default: {default})"
     if f.metadata.get("positional"):
-        parser.add_argument(f.name, help=help_, metavar=f.metadata.get("metavar", f.name.upper()))
+        extra = {"nargs": f.metadata["nargs"]} if f.metadata.get("nargs") else {}
+        parser.add_argument(f.name, help=help_, metavar=f.metadata.get("metavar", f.name.upper()), **extra)
         return
     flag = f"--{flag_name(f.name)}"
     kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}

@@ -11,7 +11,16 @@ from .sampling import (
     GridConfig,
     SamplingConfig,
 )
-from .tools import CheckDataConfig, DemoConfig, ExportConfig, SweepConfig, TinyModelConfig, UIConfig
+from .tools import (
+    CheckDataConfig,
+    DemoConfig,
+    ExportConfig,
+    LoraMergeConfig,
+    LoraResizeConfig,
+    SweepConfig,
+    TinyModelConfig,
+    UIConfig,
+)
 from .train import LR_SCHEDULERS, MIXED_PRECISION, TrainConfig
 
 __all__ = [
@@ -24,6 +33,8 @@ __all__ = [
     "CompareConfig",
     "DemoConfig",
     "ExportConfig",
+    "LoraMergeConfig",
+    "LoraResizeConfig",
     "EvaluateConfig",
     "GenerateConfig",
     "GridConfig",

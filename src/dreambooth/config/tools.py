@@ -11,6 +11,33 @@ from .sampling import DTYPES, clip_model_field, dino_model_field
 
 
 @dataclasses.dataclass
+class LoraResizeConfig:
+    lora: str = option(None, "a run folder, checkpoint folder or LoRA file (diffusers' layout)", positional=True,
+                       metavar="RUN-OR-FILE")  # fmt: skip
+    out: str = option(None, "the .safetensors file to write", positional=True)
+    rank: int = option(None, "the new rank (at most the LoRA's)", required=True, ge=1)
+    overwrite: bool = option(False, "replace an existing file")
+
+    def validate(self) -> None:
+        check_required(self)
+        check_bounds(self)
+
+
+@dataclasses.dataclass
+class LoraMergeConfig:
+    loras: list[str] = option(None, "the LoRAs to merge (runs, checkpoints or files)", positional=True, nargs="+",
+                              metavar="LORA")  # fmt: skip
+    out: str = option(None, "the .safetensors file to write", positional=True)
+    weights: list[float] = option([], "each LoRA's weight, e.g. 0.7,0.3 (default: 1 each)")
+    rank: int | None = option(None, "resize the merged LoRA to this rank by SVD (default: the ranks concatenated)",
+                              ge=1)  # fmt: skip
+    overwrite: bool = option(False, "replace an existing file")
+
+    def validate(self) -> None:
+        check_bounds(self)
+
+
+@dataclasses.dataclass
 class ExportConfig:
     out: str = option(None, "the .safetensors file to write", positional=True)
     lora: str | None = option(None, "the run folder, checkpoint folder or LoRA file to export")
