@@ -77,3 +77,28 @@ def test_merge_adds_the_weighted_products_exactly_and_refuses_another_base(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and named in err[0], err
         assert not bad.exists()
+
+
+def test_bake_writes_the_model_with_the_lora_fused_as_a_folder_and_as_one_file(tiny_model, lora_with_te, tmp_path):
+    """The folder loads in stock diffusers with the fused weights; the single file generates what the
+    folder generates."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "baked"
+    assert main(["lora", "bake", "--model", str(tiny_model), "--lora", str(lora_with_te), str(folder)]) == 0
+    assert max_abs_diff(fused(folder), fused(tiny_model, lora_with_te)) <= 1e-6
+    half = tmp_path / "half"
+    assert main(["lora", "bake", "--model", str(tiny_model), "--lora", str(lora_with_te), "--scale", "0.5",
+                 str(half)]) == 0  # fmt: skip
+    base, full, halved = fused(tiny_model), fused(folder), fused(half)
+    assert max_abs_diff({k: 2 * halved[k] - base[k] for k in base}, full) <= 1e-5  # linear in the scale
+    single = tmp_path / "baked.safetensors"
+    assert main(["lora", "bake", "--model", str(tiny_model), "--lora", str(lora_with_te), "--dtype", "fp32",
+                 str(single)]) == 0  # fmt: skip
+    images = []
+    for name, model in (("folder", [str(folder)]), ("file", [str(single), "--model-config", str(tiny_model)])):
+        assert main(["generate", "--model", *model, "--prompt", "a photo of sks dog", "--steps", "2",
+                     "--num-images", "1", "--output-dir", str(tmp_path / name)]) == 0  # fmt: skip
+        images.append(np.asarray(Image.open(next((tmp_path / name).glob("*.png"))), dtype=np.int16))
+    assert np.abs(images[0] - images[1]).max() <= 1

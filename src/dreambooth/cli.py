@@ -22,6 +22,7 @@ from .config import (
     ExportConfig,
     GenerateConfig,
     GridConfig,
+    LoraBakeConfig,
     LoraMergeConfig,
     LoraResizeConfig,
     SelectConfig,
@@ -164,7 +165,7 @@ COMMANDS = {
     ),
     "lora": Command(
         None,
-        "LoRA files without training: resize to a lower rank, merge several into one",
+        "LoRA files without training: resize to a lower rank, merge several into one, bake one into a model",
         "LoRA files rewritten without training, in diffusers' layout (export --format kohya writes kohya's).",
         "",
         config_file=False,
@@ -184,6 +185,15 @@ COMMANDS = {
                 "Merge LORA... into OUT: with the ranks concatenated the merged file adds exactly the weighted sum "
                 "of their products (--weights 0.7,0.3); --rank R resizes that sum by SVD.",
                 "loratools:run_merge",
+                config_file=False,
+            ),
+            "bake": Command(
+                LoraBakeConfig,
+                "a model with a LoRA fused into its weights: a diffusers folder or one checkpoint file",
+                "Fuse --lora into --model's weights at --scale (stock diffusers' fuse_lora) and write OUT: a "
+                "diffusers folder, or for OUT.safetensors one checkpoint in the original layout (AUTOMATIC1111, "
+                "ComfyUI).",
+                "loratools:run_bake",
                 config_file=False,
             ),
         },

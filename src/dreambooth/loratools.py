@@ -1,5 +1,6 @@
-"""`dreambooth lora resize` and `dreambooth lora merge`: LoRA files rewritten without training, on the
-products the adapters add to the weights (delta W = alpha / r x up @ down, per module).
+"""`dreambooth lora resize`, `lora merge` and `lora bake`: LoRA files rewritten without training, on the
+products the adapters add to the weights (delta W = alpha / r x up @ down, per module); and a model with
+a LoRA baked in.
 
 resize: each module's delta W through its SVD, keeping the R largest singular values (the best rank-R
 approximation in the Frobenius norm, Eckart-Young); it prints, per layer, the share of delta W's
@@ -10,8 +11,12 @@ merge: several LoRAs of one base model into one. By default the ranks are concat
 up columns stacked and weighted), so the merged file adds exactly w1 delta W1 + w2 delta W2 + ...; with
 --rank R the sum is then resized to R by SVD.
 
-Both read and write diffusers' layout (peft's keys and config in the metadata, which stock
-`load_lora_weights` restores); `export --format kohya` then writes kohya's."""
+resize and merge read and write diffusers' layout (peft's keys and config in the metadata, which stock
+`load_lora_weights` restores); `export --format kohya` then writes kohya's.
+
+bake: the base model with the LoRA (either layout) fused into its weights by stock diffusers' fuse_lora,
+at --scale, written as a diffusers folder or, for OUT.safetensors, one checkpoint in the original
+layout (as `export --format single-file` writes it)."""
 
 from __future__ import annotations
 
@@ -212,3 +217,38 @@ def _same_base(adapters: list[dict], paths: list[str], names: list[str]) -> None
                     "different base models do not merge"
                 )
             seen.setdefault(component, (value, name))
+
+
+def run_bake(cfg) -> Path:
+    import torch
+
+    from .formats.lora import load_lora_into
+    from .io import atomic_dir
+    from .models import check_model, family_of, load_pipeline
+    from .weights import lora_file
+
+    out = Path(cfg.out).expanduser()
+    if out.exists() and not cfg.overwrite:
+        raise UserError(f"OUT {out}: exists; pass --overwrite to replace it")
+    check_model(cfg.model)
+    path = lora_file(cfg.lora, "--lora")
+    family = family_of(cfg.model)
+    pipe = load_pipeline(cfg.model)
+    load_lora_into(pipe, family, cfg.model, path, "baked", "--lora")
+    pipe.fuse_lora(lora_scale=cfg.scale)
+    pipe.unload_lora_weights()  # the fused weights stay
+    if out.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        from .formats.singlefile import single_file_state
+
+        try:
+            state = single_file_state(pipe, {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[cfg.dtype])
+        except ValueError as e:
+            raise UserError(f"OUT {out}: {e}; give a folder to write a diffusers folder") from None
+        with atomic_path(out) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        return out
+    with atomic_dir(out) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+    return out

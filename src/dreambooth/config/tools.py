@@ -38,6 +38,20 @@ class LoraMergeConfig:
 
 
 @dataclasses.dataclass
+class LoraBakeConfig:
+    out: str = option(None, "a folder (diffusers' layout) or a .safetensors file (one checkpoint)", positional=True)
+    model: str = option(None, "the base model: hub id, diffusers folder or single file", required=True)
+    lora: str = option(None, "the LoRA: a run, a checkpoint or a file (diffusers' or kohya's layout)", required=True)
+    scale: float = option(1.0, "the LoRA's strength in the baked weights")
+    dtype: str = option("fp16", "a single file's weights' precision", choices=("fp16", "bf16", "fp32"))
+    overwrite: bool = option(False, "replace an existing folder or file")
+
+    def validate(self) -> None:
+        check_required(self)
+        check_bounds(self)
+
+
+@dataclasses.dataclass
 class ExportConfig:
     out: str = option(None, "the .safetensors file to write", positional=True)
     lora: str | None = option(None, "the run folder, checkpoint folder or LoRA file to export")
