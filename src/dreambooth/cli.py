@@ -23,6 +23,7 @@ from .config import (
     GenerateConfig,
     GridConfig,
     LoraBakeConfig,
+    LoraExtractConfig,
     LoraMergeConfig,
     LoraResizeConfig,
     SelectConfig,
@@ -165,7 +166,7 @@ COMMANDS = {
     ),
     "lora": Command(
         None,
-        "LoRA files without training: resize to a lower rank, merge several into one, bake one into a model",
+        "LoRA files without training: resize, merge, extract from a full fine-tune, bake into a model",
         "LoRA files rewritten without training, in diffusers' layout (export --format kohya writes kohya's).",
         "",
         config_file=False,
@@ -185,6 +186,15 @@ COMMANDS = {
                 "Merge LORA... into OUT: with the ranks concatenated the merged file adds exactly the weighted sum "
                 "of their products (--weights 0.7,0.3); --rank R resizes that sum by SVD.",
                 "loratools:run_merge",
+                config_file=False,
+            ),
+            "extract": Command(
+                LoraExtractConfig,
+                "a LoRA from a full fine-tune: each changed linear layer's change through SVD to --rank",
+                "Extract a LoRA of --rank from --tuned (a full fine-tune of --base): every linear layer of the "
+                "denoiser and text encoders whose weights changed, its change through SVD (the best rank-R "
+                "approximation), as kohya's extract_lora_from_models does; prints each layer's share kept.",
+                "loratools:run_extract",
                 config_file=False,
             ),
             "bake": Command(

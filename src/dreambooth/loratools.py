@@ -1,4 +1,4 @@
-"""`dreambooth lora resize`, `lora merge` and `lora bake`: LoRA files rewritten without training, on the
+"""`dreambooth lora resize`, `lora merge`, `lora extract` and `lora bake`: LoRA files rewritten without training, on the
 products the adapters add to the weights (delta W = alpha / r x up @ down, per module); and a model with
 a LoRA baked in.
 
@@ -13,6 +13,9 @@ up columns stacked and weighted), so the merged file adds exactly w1 delta W1 + 
 
 resize and merge read and write diffusers' layout (peft's keys and config in the metadata, which stock
 `load_lora_weights` restores); `export --format kohya` then writes kohya's.
+
+extract: a LoRA from a fully fine-tuned model: each linear layer of the denoiser and text encoders
+whose weights the fine-tune changed, its change through SVD to --rank (kohya's extract_lora_from_models).
 
 bake: the base model with the LoRA (either layout) fused into its weights by stock diffusers' fuse_lora,
 at --scale, written as a diffusers folder or, for OUT.safetensors, one checkpoint in the original
@@ -152,8 +155,9 @@ def write(out: Path, modules: dict, rest: dict, adapter: dict, overwrite: bool) 
     for component in {name.split(".")[0] for name in modules}:
         ranks = {d.shape[0] for n, (d, _, _) in modules.items() if n.split(".")[0] == component}
         (rank,) = ranks  # merge and resize give every module of a component one rank
-        targets = sorted({n.split(".")[-1] if not n.split(".")[-1].isdigit() else ".".join(n.split(".")[-2:])
-                          for n in modules if n.split(".")[0] == component})  # fmt: skip
+        # peft's target names, as our runs write them (to_q, to_out.0); a module they match that the file
+        # does not hold gets an adapter whose product is zero
+        targets = sorted({_leaf(n) for n in modules if n.split(".")[0] == component})
         meta |= {f"{component}.r": rank, f"{component}.lora_alpha": float(rank), f"{component}.rank_pattern": {},
                  f"{component}.alpha_pattern": {}, f"{component}.target_modules": targets,
                  f"{component}.use_rslora": False}  # fmt: skip
@@ -161,6 +165,11 @@ def write(out: Path, modules: dict, rest: dict, adapter: dict, overwrite: bool) 
     with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "lora_adapter_metadata": json.dumps(meta)})
     return out
+
+
+def _leaf(name: str) -> str:
+    parts = name.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
 
 
 def run_resize(cfg) -> Path:
@@ -252,3 +261,44 @@ def run_bake(cfg) -> Path:
     with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
     return out
+
+
+def run_extract(cfg) -> Path:
+    import torch
+
+    from .models import check_model, family_of, load_pipeline
+
+    out = Path(cfg.out).expanduser()
+    if out.exists() and not cfg.overwrite:
+        raise UserError(f"OUT {out}: exists; pass --overwrite to replace it")
+    for flag, model in (("--base", cfg.base), ("--tuned", cfg.tuned)):
+        check_model(model, flag=flag)
+    family = family_of(cfg.base)
+    if family_of(cfg.tuned).name != family.name:
+        raise UserError(f"--tuned {cfg.tuned}: a {family_of(cfg.tuned).label} model, and --base is {family.label}")
+    base, tuned = load_pipeline(cfg.base), load_pipeline(cfg.tuned)
+    modules, lines = {}, []
+    from .formats.lora import text_encoder_prefix
+
+    for component in (family.denoiser, *family.trainable_text_encoders):
+        a, b = dict(getattr(base, component).named_modules()), dict(getattr(tuned, component).named_modules())
+        prefix = "" if component == family.denoiser else text_encoder_prefix(getattr(base, component))
+        for name, module in a.items():
+            other = b.get(name)
+            if type(module) is not torch.nn.Linear or other is None:
+                continue
+            if other.weight.shape != module.weight.shape:
+                raise UserError(f"--tuned {cfg.tuned}: {component}.{name} is {tuple(other.weight.shape)}, and "
+                                f"{tuple(module.weight.shape)} in --base: not a fine-tune of it")  # fmt: skip
+            change = other.weight.detach().float() - module.weight.detach().float()
+            if float(change.abs().max()) <= cfg.threshold * float(module.weight.detach().float().abs().max()):
+                continue
+            down, up, kept = resize_module(torch.eye(change.shape[1]), change, 1.0, cfg.rank)
+            modules[f"{component}.{prefix}{name}"] = (down, up, 1.0)
+            lines.append(f"{kept * 100:6.2f} %  {component}.{prefix}{name}")
+    if not modules:
+        raise UserError(f"--tuned {cfg.tuned}: no linear layer differs from --base {cfg.base}")
+    print(f"rank {cfg.rank}: share of each changed layer's Frobenius norm kept")
+    print("\n".join(lines))
+    adapter = {f"{c}.peft_type": "LORA" for c in {n.split(".")[0] for n in modules}}
+    return write(out, modules, {}, adapter, cfg.overwrite)

@@ -38,6 +38,22 @@ class LoraMergeConfig:
 
 
 @dataclasses.dataclass
+class LoraExtractConfig:
+    out: str = option(None, "the .safetensors file to write", positional=True)
+    base: str = option(None, "the base model (hub id, folder or single file)", required=True)
+    tuned: str = option(None, "its full fine-tune (e.g. a `--method full` run's folder)", required=True)
+    rank: int = option(None, "the LoRA's rank", required=True, ge=1)
+    threshold: float = option(
+        1e-6, "layers whose largest change is at most this share of their largest weight are left out", ge=0
+    )
+    overwrite: bool = option(False, "replace an existing file")
+
+    def validate(self) -> None:
+        check_required(self)
+        check_bounds(self)
+
+
+@dataclasses.dataclass
 class LoraBakeConfig:
     out: str = option(None, "a folder (diffusers' layout) or a .safetensors file (one checkpoint)", positional=True)
     model: str = option(None, "the base model: hub id, diffusers folder or single file", required=True)

@@ -57,6 +57,13 @@ def is_kohya(state: dict) -> bool:
     return any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in state)
 
 
+def text_encoder_prefix(te) -> str:
+    """What a text encoder's module names take in a LoRA file: transformers 5 flattened CLIPTextModel;
+    the text_model. prefix older diffusers, kohya's converters and AUTOMATIC1111 expect is kept (new
+    diffusers strips it)."""
+    return "" if hasattr(te, "text_model") else "text_model."
+
+
 def write_lora_file(path: Path, family, denoiser, text_encoders: dict) -> Path:
     """diffusers' LoRA file (pytorch_lora_weights.safetensors) of the adapters on the denoiser and on the text
     encoders ({pipeline attribute: model}), with peft's config of each in its metadata, written by the
@@ -73,10 +80,7 @@ def write_lora_file(path: Path, family, denoiser, text_encoders: dict) -> Path:
         # peft writes DoRA's magnitudes without ".weight"; transformers' adapter loading (which
         # diffusers uses for text encoders) maps only the ".weight" form, and peft reads both.
         state = {f"{k}.weight" if k.endswith("lora_magnitude_vector") else k: v for k, v in state.items()}
-        # transformers 5 flattened CLIPTextModel; keep the text_model. prefix that older diffusers,
-        # kohya converters and AUTOMATIC1111 expect (new diffusers strips it).
-        if not hasattr(te, "text_model"):
-            state = {f"text_model.{k}": v for k, v in state.items()}
+        state = {f"{text_encoder_prefix(te)}{k}": v for k, v in state.items()}
         return state, te.peft_config["default"].to_dict()
 
     kw = {
