@@ -6,7 +6,8 @@ it builds the tiny model, then runs in this process, through the CLI's own entry
 with prior preservation and text-encoder LoRA where the family has a CLIP encoder, a checkpoint and a
 validation image), a resume, generate, grid, evaluate (tiny DINO/CLIP stand-ins), select, export to
 kohya's layout and back; then the variants only a GPU runs: fp16 mixed precision, 8-bit Adam, full
-fine-tuning and Textual Inversion on SD 1.5, and --quantize-base int8/fp8/nf4 on SD3 and FLUX.
+fine-tuning and Textual Inversion on SD 1.5, and --quantize-base int8/fp8/nf4 on SD3 and FLUX; and issue
+21's optimizers (with the validation loss) and LoRA tools (resize, bake, extract) on every family.
 One row per command: exit code and seconds (a failure's last line follows its row). Writes JSON (--json).
 """
 
@@ -110,6 +111,20 @@ def main() -> None:
                                                       "--output-dir", str(root / f"{family}-genk")])  # fmt: skip
             short = ["train", *common, "--max-steps", "2", "--checkpoint-every", "2"]
             lora = [*short, "--rank", "4"]
+            for optimizer in ("prodigy", "adafactor", "schedule-free-adamw"):  # (issue 21)
+                run(rows, family, f"train --optimizer {optimizer} --validation-loss-every 1",
+                    [*lora, "--optimizer", optimizer, "--validation-loss-every", "1",
+                     "--output-dir", str(root / f"{family}-{optimizer}")])  # fmt: skip
+            lt = root / f"{family}-loratools"
+            run(rows, family, "lora resize", ["lora", "resize", str(out), "--rank", "2", str(lt / "r2.safetensors")])
+            run(
+                rows,
+                family,
+                "lora bake",
+                ["lora", "bake", "--model", str(model), "--lora", str(out), str(lt / "baked")],
+            )
+            run(rows, family, "lora extract", ["lora", "extract", "--base", str(model), "--tuned", str(lt / "baked"),
+                                               "--rank", "4", str(lt / "x.safetensors")])  # fmt: skip
             if family == "sd15":
                 if cuda:
                     run(rows, family, "train fp16", [*lora, "--mixed-precision", "fp16",

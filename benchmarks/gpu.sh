@@ -13,7 +13,8 @@
 # lacks, made here (.whl is git-ignored) with
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
-#     -d .whl diffusers==0.42.1 transformers==5.23.0 peft==0.21.2 torchao==0.18.0 bitsandbytes==0.50.2 regex
+#     -d .whl diffusers==0.42.1 transformers==5.23.0 peft==0.21.2 torchao==0.18.0 bitsandbytes==0.50.2 regex \
+#     prodigyopt==1.1.2 schedulefree==1.4.1
 # (bitsandbytes' wheel trimmed to its cuda130/cuda132/cpu libraries to keep under the 64 MiB that travels),
 # and run, carrying .whl:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
