@@ -17,7 +17,9 @@ from .options import flag_name
 
 log = logging.getLogger(__name__)
 PAPER_METRICS = ("dino", "clip_i", "clip_t", "pres")
-ORACLE_METRICS = ("fidelity", "recontext", "leakage", "diversity")
+# background: of "sks heart on a {green, ...} background", the share drawn on that background (the
+# photos' own background sticking to the identifier lowers it; --masked-loss is for that)
+ORACLE_METRICS = ("fidelity", "recontext", "background", "leakage", "diversity")
 
 
 @dataclasses.dataclass
@@ -65,7 +67,8 @@ def evaluate_paper(cfg: SweepConfig, p: Planned) -> list[dict]:
 def evaluate_oracle(cfg: SweepConfig, p: Planned, engine) -> list[dict]:
     """The toy world's oracle on every checkpoint of one run: fidelity (the mean share of the subject's
     four features in "a photo of sks heart" images, graded as DINO is), recontext (background right and
-    subject kept), leakage and diversity of the class prompt."""
+    subject kept), background (the asked background drawn, subject or not), leakage and diversity of
+    the class prompt."""
     from .config import SamplingConfig
     from .evaluation.select import _candidates
     from .generation import image_settings
@@ -90,6 +93,7 @@ def evaluate_oracle(cfg: SweepConfig, p: Planned, engine) -> list[dict]:
                 "checkpoint": str(path),
                 "fidelity": round(sum(r["subject_features"].values()) / 4, 6),
                 "recontext": round(r["recontext_both"], 6),
+                "background": round(r["recontext_background"], 6),
                 "leakage": round(r["class_leakage"], 6),
                 "diversity": round(r["class_diversity"], 6),
             }

@@ -60,6 +60,24 @@ def render_subject(
     return img.resize((res, res), Image.Resampling.LANCZOS)
 
 
+def subject_mask(size: int, x: int, y: int, res: int = 64, shape: str = SHAPE) -> Image.Image:
+    """Where render_subject draws the subject (its outline included), as a greyscale mask of the photo
+    (--masked-loss's photo.mask.png)."""
+    big, s = res * SS, size * SS
+    outer = Image.new("L", (big, big), 0)
+    poly = shape_polygon(shape, x * SS, y * SS, s)
+    if poly is None:
+        ImageDraw.Draw(outer).ellipse([x * SS, y * SS, x * SS + s, y * SS + s], fill=255)
+    else:
+        ImageDraw.Draw(outer).polygon(poly, fill=255)
+    return outer.resize((res, res), Image.Resampling.LANCZOS)
+
+
+def photo_masks() -> list[Image.Image]:
+    """The masks of the subject's five photos."""
+    return [subject_mask(size, x, y) for size, x, y in PHOTO_LAYOUTS]
+
+
 def photos(background: str = BACKGROUND) -> list[Image.Image]:
     """The subject's five 'photos'."""
     return [render_subject(size, x, y, background) for size, x, y in PHOTO_LAYOUTS]
