@@ -23,18 +23,18 @@ def make_lora(model: Path, out: Path, rank: int = 16) -> Path:
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from dreambooth.methods.lora import LORA_TARGET_GROUPS, TEXT_ENCODER_TARGETS
+    from dreambooth.families.base import CLIP_TARGETS, UNET_TARGET_GROUPS
     from dreambooth.models import load_pipeline
 
     pipe = load_pipeline(str(model))
     torch.manual_seed(0)
     pipe.unet.add_adapter(
         LoraConfig(
-            r=rank, lora_alpha=rank, target_modules=list(LORA_TARGET_GROUPS["attn"]), init_lora_weights="gaussian"
+            r=rank, lora_alpha=rank, target_modules=list(UNET_TARGET_GROUPS["attn"]), init_lora_weights="gaussian"
         )
     )
     pipe.text_encoder.add_adapter(
-        LoraConfig(r=rank, lora_alpha=rank, target_modules=list(TEXT_ENCODER_TARGETS), init_lora_weights="gaussian")
+        LoraConfig(r=rank, lora_alpha=rank, target_modules=list(CLIP_TARGETS), init_lora_weights="gaussian")
     )
     with torch.no_grad():
         for m in (pipe.unet, pipe.text_encoder):

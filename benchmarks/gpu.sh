@@ -7,7 +7,9 @@
 #   2. FLUX.1 [dev] and SD 3.5 Medium at full size (random weights), a LoRA step at 1024 px in bf16 with
 #      gradient checkpointing, the base in bf16, int8, fp8 and nf4: weights, peak memory, s/step (issue 20);
 #   3. SD 1.5 at 512 px, LoRA rank 16 with prior preservation (issue 9): bf16 (a), (b), (c) and the
-#      interleaved a/c; then fp16 (a) and (c).
+#      interleaved a/c; generation with a LoRA fused and unfused against the base (issue 3); then fp16
+#      (a) and (c).
+# The parts' limits add up to about 9 minutes: run it with the device's 600 s limit.
 # Each line it prints is a BENCHMARKS.md row; each part's JSON, and stderr.log, go to ${OUT:-bench-gpu}/.
 # On the workplace's device machine (torch 2.11+cu130 there, no package index): carry the wheels its image
 # lacks, made here (.whl is git-ignored) with
@@ -38,10 +40,12 @@ part() {  # name, seconds, then the command; its stdout is kept in rows.md, its 
   echo "($name: exit $code after $((SECONDS - start)) s)"
   [ "$code" = 0 ] || tail -3 "$OUT/stderr.log"
 }
-part commands 130 "$PY" -m benchmarks.commands --json "$OUT/commands.json"
-part flow 230 "$PY" -m benchmarks.flow --blocks full --resolution 1024 --steps 2 --gradient-checkpointing \
+part commands 150 "$PY" -m benchmarks.commands --json "$OUT/commands.json"
+part flow 200 "$PY" -m benchmarks.flow --blocks full --resolution 1024 --steps 2 --gradient-checkpointing \
   --quantize int8,fp8,nf4 --json "$OUT/flow.json"
-part sd15-bf16 120 "$PY" -m benchmarks.train --arch sd15 --resolution 512 --steps 5 --warmup 2 --precision bf16 \
+part sd15-bf16 100 "$PY" -m benchmarks.train --arch sd15 --resolution 512 --steps 5 --warmup 2 --precision bf16 \
   --json "$OUT/sd15-bf16.json"
-part sd15-fp16 60 "$PY" -m benchmarks.train --arch sd15 --resolution 512 --steps 5 --warmup 2 --precision fp16 \
+part generate 50 "$PY" -m benchmarks.generate --arch sd15 --size 512 --steps 20 --images 3 --warmup 1 \
+  --json "$OUT/generate.json"
+part sd15-fp16 50 "$PY" -m benchmarks.train --arch sd15 --resolution 512 --steps 5 --warmup 2 --precision fp16 \
   --variants a,c --json "$OUT/sd15-fp16.json"
