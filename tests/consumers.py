@@ -329,3 +329,28 @@ def comfyui_load_lora(model: dict, lora: dict) -> tuple[dict, list[str]]:
         target = key_map[name]
         merged[target] = merged[target] + (alpha / down.shape[0]) * (up @ down)
     return merged, missed
+
+
+def comfyui_lycoris_delta(parts: dict, alpha: float | None, shape):
+    """A LoHa or LoKr module's weight change as ComfyUI computes it (comfy/weight_adapter/loha.py and
+    lokr.py; AUTOMATIC1111's network_hada.py / network_lokr.py agree): LoHa (w1_a w1_b) * (w2_a w2_b) x
+    alpha / dim with dim = w1_b's rows; LoKr kron(w1, w2), each factor whole or a product, x alpha / dim
+    where a factor is a product (dim its rank) and x 1 where none is."""
+    import torch
+
+    if "hada_w1_a" in parts:
+        w = (parts["hada_w1_a"] @ parts["hada_w1_b"]) * (parts["hada_w2_a"] @ parts["hada_w2_b"])
+        dim = parts["hada_w1_b"].shape[0]
+    else:
+        dim = None
+        w1 = parts.get("lokr_w1")
+        if w1 is None:
+            dim = parts["lokr_w1_b"].shape[0]
+            w1 = parts["lokr_w1_a"] @ parts["lokr_w1_b"]
+        w2 = parts.get("lokr_w2")
+        if w2 is None:
+            dim = parts["lokr_w2_b"].shape[0]
+            w2 = parts["lokr_w2_a"] @ parts["lokr_w2_b"]
+        w = torch.kron(w1, w2)
+    scale = alpha / dim if alpha is not None and dim is not None else 1.0
+    return (w * scale).reshape(shape)

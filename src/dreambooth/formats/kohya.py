@@ -72,6 +72,20 @@ def _alpha(meta: dict, component: str, module: str, rank: int) -> float:
     return float(alpha) if alpha is not None else float(rank)
 
 
+def kohya_key(family, module: str, unet_config: dict | None = None) -> str:
+    """A module's name in kohya's layout ('unet.down_blocks.0...to_q' -> 'lora_unet_down_blocks_0_..._to_q'),
+    for a family whose layout does not fuse modules (pure apart from UserError)."""
+    component, _, path = module.partition(".")
+    if component == family.denoiser:
+        name, prefix = family.kohya_unet_name(path, unet_config), "lora_unet"
+    elif component in family.kohya_text_encoder_prefixes:
+        name = path if path.startswith("text_model.") else f"text_model.{path}"
+        prefix = family.kohya_text_encoder_prefixes[component]
+    else:
+        raise UserError(f"{module}: LoRA on '{component}' has no kohya equivalent for {family.label}")
+    return f"{prefix}_{name.replace('.', '_')}"
+
+
 def to_kohya(
     state: dict,
     adapter_meta: dict,
@@ -98,14 +112,7 @@ def to_kohya(
             alpha = _alpha(adapter_meta, component, path, parts["down"].shape[0])
             fused[path] = (parts["down"], parts["up"], alpha)
             continue
-        if component == family.denoiser:
-            name, prefix = family.kohya_unet_name(path, unet_config), "lora_unet"
-        elif component in family.kohya_text_encoder_prefixes:
-            name = path if path.startswith("text_model.") else f"text_model.{path}"
-            prefix = family.kohya_text_encoder_prefixes[component]
-        else:
-            raise UserError(f"{module}: LoRA on '{component}' has no kohya equivalent for {family.label}")
-        key = f"{prefix}_{name.replace('.', '_')}"
+        key = kohya_key(family, module, unet_config)
         down, up = parts["down"], parts["up"]
         alpha = _alpha(adapter_meta, component, path, down.shape[0])
         out[f"{key}.lora_down.weight"] = down.contiguous()

@@ -100,7 +100,23 @@ def load_lora_into(pipe, family, model: str, path: Path, adapter: str, flag: str
     except kohya files of a family that reads them itself (family.kohya_state_to_diffusers); state: the
     file's tensors, already read (and filtered) by the caller. One line when it does not fit the model."""
     from ..models import denoiser_config
+    from .lycoris import from_lycoris, is_lycoris
 
+    if is_lycoris(_keys(path, flag) if state is None else state):
+        from peft import set_peft_model_state_dict
+
+        tensors = read_lora(path, flag)[0] if state is None else state
+        models = {family.denoiser: getattr(pipe, family.denoiser)}
+        models |= {n: getattr(pipe, n) for n in family.trainable_text_encoders if getattr(pipe, n, None) is not None}
+        try:
+            for component, (config, peft_state) in from_lycoris(
+                tensors, family, models, denoiser_config(model)
+            ).items():
+                models[component].add_adapter(config, adapter_name=adapter)
+                set_peft_model_state_dict(models[component], peft_state, adapter_name=adapter)
+        except UserError as e:
+            raise UserError(f"{flag}: does not fit the model {model} ({e})") from None
+        return
     try:
         if state is None and is_kohya(dict.fromkeys(_keys(path, flag))):
             state = read_lora(path, flag)[0]

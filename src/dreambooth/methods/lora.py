@@ -49,6 +49,12 @@ class LoRAOptions:
     identifier_lr: float = option(
         5e-4, "learning rate of the identifier's embedding (--train-identifier-embedding)", gt=0, le=1
     )
+    adapter: str = option(
+        "lora",
+        "the adapter: lora; loha (LyCORIS's Hadamard product of two low-rank pairs: rank r reaches r^2) or lokr "
+        "(a Kronecker product: tiny files), through peft, saved in LyCORIS's layout (ComfyUI, AUTOMATIC1111)",
+        choices=("lora", "loha", "lokr"),
+    )
     save_format: str = option(
         "diffusers",
         "LoRA file layout: diffusers (pytorch_lora_weights.safetensors), kohya (RUN-NAME.safetensors, for "
@@ -98,6 +104,16 @@ class LoRA(Method):
                 not (cfg.use_dora and cfg.save_format != "diffusers" and cfg.dora_for == "automatic1111"),
                 "--dora-for",
                 "automatic1111: " + A1111_DORA,
+            ),
+            (
+                cfg.adapter == "lora" or not (cfg.use_dora or cfg.init_lora),
+                "--adapter",
+                f"{cfg.adapter}: DoRA and --init-lora are LoRA's; leave them out",
+            ),
+            (
+                cfg.adapter == "lora" or cfg.save_format == "diffusers",
+                "--save-format",
+                f"{cfg.save_format}: {cfg.adapter} is written in LyCORIS's layout (kohya's names) already",
             ),
             (
                 not (cfg.use_dora and cfg.save_format == "kohya"),
@@ -181,9 +197,13 @@ class LoRA(Method):
         return replace_identifier(prompt, self.identifier, self.token)
 
     def _config(self, targets):
-        from peft import LoraConfig
+        from peft import LoHaConfig, LoKrConfig, LoraConfig
 
         cfg = self.cfg
+        alpha = cfg.lora_alpha if cfg.lora_alpha is not None else cfg.rank
+        if cfg.adapter != "lora":
+            kind = LoHaConfig if cfg.adapter == "loha" else LoKrConfig
+            return kind(r=cfg.rank, alpha=alpha, module_dropout=cfg.lora_dropout, target_modules=list(targets))
         return LoraConfig(
             r=cfg.rank,
             lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else cfg.rank,
@@ -194,6 +214,13 @@ class LoRA(Method):
         )
 
     def check(self) -> None:
+        if self.cfg.adapter != "lora":
+            from ..models import family_of
+
+            family = family_of(self.cfg.model)
+            if family.kohya_fused:
+                raise UserError(f"--adapter {self.cfg.adapter}: LyCORIS's layout has no form for {family.label}'s "
+                                "fused layers; use lora")  # fmt: skip
         if self.cfg.init_lora:
             init_shape(self.cfg.init_lora)  # raises when it is no LoRA
         if self.cfg.train_identifier_embedding and self.identifier is None:
@@ -265,7 +292,13 @@ class LoRA(Method):
         from ..formats.lora import write_lora_file
 
         path = Path(folder) / WEIGHTS_NAME
-        write_lora_file(path, comps.family, comps.denoiser, {n: te for n, _, te in comps.trainable_encoders()})
+        encoders = {n: te for n, _, te in comps.trainable_encoders()}
+        if self.cfg.adapter != "lora":
+            from ..formats.lycoris import write_lycoris_file
+
+            write_lycoris_file(path, comps.family, comps.denoiser, encoders, self.cfg)
+            return [path, *([self._save_embedding(comps, folder)] if self.pivots else [])]
+        write_lora_file(path, comps.family, comps.denoiser, encoders)
         written, problems = [path], []
         if self.pivots:
             written.append(self._save_embedding(comps, folder))
@@ -327,7 +360,7 @@ def init_shape(init_lora: str) -> tuple[int, float]:
 
 def _lora_params(model) -> list:
     """Make the LoRA matrices of model trainable (stock loading leaves them frozen) and return them."""
-    params = [p for name, p in model.named_parameters() if "lora_" in name]
+    params = [p for name, p in model.named_parameters() if any(k in name for k in ("lora_", "hada_", "lokr_"))]
     for p in params:
         p.requires_grad_(True)
     return params
