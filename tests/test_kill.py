@@ -98,3 +98,31 @@ def test_sigkill_then_resume_latest_equals_an_uninterrupted_run(moment, tiny_mod
 
     images = list_images(class_dir)  # a torn write is a hidden .tmp file, never listed as an image
     assert len(images) == 3 and all(inspect_image(p).status == "ok" for p in images)
+
+
+OPTIMIZERS = {  # (issue 21) each optimizer's state through a SIGKILL inside step 5 and --resume latest
+    "prodigy": ["--optimizer", "prodigy", "--learning-rate", "1.0", "--text-encoder-lr", "1.0"],
+    "adafactor": ["--optimizer", "adafactor"],
+    "schedule-free-adamw": ["--optimizer", "schedule-free-adamw", "--lr-scheduler", "constant_with_warmup"],
+}
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_sigkill_inside_a_step_then_resume_equals_an_uninterrupted_run_for_every_optimizer(
+    optimizer, tiny_model, tmp_path
+):
+    import torch
+
+    from dreambooth.cli import main
+
+    extra = OPTIMIZERS[optimizer]
+    straight = tmp_path / "straight"
+    assert main([*_args(tiny_model, straight, tmp_path / "class"), *extra]) == 0
+    out = tmp_path / "run"
+    env = {**os.environ, "KILL_AT": "dreambooth.training.loop:training_step:5",
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}  # fmt: skip
+    args = [*_args(tiny_model, out, tmp_path / "class"), *extra]
+    proc = subprocess.run([sys.executable, "-c", KILLER, *args], env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, (optimizer, proc.returncode, proc.stderr[-2000:])
+    assert main([*args, "--resume", "latest"]) == 0
+    assert max_abs_diff(lora_weights(straight), lora_weights(out)) <= 1e-6, optimizer
