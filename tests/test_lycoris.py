@@ -65,3 +65,24 @@ def test_what_loha_cannot_do_is_one_line(tiny_model, tmp_path, capsys, flags, na
                  "a photo of sks dog", "--output-dir", str(tmp_path / "run"), "--adapter", "loha", *flags]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {named}"), err
+
+
+def test_sdxl_loha_uses_kohyas_sdxl_names_and_generates(tmp_path):
+    """On SDXL kohya's names are the original (SGM) model's: the LoHa file's modules are those a LoRA
+    export of the same targets names, and generate loads it back (through the same names)."""
+    from dreambooth.demo import example_subject
+
+    model, run = tmp_path / "sdxl", tmp_path / "run"
+    assert main(["tiny-model", str(model), "--arch", "sdxl"]) == 0
+    common = ["train", "--model", str(model), "--instance-dir", str(example_subject()), "--instance-prompt",
+              "a photo of sks dog", "--resolution", "64", "--rank", "4", "--max-steps", "1", "--lr-scheduler",
+              "constant", "--train-text-encoder"]  # fmt: skip
+    assert main([*common, "--adapter", "loha", "--output-dir", str(run)]) == 0
+    assert main([*common, "--save-format", "kohya", "--output-dir", str(tmp_path / "lora")]) == 0
+    loha = {k.rsplit(".", 1)[0] for k in load_file(str(run / "pytorch_lora_weights.safetensors"))}
+    lora = {k.rsplit(".", 2)[0] if "lora_" in k.rsplit(".", 2)[-2] else k.rsplit(".", 1)[0]
+            for k in load_file(str(tmp_path / "lora" / "lora.safetensors"))}  # fmt: skip
+    assert loha == lora and any(k.startswith("lora_unet_input_blocks_") for k in loha)
+    assert any(k.startswith("lora_te2_") for k in loha)
+    assert main(["generate", "--model", str(model), "--lora", str(run), "--prompt", "a photo of sks dog",
+                 "--num-images", "1", "--steps", "2", "--output-dir", str(tmp_path / "images")]) == 0  # fmt: skip
