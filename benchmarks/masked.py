@@ -20,17 +20,25 @@ def main() -> None:
     from dreambooth.cli import main as cli
     from dreambooth.toyworld.experiment import subject_dir
     from dreambooth.toyworld.subject import photo_masks
+    from dreambooth.toyworld.subject import photos as photos_on
 
     p = argparse.ArgumentParser()
     p.add_argument("--output-dir", required=True)
     p.add_argument("--max-steps", type=int, default=600)
     p.add_argument("--images-per-prompt", type=int, default=8)
+    p.add_argument(
+        "--background", default=None, help="render the photos on this background (default: the bundled, white)"
+    )
     args = p.parse_args()
     out = Path(args.output_dir)
     photos = out / "photos"
     photos.mkdir(parents=True, exist_ok=True)
-    for path, mask in zip(sorted(subject_dir().glob("*.png")), photo_masks()):
-        shutil.copy(path, photos / path.name)
+    rendered = photos_on(args.background) if args.background else None
+    for i, (path, mask) in enumerate(zip(sorted(subject_dir().glob("*.png")), photo_masks())):
+        if rendered:
+            rendered[i].save(photos / path.name)
+        else:
+            shutil.copy(path, photos / path.name)
         mask.save(photos / f"{path.stem}.mask.png")
     base = out / "base.yaml"
     base.write_text(yaml.safe_dump(dict(
