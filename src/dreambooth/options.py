@@ -248,6 +248,21 @@ def from_namespace(ns: argparse.Namespace, cls: type) -> dict[str, Any]:
     return {k: v for k, v in vars(ns).items() if k in names}
 
 
+@dataclasses.dataclass
+class NoOptions:
+    """A registered unit (method, optimizer) without options of its own."""
+
+
+def refuse_others_options(cfg: Any, others: list, label: str, chosen: str) -> None:
+    """A registered unit's choice (chosen: "--method full") refuses the options of the other units
+    (each with its `options` dataclass and, by the attribute `label` names, how a sentence names it)
+    that are set away from their defaults: one line naming the option."""
+    for other in others:
+        for key, default in defaults_of(other.options).items():
+            if getattr(cfg, key) != default:
+                raise UserError(f"--{flag_name(key)}: a {getattr(other, label)} setting, and {chosen}")
+
+
 def defaults_of(cls: type) -> dict[str, Any]:
     """Each field's default value."""
     out = {}

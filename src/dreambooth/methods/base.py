@@ -10,23 +10,16 @@ CLI's --help reads the options).
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UserError
 from ..models import Components
-from ..options import defaults_of, flag_name
+from ..options import NoOptions, refuse_others_options
 
 if TYPE_CHECKING:
     import torch
 
     from ..config import TrainConfig
-
-
-@dataclasses.dataclass
-class NoOptions:
-    """A method without options of its own."""
 
 
 class Method:
@@ -39,6 +32,7 @@ class Method:
     uses_captions = True  # per-image captions (photo.txt) become its prompts
     text_encoder_choice = True  # --train-text-encoder applies to it
     trained_bytes_estimate = 200_000_000  # fp32 size of what trains, for the disk check
+    shardable = True  # --fsdp can shard what it trains (a model's weights)
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -60,10 +54,7 @@ class Method:
     @classmethod
     def refuse_options_of_others(cls, cfg: TrainConfig, others: list[type[Method]]) -> None:
         """Another method's option set away from its default is refused, naming it."""
-        for other in others:
-            for key, default in defaults_of(other.options).items():
-                if getattr(cfg, key) != default:
-                    raise UserError(f"--{flag_name(key)}: a {other.setting_label} setting, and --method is {cls.name}")
+        refuse_others_options(cfg, others, "setting_label", f"--method is {cls.name}")
 
     @classmethod
     def unavailable_for(cls, family) -> str | None:

@@ -99,6 +99,7 @@ class TextualInversionOptions:
 class TextualInversion(Method):
     name = "textual-inversion"
     label = "Textual Inversion"
+    shardable = False  # one embedding: nothing for --fsdp to shard
     setting_label = "textual-inversion"
     options = TextualInversionOptions
     # Gal et al.: lr 5e-4 scaled by the batch, 3000 steps, constant.

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from ..options import defaults_of, flag_name
+from ..options import NoOptions, refuse_others_options
 
 if TYPE_CHECKING:
     from ..config import TrainConfig
-
-
-@dataclasses.dataclass
-class NoOptions:
-    """An optimizer without options of its own."""
 
 
 class Optimizer:
@@ -35,10 +29,7 @@ class Optimizer:
     @classmethod
     def refuse_options_of_others(cls, cfg: TrainConfig, others: list[type[Optimizer]]) -> None:
         """Another optimizer's option set away from its default is refused, naming it."""
-        for other in others:
-            for key, default in defaults_of(other.options).items():
-                if getattr(cfg, key) != default:
-                    raise UserError(f"--{flag_name(key)}: a {other.label} setting, and --optimizer is {cls.name}")
+        refuse_others_options(cfg, others, "label", f"--optimizer is {cls.name}")
 
     @classmethod
     def validate_options(cls, cfg: TrainConfig) -> None:

@@ -209,12 +209,12 @@ def _check_fsdp(cfg: TrainConfig) -> None:
         return
     refused = [
         (cfg.num_processes < 2, "--num-processes", "shards across processes; give --num-processes 2 or more (one per GPU)"),
-        (cfg.method == "textual-inversion", "--method", "textual-inversion trains one embedding; --fsdp shards lora and full training"),
+        (not METHODS[cfg.method].shardable, "--method", f"{cfg.method} trains no model weights to shard"),
         (cfg.quantize_base is not None, "--quantize-base", "quantised base weights are not sharded; use one of the two"),
         (not OPTIMIZERS[cfg.optimizer].shards, f"--optimizer {cfg.optimizer}", "its states are not sharded here; use adamw"),
         (cfg.mixed_precision == "fp16", "--mixed-precision fp16", "needs a sharded gradient scaler; use bf16"),
         (cfg.ema_decay is not None, "--ema-decay", "the average of sharded weights is not kept; leave it out"),
-        (getattr(cfg, "train_identifier_embedding", False), "--train-identifier-embedding", "pivotal tuning's embedding rows are not sharded; leave it out"),
+        (cfg.train_identifier_embedding, "--train-identifier-embedding", "pivotal tuning's embedding rows are not sharded; leave it out"),
     ]  # fmt: skip
     for bad, flag, why in refused:
         if bad:
