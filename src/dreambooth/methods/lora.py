@@ -14,6 +14,7 @@ from ..formats.kohya import DORA_FOR
 from ..io import atomic_path
 from ..models import Components
 from ..options import option
+from .adapters import ADAPTERS, TRAINED_MARKERS
 from .base import Method
 
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -53,7 +54,7 @@ class LoRAOptions:
         "lora",
         "the adapter: lora; loha (LyCORIS's Hadamard product of two low-rank pairs: rank r reaches r^2) or lokr "
         "(a Kronecker product: tiny files), through peft, saved in LyCORIS's layout (ComfyUI, AUTOMATIC1111)",
-        choices=("lora", "loha", "lokr"),
+        choices=tuple(ADAPTERS),
     )
     save_format: str = option(
         "diffusers",
@@ -106,12 +107,12 @@ class LoRA(Method):
                 "automatic1111: " + A1111_DORA,
             ),
             (
-                cfg.adapter == "lora" or not (cfg.use_dora or cfg.init_lora),
+                ADAPTERS[cfg.adapter].lora_only_options or not (cfg.use_dora or cfg.init_lora),
                 "--adapter",
                 f"{cfg.adapter}: DoRA and --init-lora are LoRA's; leave them out",
             ),
             (
-                cfg.adapter == "lora" or cfg.save_format == "diffusers",
+                not ADAPTERS[cfg.adapter].lycoris or cfg.save_format == "diffusers",
                 "--save-format",
                 f"{cfg.save_format}: {cfg.adapter} is written in LyCORIS's layout (kohya's names) already",
             ),
@@ -197,24 +198,12 @@ class LoRA(Method):
         return replace_identifier(prompt, self.identifier, self.token)
 
     def _config(self, targets):
-        from peft import LoHaConfig, LoKrConfig, LoraConfig
-
         cfg = self.cfg
         alpha = cfg.lora_alpha if cfg.lora_alpha is not None else cfg.rank
-        if cfg.adapter != "lora":
-            kind = LoHaConfig if cfg.adapter == "loha" else LoKrConfig
-            return kind(r=cfg.rank, alpha=alpha, module_dropout=cfg.lora_dropout, target_modules=list(targets))
-        return LoraConfig(
-            r=cfg.rank,
-            lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else cfg.rank,
-            lora_dropout=cfg.lora_dropout,
-            init_lora_weights="gaussian",
-            target_modules=list(targets),
-            use_dora=cfg.use_dora,
-        )
+        return ADAPTERS[cfg.adapter].config(cfg.rank, alpha, cfg.lora_dropout, list(targets), cfg.use_dora)
 
     def check(self) -> None:
-        if self.cfg.adapter != "lora":
+        if ADAPTERS[self.cfg.adapter].lycoris:
             from ..models import family_of
 
             family = family_of(self.cfg.model)
@@ -293,7 +282,7 @@ class LoRA(Method):
 
         path = Path(folder) / WEIGHTS_NAME
         encoders = {n: te for n, _, te in comps.trainable_encoders()}
-        if self.cfg.adapter != "lora":
+        if ADAPTERS[self.cfg.adapter].lycoris:
             from ..formats.lycoris import write_lycoris_file
 
             write_lycoris_file(path, comps.family, comps.denoiser, encoders, self.cfg)
@@ -360,7 +349,7 @@ def init_shape(init_lora: str) -> tuple[int, float]:
 
 def _lora_params(model) -> list:
     """Make the LoRA matrices of model trainable (stock loading leaves them frozen) and return them."""
-    params = [p for name, p in model.named_parameters() if any(k in name for k in ("lora_", "hada_", "lokr_"))]
+    params = [p for name, p in model.named_parameters() if any(k in name for k in TRAINED_MARKERS)]
     for p in params:
         p.requires_grad_(True)
     return params
