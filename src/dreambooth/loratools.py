@@ -80,19 +80,24 @@ def delta(down, up, scale: float):
     return scale * (up.flatten(1) @ down.flatten(1))
 
 
-def resize_module(down, up, scale: float, rank: int) -> tuple[object, object, float]:
-    """(down, up) of rank R whose product (scale 1) is delta W's best rank-R approximation, and the
-    share of its Frobenius norm kept (pure)."""
+def low_rank(change, rank: int) -> tuple[object, object, float]:
+    """(down (R, in), up (out, R)) whose product is the best rank-R approximation of a flattened weight
+    change (its SVD, the singular values split evenly), and the share of its Frobenius norm kept (pure)."""
     import torch
 
-    u, s, vh = torch.linalg.svd(delta(down, up, scale), full_matrices=False)
+    u, s, vh = torch.linalg.svd(change, full_matrices=False)
     r = min(rank, s.numel())
     total = float(s.pow(2).sum())
     kept = math.sqrt(float(s[:r].pow(2).sum()) / total) if total > 0 else 1.0
     root = s[:r].sqrt()
-    new_down = (root[:, None] * vh[:r]).reshape(r, *down.shape[1:])
-    new_up = (u[:, :r] * root[None, :]).reshape(up.shape[0], r, *up.shape[2:])
-    return new_down.contiguous(), new_up.contiguous(), kept
+    return (root[:, None] * vh[:r]).contiguous(), (u[:, :r] * root[None, :]).contiguous(), kept
+
+
+def resize_module(down, up, scale: float, rank: int) -> tuple[object, object, float]:
+    """A module's (down, up) at rank R (scale 1; conv shapes kept), and the share kept (pure)."""
+    new_down, new_up, kept = low_rank(delta(down, up, scale), rank)
+    r = new_down.shape[0]
+    return new_down.reshape(r, *down.shape[1:]), new_up.reshape(up.shape[0], r, *up.shape[2:]), kept
 
 
 def merge_modules(loras: list[dict], weights: list[float], flags: list[str]) -> dict:
@@ -293,7 +298,7 @@ def run_extract(cfg) -> Path:
             change = other.weight.detach().float() - module.weight.detach().float()
             if float(change.abs().max()) <= cfg.threshold * float(module.weight.detach().float().abs().max()):
                 continue
-            down, up, kept = resize_module(torch.eye(change.shape[1]), change, 1.0, cfg.rank)
+            down, up, kept = low_rank(change, cfg.rank)
             modules[f"{component}.{prefix}{name}"] = (down, up, 1.0)
             lines.append(f"{kept * 100:6.2f} %  {component}.{prefix}{name}")
     if not modules:
