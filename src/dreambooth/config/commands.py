@@ -7,7 +7,7 @@ import dataclasses
 from ..errors import UserError
 from ..methods import METHODS
 from ..options import check_required, option
-from .sampling import DTYPES, SAMPLER_HELP, SCHEDULER_NAMES, clip_model_field, dino_model_field
+from .sampling import DTYPES, FAMILY_GUIDANCE, SAMPLER_HELP, SCHEDULER_NAMES, clip_model_field, dino_model_field
 from .train import MIXED_PRECISION, allow_pickle_field, model_config_field
 
 
@@ -22,9 +22,7 @@ class SelectConfig:
     images_per_prompt: int = option(4, "images per prompt and candidate")
     num_class_images: int = option(8, "class-prompt images per candidate, for PRES (0: no PRES)")
     scales: list[float] = option([], "LoRA UNet scales to try with every checkpoint, e.g. 0.6,0.8,1.0 (default: 1.0)")
-    guidances: list[float] = option(
-        [], "guidance scales to try, e.g. 5,7.5 (default: the model family's: 7.5; SD3 7.0; FLUX.1 3.5)"
-    )
+    guidances: list[float] = option([], "guidance scales to try, e.g. 5,7.5" + FAMILY_GUIDANCE)
     objective: str = option(
         "dino=1,clip_t=1", "weights of the min-max-normalised metrics whose sum picks the recommendation"
     )
@@ -68,9 +66,7 @@ class CompareConfig:
     num_class_images: int = option(100, "class images for prior preservation (LoRA and full), and for PRES")
     images_per_prompt: int = option(4, "images per prompt (the paper's protocol: 4)")
     steps: int = option(30, "denoising steps when generating")
-    guidance: float | None = option(
-        None, "guidance scale when generating (default: the model family's: 7.5; SD3 7.0; FLUX.1 3.5)"
-    )
+    guidance: float | None = option(None, "guidance scale when generating" + FAMILY_GUIDANCE)
     seed: int = option(0, "seed of training and of the first image of each prompt")
     mixed_precision: str = option("no", "mixed precision for training", choices=MIXED_PRECISION)
     dino_model: str = dino_model_field()

@@ -25,6 +25,7 @@ SAMPLER_HELP = "sampler (default: the model family's: dpm++2m-karras; SD3 and FL
 # Karras sigmas would start from the (near) infinite sigma of a zero-SNR schedule; PNDM has no such option.
 ZERO_SNR_SCHEDULERS = ("ddim", "ddpm", "euler", "euler-a", "dpm++2m", "unipc")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+FAMILY_GUIDANCE = " (default: the model family's: 7.5; SD3 7.0; FLUX.1 3.5)"  # (help texts)
 
 
 @dataclasses.dataclass
@@ -44,9 +45,7 @@ class SamplingConfig:
     negative_prompt: str = option("", "negative prompt")
     lora_scale_unet: float = option(1.0, "strength of the LoRA in the UNet")
     lora_scale_text_encoder: float = option(1.0, "strength of the LoRA in the text encoder")
-    guidance: float | None = option(
-        None, "classifier-free guidance scale (CFG) (default: the model family's: 7.5; SD3 7.0; FLUX.1 3.5)", ge=0
-    )
+    guidance: float | None = option(None, "classifier-free guidance scale (CFG)" + FAMILY_GUIDANCE, ge=0)
     steps: int = option(30, "denoising steps", ge=1)
     scheduler: str | None = option(None, SAMPLER_HELP, choices=SCHEDULER_NAMES)
     seed: int = option(0, "seed of the first image; image i uses seed + i")

@@ -7,7 +7,7 @@ import dataclasses
 
 from ..formats.kohya import DORA_FOR
 from ..options import check_bounds, check_required, option
-from .sampling import DTYPES, clip_model_field, dino_model_field
+from .sampling import DTYPES, FAMILY_GUIDANCE, clip_model_field, dino_model_field
 
 
 @dataclasses.dataclass
@@ -115,9 +115,7 @@ class SweepConfig:
     prompts: int = option(4, "DreamBench prompts per checkpoint", ge=1)
     images_per_prompt: int = option(4, "images per prompt", ge=1)
     num_class_images: int = option(8, "class-prompt images for PRES", ge=0)
-    guidance: float | None = option(
-        None, "guidance scale of the scored images (default: the model family's: 7.5; SD3 7.0; FLUX.1 3.5)"
-    )
+    guidance: float | None = option(None, "guidance scale of the scored images" + FAMILY_GUIDANCE)
     steps: int = option(25, "denoising steps of the scored images", ge=1)
     width: int | None = option(
         None, "width of the scored images (default: the model's native size)", gt=0, multiple_of=8
