@@ -143,7 +143,14 @@ def test_generate_shows_images_with_their_settings_and_sends_them_back_to_the_fo
 
 
 def fill(page, elem_id: str, text: str) -> None:
-    page.locator(f"#{elem_id} :is(textarea, input)").first.fill(text)
+    """A text box's value, typed, then checked: a box that mounts late (an accordion's) can otherwise
+    take the keystrokes before its own initial value lands over them."""
+    from playwright.sync_api import expect
+
+    box = page.locator(f"#{elem_id} :is(textarea, input)").first
+    expect(box).to_be_visible()
+    box.fill(text)
+    expect(box).to_have_value(text)
 
 
 def tab(page, name: str) -> None:
@@ -267,6 +274,9 @@ def test_a_run_and_its_checkpoint_in_generate_grid_and_evaluate(page, ui, scored
     pick(page, "eval-run", scored_run)
     expect(page.locator("#eval-best")).to_contain_text("no scores yet")
     page.get_by_text("Score the run's checkpoints").click()
+    # The accordion mounts its boxes on opening: wait for their own values before typing over them
+    expect(page.locator("#eval-dino textarea")).to_have_value("facebook/dino-vits16")
+    expect(page.locator("#eval-clip textarea")).to_have_value("openai/clip-vit-base-patch32")
     fill(page, "eval-dino", "extractors/dino")
     fill(page, "eval-clip", "extractors/clip")
     for elem_id, value in (("eval-prompts", 2), ("eval-images", 1), ("eval-steps", 2)):
