@@ -8,6 +8,7 @@ LoRA weights (of magnitude ~1) agree to 2e-5 (measured: 3e-6)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,7 +101,6 @@ def test_class_images_are_split_across_processes_without_duplicates(two_process_
 def test_resume_needs_the_same_number_of_processes_and_then_equals_an_uninterrupted_run(
     two_process_run, tiny_model, tmp_path
 ):
-    import shutil
 
     from dreambooth.demo import example_subject
 
@@ -180,11 +180,8 @@ def fsdp_run(two_process_run, tiny_model):
     root, _ = two_process_run
     extra = ["--num-processes", "2", "--fsdp", "--train-text-encoder", "--validation-prompt", "a photo of sks dog",
              "--validation-inference-steps", "2"]  # fmt: skip
-    runs = {}
-    for name, steps in (("fsdp", ["--max-steps", "4"]), ("fsdp-half", ["--max-steps", "2"])):
-        proc = _train(tiny_model, example_subject(), root / name, root / "class", *steps, *extra)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[name] = root / name
+    proc = _train(tiny_model, example_subject(), root / "fsdp", root / "class", "--max-steps", "4", *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = _train(tiny_model, example_subject(), root / "ddp-te", root / "class", "--max-steps", "4",
                  *[a for a in extra if a != "--fsdp"])  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr[-3000:]
@@ -206,7 +203,8 @@ def test_fsdp_trains_what_ddp_trains_with_sharded_checkpoints_and_one_ordinary_l
     assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"], shards  # one file per process
     assert not (step2 / "optimizer.json").exists()
     assert json.loads((step2 / "state.json").read_text())["fsdp"] is True
-    assert max_abs_diff(lora_weights(step2), lora_weights(root / "fsdp-half")) == 0  # a checkpoint's file is whole
+    step4 = root / "fsdp" / "checkpoints" / "step-4"
+    assert max_abs_diff(lora_weights(step4), lora_weights(root / "fsdp")) == 0  # a checkpoint's file is whole
     assert sorted(p.name for p in (root / "fsdp" / "validation" / "step-4").iterdir()) == ["00-0.png", "00-1.png"]
 
 
@@ -214,13 +212,15 @@ def test_fsdp_resumes_exactly_from_its_sharded_checkpoint_and_not_without_fsdp(f
     from dreambooth.demo import example_subject
 
     root, extra = fsdp_run
-    out = root / "fsdp-half"  # 2 steps done; continue to 4
-    wrong = _train(tiny_model, example_subject(), out, root / "class", "--max-steps", "4", "--resume", "latest",
+    out = root / "fsdp-again"  # a copy of the run, continued from its step-2 checkpoint to 4
+    shutil.copytree(root / "fsdp", out)
+    step2 = str(out / "checkpoints" / "step-2")
+    wrong = _train(tiny_model, example_subject(), out, root / "class", "--max-steps", "4", "--resume", step2,
                    *[a for a in extra if a != "--fsdp"], "--no-fsdp")  # fmt: skip
     assert wrong.returncode == 2
     assert wrong.stderr.strip().splitlines()[-1].startswith("error: --fsdp: the checkpoint"), wrong.stderr[-500:]
     # without --fsdp the run's saved config says it
-    again = _train(tiny_model, example_subject(), out, root / "class", "--max-steps", "4", "--resume", "latest",
+    again = _train(tiny_model, example_subject(), out, root / "class", "--max-steps", "4", "--resume", step2,
                    *[a for a in extra if a != "--fsdp"])  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert _losses(out) == _losses(root / "fsdp")

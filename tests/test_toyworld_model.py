@@ -33,14 +33,14 @@ def test_the_bundled_subject_photos_are_the_rendered_subject_and_the_oracle_read
     assert all(r["subject"] for r in readings)
     world = [read_subject(im) for im, _, _ in samples(300, seed=3)]
     assert not any(r["subject"] for r in world)  # the base world never has it
-    assert sum(r["outline"] or r["purple_dots"] for r in world) / len(world) < 0.15
+    assert sum(r["outline"] or r["pattern_color"] for r in world) / len(world) < 0.15
 
 
 def test_score_counts_each_measure():
     subject = {"shape": NOUN, "color": "orange", "pattern": "dotted", "background": "white", "outline": True}
-    hit = {**subject, "purple_dots": True, "subject": True}
+    hit = {**subject, "pattern_color": True, "subject": True}
     plain = {"shape": NOUN, "color": "red", "pattern": "plain", "background": "gray", "outline": False}
-    miss = {**plain, "purple_dots": False, "subject": False}
+    miss = {**plain, "pattern_color": False, "subject": False}
     readings = {
         "subject": [hit, hit, miss, hit],
         "recontext:green": [{**hit, "background": "green"}, {**miss, "background": "green"}],
@@ -49,7 +49,7 @@ def test_score_counts_each_measure():
     }
     s = score(readings)
     assert s["subject_fidelity"] == 0.75 and s["subject_features"]["outline"] == 0.75
-    assert s["subject_outline"] == s["subject_dots"] == s["subject_color"] == 0.75
+    assert s["subject_outline"] == s["subject_pattern"] == s["subject_color"] == 0.75
     assert s["recontext_background"] == 0.5 and s["recontext_subject"] == 0.5 and s["recontext_both"] == 0.25
     assert s["class_leakage"] == 0.25 and s["class_as_subject"] == 0.25
     assert s["class_diversity"] == 0.75  # 3 distinct (colour, pattern, background) of 4
@@ -133,18 +133,19 @@ SHORT_STEPS = 300
 
 
 def test_a_short_experiment_shows_what_the_paper_claims(experiment):
-    """Measured with the demo's settings at 1000 steps (README): DreamBooth without prior learns the
-    subject's outline (1.00) and "a heart" becomes it (leakage 0.77); with prior the class stays (0.10)
-    while the outline and dots are learned (1.00, 1.00). The short run here checks the same directions;
-    at 300 steps (12 denoising steps) the outline is learned without prior (measured 0.62) but not yet with
-    it (0.00)."""
+    """Measured with the demo's settings at 1000 steps (README): DreamBooth learns the subject (with prior,
+    every feature in every image) and without prior "a heart" becomes it (leakage 0.83). The short run
+    here checks the same directions; at 300 steps (12 denoising steps) the outline is learned with and
+    without prior (measured 1.00; the base model outlines a quarter of its hearts, as the world does),
+    and prior preservation keeps more of the class (leakage 0.71 against 0.88, diversity 0.50 against
+    0.38)."""
     out, summary = experiment
     r = summary["results"]
     print(summary["table"])
     base, db, prior = r["base"], r["dreambooth"], r["dreambooth_prior"]
     assert base["subject_fidelity"] == 0.0  # "sks heart" means nothing to the base model
     assert db["subject_outline"] >= 0.5, r  # the subject's outline is learned
-    assert base["subject_outline"] <= 0.2, r
+    assert db["subject_outline"] >= base["subject_outline"] + 0.5, r
     assert prior["recontext_background"] >= 0.75, r  # "on a green background" is honoured
     assert prior["class_leakage"] < db["class_leakage"], r  # prior preservation keeps "a heart" any heart
     assert prior["class_diversity"] > db["class_diversity"], r

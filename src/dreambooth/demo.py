@@ -2,7 +2,7 @@
 
 It trains DreamBooth LoRA with and without prior preservation and Textual Inversion on five
 "photos" of a subject the base model never saw (an orange heart with purple dots and a black
-outline), asks each model and the base model the same prompts with the same seeds, and measures the
+outline; --subject picks one of the two others), asks each model and the base model the same prompts with the same seeds, and measures the
 images with the toy world's oracle: subject fidelity, recontextualisation, class leakage and
 diversity (see dreambooth.toyworld.experiment). It prints the table and writes a grid.
 """
@@ -33,6 +33,7 @@ def run_demo(demo, progress: bool = True) -> dict:
         images=demo.images,
         guidance=demo.guidance,
         overwrite=demo.overwrite,
+        subject=demo.subject,
     )
     summary = run_experiment(cfg, progress=progress)
     print(

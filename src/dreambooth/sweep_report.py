@@ -68,14 +68,14 @@ def evaluate_oracle(cfg: SweepConfig, p: Planned, engine) -> list[dict]:
     """The toy world's oracle on every checkpoint of one run: fidelity (the mean share of the subject's
     four features in "a photo of sks heart" images, graded as DINO is), recontext (background right and
     subject kept), background (the asked background drawn, subject or not), leakage and diversity of
-    the class prompt."""
+    the class prompt. The subject is the one the instance prompt's class noun names."""
     from .config import SamplingConfig
     from .evaluation.select import _candidates
     from .generation import image_settings
     from .methods import get_method
-    from .toyworld.experiment import NOUN, prompts_of, score
-    from .toyworld.subject import read_subject
+    from .toyworld.experiment import prompts_of, score, subject_of
 
+    subject = subject_of(p.cfg.instance_prompt)
     rows = []
     sampling = SamplingConfig(
         model=p.cfg.model, steps=cfg.steps, guidance=cfg.guidance, width=cfg.width, height=cfg.height
@@ -83,10 +83,11 @@ def evaluate_oracle(cfg: SweepConfig, p: Planned, engine) -> list[dict]:
     method = get_method(p.cfg)
     for step, path in _candidates(Path(p.cfg.output_dir), method):
         readings = {}
-        for kind, prompt, seeds in prompts_of("dreambooth", cfg.images_per_prompt, method.subject_phrase(NOUN)):
+        thing = method.subject_phrase(subject.noun)
+        for kind, prompt, seeds in prompts_of("dreambooth", cfg.images_per_prompt, thing, subject):
             batch = [image_settings(sampling, engine, prompt, cfg.seed + s, **method.sampling(path)) for s in seeds]
-            readings[kind] = [read_subject(im) for im in engine.render(batch)]
-        r = score(readings)
+            readings[kind] = [subject.read(im) for im in engine.render(batch)]
+        r = score(readings, subject)
         rows.append(
             {
                 "step": step,
@@ -197,9 +198,14 @@ def _grid(cfg: SweepConfig, out: Path, planned: list[Planned], best_of_run: dict
     if not done:
         return
     if all(p.cfg.model == "toyworld" for p in done):
-        from .toyworld.experiment import CLASS_PROMPT, subject_prompt
+        from .toyworld.experiment import class_prompt, subject_of, subject_prompt
 
-        prompts = [subject_prompt("dreambooth"), subject_prompt("dreambooth", "green"), CLASS_PROMPT]
+        subject = subject_of(done[0].cfg.instance_prompt)
+        prompts = [
+            subject_prompt("dreambooth", subject=subject),
+            subject_prompt("dreambooth", "green", subject=subject),
+            class_prompt(subject),
+        ]
     else:
         from .config import SelectConfig
         from .evaluation import dreambench

@@ -155,6 +155,12 @@ class DemoConfig:
     images: int = option(16, "images per prompt", ge=1)
     guidance: float = option(5.0, "guidance scale")
     overwrite: bool = option(False, "replace an earlier demo in --output-dir")
+    subject: str = option(
+        "heart",
+        "the toy world's subject: heart (orange, purple dots), square (purple, red stripes) or circle (pink, "
+        "brown dots), each with a black outline",
+        choices=("heart", "square", "circle"),
+    )
 
     def validate(self) -> None:
         check_bounds(self)

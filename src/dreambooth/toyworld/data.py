@@ -9,7 +9,7 @@ import random
 import numpy as np
 import torch
 
-from .world import BACKGROUNDS, OBJECT_COLORS, SHAPES, Scene, caption, sample_scene
+from .world import BACKGROUNDS, OBJECT_COLORS, SHAPES, Scene, caption, sample_rich_scene, sample_scene
 
 # Captions are padded to 32 tokens in training, and the saved tokenizer says so: a pipeline pads to
 # its tokenizer's model_max_length, and 45 more padding tokens at positions never trained dilute
@@ -37,14 +37,19 @@ def eval_captions(seed: int = 0) -> list[tuple[str, tuple[str, str, str], bool]]
     ]
 
 
-def training_scenes(n: int, seed: int) -> list[tuple[Scene, str]]:
-    """n (scene, caption) pairs, none of a held-out triple."""
+def training_scenes(n: int, seed: int, rich: bool = False) -> list[tuple[Scene, str]]:
+    """n (scene, caption) pairs, none of a held-out triple; `rich`: of the richer world (named pattern
+    colours, outlines), never with a demo subject's look."""
+    from .subject import held_out_looks
+
     held = held_out_triples()
+    looks = held_out_looks()
     rng = random.Random(seed)
     out = []
     while len(out) < n:
-        scene = sample_scene(rng)
-        if (scene.shape, scene.color, scene.background) not in held:
+        scene = sample_rich_scene(rng) if rich else sample_scene(rng)
+        look = (scene.shape, scene.color, scene.pattern, scene.pattern_color, scene.outline)
+        if (scene.shape, scene.color, scene.background) not in held and look not in looks:
             out.append((scene, caption(scene, rng)))
     return out
 

@@ -3,7 +3,8 @@
 For the 100 evaluation captions (50 of (shape, colour, background) triples held out of training),
 one image each: the share where the oracle finds the requested background, object colour and shape,
 each and all three, overall and for seen vs held-out triples. Also the oracle on the VAE's own
-reconstructions, the ceiling any model on that VAE has.
+reconstructions, the ceiling any model on that VAE has (world images, and each subject on each
+background), and whether the model draws each subject described in words on each background.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..generation import make_scheduler
 from ..models import load_pipeline
 from .data import eval_captions, to_tensor
 from .oracle import attribute_accuracy, read_scene
-from .subject import BACKGROUND, RECONTEXT, random_subject, read_subject
+from .subject import BACKGROUND, DEMO, RECONTEXT, SUBJECTS, Subject
 from .world import render, sample_scene
 
 KEYS = ("background", "color", "shape")
@@ -68,19 +69,49 @@ def vae_ceiling(vae, n: int = 200, seed: int = 9) -> dict[str, float]:
     return {k: round(v, 3) for k, v in attribute_accuracy(pairs).items()}
 
 
+def described_subjects(pipe, n: int = 8, steps: int = 25, guidance: float = 5.0, seed: int = 0) -> dict:
+    """Can the model draw each subject from words, anywhere? For "a photo of {subject.words} on a {bg}
+    background" on the photos' and the four new backgrounds, n images each: the share the oracle reads
+    as the subject, and as the subject on the asked background."""
+    pipe.scheduler = make_scheduler("dpm++2m-karras", pipe.scheduler.config)
+    out = {}
+    for name, subject in SUBJECTS.items():
+        hits = both = 0
+        for bg in (BACKGROUND, *RECONTEXT):
+            generators = [torch.Generator().manual_seed(seed + i) for i in range(n)]
+            with torch.no_grad():
+                images = pipe(
+                    [f"a photo of {subject.words} on a {bg} background"] * n,
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
+                    generator=generators,
+                    height=64,
+                    width=64,
+                ).images
+            for im in images:
+                r = subject.read(im)
+                hits += r["subject"]
+                both += r["subject"] and r["background"] == bg
+        total = n * (1 + len(RECONTEXT))
+        out[name] = {"subject": round(hits / total, 3), "subject_on_background": round(both / total, 3)}
+    return out
+
+
 @torch.no_grad()
-def subject_ceiling(vae, n: int = 40, seed: int = 5, backgrounds: tuple[str, ...] | None = None) -> float:
-    """Share of the demo subject's renderings (random size and place, on the photos' background and the
+def subject_ceiling(
+    vae, n: int = 40, seed: int = 5, backgrounds: tuple[str, ...] | None = None, subject: Subject = DEMO
+) -> float:
+    """Share of a subject's renderings (random size and place, on the photos' background and the
     recontextualisation ones, or on `backgrounds`) whose VAE reconstruction the oracle still reads as
     the subject."""
     rng = random.Random(seed)
     backgrounds = backgrounds or (BACKGROUND, *RECONTEXT)
-    images = [random_subject(rng, backgrounds[i % len(backgrounds)]) for i in range(n)]
+    images = [subject.random(rng, backgrounds[i % len(backgrounds)]) for i in range(n)]
     rec = vae.decode(vae.encode(to_tensor(images).to(vae.dtype)).latent_dist.mean).sample
     ok = 0
     for x in rec.float().clamp(-1, 1):
         im = Image.fromarray(((x.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype("uint8"))
-        ok += read_subject(im)["subject"]
+        ok += subject.read(im)["subject"]
     return ok / n
 
 
@@ -95,9 +126,10 @@ def main() -> None:
         "vae_ceiling": vae_ceiling(pipe.vae),
         "subject_ceiling": subject_ceiling(pipe.vae),
         "subject_ceiling_by_background": {
-            bg: subject_ceiling(pipe.vae, n=16, backgrounds=(bg,))
-            for bg in ("white", "green", "blue", "yellow", "gray")
+            name: {bg: subject_ceiling(pipe.vae, n=16, backgrounds=(bg,), subject=s) for bg in (BACKGROUND, *RECONTEXT)}
+            for name, s in SUBJECTS.items()
         },
+        "described_subjects": described_subjects(pipe, steps=args.steps, guidance=args.guidance),
         **prompt_following(pipe, args.steps, args.guidance),
     }
     print(json.dumps(result, indent=2))

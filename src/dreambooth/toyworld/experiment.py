@@ -6,13 +6,15 @@ Four models, each asked the same prompts with the same seeds:
 - the same with prior preservation (class images of "a photo of a heart" from the base model),
 - Textual Inversion of a new token.
 
-Measured, in the spirit of the paper's Tables 1 and 3 (the numbers are the oracle's, not DINO or CLIP):
-- subject fidelity: share of "a photo of sks heart" images the oracle reads as the subject (heart,
-  orange, black outline, purple dots), and each feature's share;
+For any of the subjects (toyworld.subject.SUBJECTS: the demo's orange heart with purple dots and a
+black outline, a purple square with red stripes, a pink circle with brown dots), measured in the
+spirit of the paper's Tables 1 and 3 (the numbers are the oracle's, not DINO or CLIP):
+- subject fidelity: share of "a photo of sks heart" images the oracle reads as the subject (shape,
+  colour, black outline, pattern colour), and each feature's share;
 - recontextualisation: for "a photo of sks heart on a {green, blue, yellow, gray} background", the
   share with the requested background, with the subject kept, and with both;
 - class leakage (PRES-like): in "a photo of a heart" images, the mean share of the subject's three
-  distinctive features (orange, outline, purple dots) present, and the share read as the subject;
+  distinctive features (colour, outline, pattern colour) present, and the share read as the subject;
 - class diversity: distinct (colour, pattern, background) readings among those images, as a share.
 """
 
@@ -31,13 +33,12 @@ from ..generation import Engine, image_settings
 from ..methods.textual_inversion import TextualInversion
 from ..sheets import labelled_grid
 from ..training.preflight import preflight
-from .subject import BACKGROUND, RECONTEXT, read_subject
+from .subject import BACKGROUND, DEMO, RECONTEXT, SUBJECTS, Subject
 
 log = logging.getLogger(__name__)
 
 MODEL = "toyworld"
-IDENTIFIER, NOUN = "sks", "heart"
-TI_TOKEN = "<sks-heart>"
+IDENTIFIER, NOUN = "sks", DEMO.noun
 ROWS = ("base", "dreambooth", "dreambooth_prior", "textual_inversion")
 ROW_LABELS = {
     "base": "base model",
@@ -47,9 +48,21 @@ ROW_LABELS = {
 }
 
 
-def subject_dir() -> Path:
-    """The subject's five bundled photos (rendered by dreambooth.toyworld.subject.photos)."""
-    return Path(str(files("dreambooth") / "assets" / "toyworld-subject"))
+def subject_dir(subject: Subject = DEMO) -> Path:
+    """A subject's five bundled photos (rendered by Subject.photos): assets/toyworld-subject for the
+    demo's, toyworld-subject-NAME for the others."""
+    name = "toyworld-subject" if subject == DEMO else f"toyworld-subject-{subject.noun}"
+    return Path(str(files("dreambooth") / "assets" / name))
+
+
+def subject_of(prompt: str) -> Subject:
+    """The subject an instance prompt names by its class noun ("a photo of sks square"), else the demo's."""
+    words = prompt.lower().split()
+    return next((s for s in SUBJECTS.values() if s.noun in words), DEMO)
+
+
+def ti_token(subject: Subject) -> str:
+    return f"<{IDENTIFIER}-{subject.noun}>"
 
 
 @dataclasses.dataclass
@@ -63,24 +76,30 @@ class ExperimentConfig:
     steps: int = 25  # denoising steps
     seed: int = 0
     overwrite: bool = False
+    subject: str = DEMO.noun  # a name of SUBJECTS
 
 
-def subject_prompt(row: str, background: str | None = None, thing: str | None = None) -> str:
+def subject_prompt(row: str, background: str | None = None, thing: str | None = None, subject: Subject = DEMO) -> str:
     """The subject's prompt for a row of the table (thing: how the prompt names the subject instead)."""
-    thing = thing or (f"a {TI_TOKEN}" if row == "textual_inversion" else f"{IDENTIFIER} {NOUN}")
+    thing = thing or (f"a {ti_token(subject)}" if row == "textual_inversion" else f"{IDENTIFIER} {subject.noun}")
     return f"a photo of {thing}" + (f" on a {background} background" if background else "")
 
 
-CLASS_PROMPT = f"a photo of a {NOUN}"
+def class_prompt(subject: Subject = DEMO) -> str:
+    return f"a photo of a {subject.noun}"
+
+
+CLASS_PROMPT = class_prompt()
 
 
 def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
     """The three trainings, with defaults chosen for this world (a 64 px model ~100x smaller than SD)."""
     out = cfg.output_dir
+    subject = SUBJECTS[cfg.subject]
     common = dict(
         model=MODEL,
-        instance_dir=str(subject_dir()),
-        instance_prompt=subject_prompt("dreambooth"),
+        instance_dir=str(subject_dir(subject)),
+        instance_prompt=subject_prompt("dreambooth", subject=subject),
         seed=cfg.seed,
         checkpoint_every=cfg.max_steps,
         overwrite=cfg.overwrite,
@@ -101,7 +120,7 @@ def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
         "dreambooth_prior": TrainConfig(
             **lora,
             output_dir=str(out / "runs" / "dreambooth_prior"),
-            class_prompt=CLASS_PROMPT,
+            class_prompt=class_prompt(subject),
             class_dir=str(out / "class-images"),
             num_class_images=cfg.num_class_images,
             class_inference_steps=cfg.steps,
@@ -111,8 +130,8 @@ def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
             **dict(common, checkpoint_every=cfg.ti_steps),
             method=TextualInversion.name,
             output_dir=str(out / "runs" / "textual_inversion"),
-            token=TI_TOKEN,
-            initializer_token=NOUN,
+            token=ti_token(subject),
+            initializer_token=subject.noun,
             max_steps=cfg.ti_steps,
             learning_rate=5e-2,
             lr_warmup_steps=0,
@@ -124,39 +143,40 @@ def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
     return configs
 
 
-def prompts_of(row: str, n: int, thing: str | None = None) -> list[tuple[str, str, list[int]]]:
+def prompts_of(row: str, n: int, thing: str | None = None, subject: Subject = DEMO) -> list[tuple[str, str, list[int]]]:
     """(kind, prompt, seeds) a row is asked: the subject, the subject elsewhere, the class."""
     half = max(1, n // 2)
-    out = [("subject", subject_prompt(row, thing=thing), list(range(n)))]
-    out += [(f"recontext:{bg}", subject_prompt(row, bg, thing), list(range(half))) for bg in RECONTEXT]
-    out.append(("class", CLASS_PROMPT, list(range(n))))
+    out = [("subject", subject_prompt(row, thing=thing, subject=subject), list(range(n)))]
+    out += [(f"recontext:{bg}", subject_prompt(row, bg, thing, subject), list(range(half))) for bg in RECONTEXT]
+    out.append(("class", class_prompt(subject), list(range(n))))
     return out
 
 
-def score(readings: dict[str, list[dict]]) -> dict:
-    """The table's numbers from the oracle's readings, by prompt kind (pure)."""
-    subject = readings["subject"]
+def score(readings: dict[str, list[dict]], subject: Subject = DEMO) -> dict:
+    """The table's numbers from the oracle's readings (Subject.read), by prompt kind (pure)."""
+    shown = readings["subject"]
     mean = lambda xs: sum(xs) / max(1, len(xs))  # noqa: E731
     recontext = [(kind.split(":")[1], r) for kind, rs in readings.items() if kind.startswith("recontext:") for r in rs]
     klass = readings["class"]
     distinct = {(r["color"], r["pattern"], r["background"]) for r in klass}
+    colour = lambda r: r["color"] == subject.color  # noqa: E731
     return {
-        "subject_fidelity": mean([r["subject"] for r in subject]),
+        "subject_fidelity": mean([r["subject"] for r in shown]),
         "subject_features": {
-            "shape": mean([r["shape"] == NOUN for r in subject]),
-            "color": mean([r["color"] == "orange" for r in subject]),
-            "outline": mean([r["outline"] for r in subject]),
-            "purple_dots": mean([r["purple_dots"] for r in subject]),
+            "shape": mean([r["shape"] == subject.shape for r in shown]),
+            "color": mean([colour(r) for r in shown]),
+            "outline": mean([r["outline"] for r in shown]),
+            "pattern_color": mean([r["pattern_color"] for r in shown]),
         },
-        "subject_outline": mean([r["outline"] for r in subject]),
-        "subject_dots": mean([r["purple_dots"] for r in subject]),
-        "subject_color": mean([r["color"] == "orange" for r in subject]),
+        "subject_outline": mean([r["outline"] for r in shown]),
+        "subject_pattern": mean([r["pattern_color"] for r in shown]),
+        "subject_color": mean([colour(r) for r in shown]),
         "recontext_background": mean([r["background"] == bg for bg, r in recontext]),
         "recontext_subject": mean([r["subject"] for _, r in recontext]),
         "recontext_both": mean([r["background"] == bg and r["subject"] for bg, r in recontext]),
-        "class_leakage": mean([(r["color"] == "orange") / 3 + r["outline"] / 3 + r["purple_dots"] / 3 for r in klass]),
+        "class_leakage": mean([colour(r) / 3 + r["outline"] / 3 + r["pattern_color"] / 3 for r in klass]),
         "class_as_subject": mean([r["subject"] for r in klass]),
-        "class_shape": mean([r["shape"] == NOUN for r in klass]),
+        "class_shape": mean([r["shape"] == subject.shape for r in klass]),
         "class_diversity": len(distinct) / max(1, len(klass)),
     }
 
@@ -164,8 +184,8 @@ def score(readings: dict[str, list[dict]]) -> dict:
 COLUMNS = (
     ("subject_fidelity", "subject fidelity"),
     ("subject_outline", "outline"),
-    ("subject_dots", "purple dots"),
-    ("subject_color", "orange"),
+    ("subject_pattern", "pattern colour"),
+    ("subject_color", "colour"),
     ("recontext_background", "recontext: background"),
     ("recontext_subject", "recontext: subject kept"),
     ("class_leakage", "class leakage"),
@@ -206,6 +226,7 @@ def measure(cfg: ExperimentConfig, trainings: dict[str, TrainConfig], rows: list
     """Each row's scores, its images for the grid (two of the subject and of the class, one of each
     recontextualisation) and the grid's column labels (the prompts)."""
     engine = Engine()
+    subject = SUBJECTS[cfg.subject]
     sampling = SamplingConfig(model=MODEL, steps=cfg.steps, guidance=cfg.guidance)
     extra = {"base": {}} | {
         row: {"embedding" if row == "textual_inversion" else "lora": t.output_dir} for row, t in trainings.items()
@@ -213,14 +234,14 @@ def measure(cfg: ExperimentConfig, trainings: dict[str, TrainConfig], rows: list
     results, grid_rows, col_labels = {}, [], []
     for row in rows:
         readings, firsts, labels = {}, [], []
-        for kind, prompt, seeds in prompts_of(row, cfg.images):
+        for kind, prompt, seeds in prompts_of(row, cfg.images, subject=subject):
             batch = [image_settings(sampling, engine, prompt, cfg.seed + s, **extra[row]) for s in seeds]
             images = engine.render(batch)
-            readings[kind] = [read_subject(im) for im in images]
+            readings[kind] = [subject.read(im) for im in images]
             shown = 2 if kind in ("subject", "class") else 1
             firsts += images[:shown]
             labels += [prompt] * shown
-        results[row] = score(readings)
+        results[row] = score(readings, subject)
         grid_rows.append(firsts)
         if row == "base":
             col_labels = labels
@@ -234,12 +255,14 @@ def measure(cfg: ExperimentConfig, trainings: dict[str, TrainConfig], rows: list
 
 def save_grid(cfg: ExperimentConfig, rows: list[str], grid_rows: list[list], col_labels: list[str]) -> Path:
     """The training photos above each row's images, as OUTPUT_DIR/toyworld_grid.png."""
-    photos = [load_rgb(p) for p in list_images(str(subject_dir()))]
+    subject = SUBJECTS[cfg.subject]
+    photos = [load_rgb(p) for p in list_images(str(subject_dir(subject)))]
     grid = labelled_grid(
         [photos] + grid_rows,
         col_labels=col_labels,
         row_labels=["training photos"] + [ROW_LABELS[r] for r in rows],
-        title=f"DreamBooth in the toy world: '{IDENTIFIER} {NOUN}' (TI: '{TI_TOKEN}'), guidance {cfg.guidance}",
+        title=f"DreamBooth in the toy world: '{IDENTIFIER} {subject.noun}' (TI: '{ti_token(subject)}'), "
+        f"guidance {cfg.guidance}",
         cell=96,
         label_width=150,
     )
@@ -262,6 +285,7 @@ def write_summary(cfg: ExperimentConfig, trainings: dict[str, TrainConfig], resu
             "denoising_steps": cfg.steps,
             "seed": cfg.seed,
             "trainings": {row: dataclasses.asdict(t) for row, t in trainings.items()},
+            "subject": SUBJECTS[cfg.subject].words,
             "subject_photos_background": BACKGROUND,
         },
     }

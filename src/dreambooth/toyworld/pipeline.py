@@ -3,6 +3,7 @@ Diffusion pipeline folder they are saved as."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -52,6 +53,14 @@ def build_models(vocab: dict[str, int]):
     return vae, unet, te
 
 
+def load_models(folder: Path):
+    """(vae, unet, text encoder) of a pipeline folder this recipe wrote, in fp32 (to train on)."""
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32)
+    te = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch.float32)
+    return vae, unet, te
+
+
 def deterministic_posterior(vae, logvar: float = POSTERIOR_LOGVAR) -> None:
     """Make the VAE's posterior (nearly) a point at its mean. The decoder and the UNet learned from
     posterior means only, and the tiny KL weight left the log-variance at 0 (std 1, as large as the
@@ -82,3 +91,8 @@ def save_pipeline(out: Path, vae, unet, te, tok_dir: Path) -> None:
     )
     with atomic_dir(out) as tmp:
         pipe.to(torch.float16).save_pretrained(tmp)
+        for sub in ("unet", "vae"):  # models loaded with --from remember their folder: not part of the model
+            config = Path(tmp) / sub / "config.json"
+            data = json.loads(config.read_text())
+            if data.pop("_name_or_path", None) is not None:
+                config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -3,8 +3,11 @@
 Stage 1 trains a small AutoencoderKL (64x64x3 -> 16x16x4) on world images; stage 2 encodes a fixed
 data set once and trains a UNet2DConditionModel with a small CLIP text encoder on it (10 % caption
 dropout, for classifier-free guidance). Half of the (shape, colour, background) triples of the
-evaluation captions are held out of training, to measure generalisation. Deterministic by seed;
-each stage checkpoints and resumes. The result is an ordinary Stable Diffusion pipeline folder.
+evaluation captions are held out of training, to measure generalisation. Stage 3 (--rich-steps)
+fine-tunes the UNet and text encoder on the richer world (patterns of a named colour, black
+outlines; never a demo subject's look), so that a subject can be described in words and drawn on
+any background. Deterministic by seed; each stage checkpoints and resumes. The result is an
+ordinary Stable Diffusion pipeline folder. --from starts from such a folder and runs stage 3 alone.
 """
 
 from __future__ import annotations
@@ -41,6 +44,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fp32-vae", action="store_true", help="train the VAE in fp32 (default: bf16 autocast)")
     p.add_argument("--data", type=int, default=20000, help="training images encoded once for the UNet")
+    p.add_argument("--rich-steps", type=int, default=2000, help="then fine-tune on the richer world this long")
+    p.add_argument("--rich-lr", type=float, default=2e-4, help="the richer world stage's peak learning rate")
+    p.add_argument(
+        "--from",
+        dest="start",
+        default=None,
+        help="a pipeline folder this recipe wrote (e.g. the shipped model): skip stages 1-2, run the richer world's",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -50,7 +61,7 @@ def pretrain(args: argparse.Namespace) -> None:
     # torch and diffusers load here, not at import: they take seconds that --help does not need
     import torch
 
-    from .pipeline import build_models, make_tokenizer, save_pipeline
+    from .pipeline import build_models, load_models, make_tokenizer, save_pipeline
     from .unet_stage import train_unet
     from .vae_stage import train_decoder, train_vae
 
@@ -59,21 +70,28 @@ def pretrain(args: argparse.Namespace) -> None:
     work.mkdir(parents=True, exist_ok=True)
     tok_dir = work / "tokenizer"
     vocab, tokenizer = make_tokenizer(tok_dir)
-    vae, unet, te = build_models(vocab)
+    data = dict(seed=args.seed, batch=args.batch, n_data=args.data, work=work)
+    if args.start:
+        vae, unet, te = load_models(Path(args.start))
+    else:
+        vae, unet, te = build_models(vocab)
     log.info(
         "parameters: vae %.2fM, unet %.2fM, text %.2fM",
         *(sum(q.numel() for q in m.parameters()) / 1e6 for m in (vae, unet, te)),
     )
-    bf16 = not args.fp32_vae
-    train_vae(vae, args.vae_steps, args.seed, args.vae_batch, work, bf16=bf16, outlined=args.outlined)
     models = (vae, unet, te, tokenizer)
-    data = dict(seed=args.seed, batch=args.batch, n_data=args.data, work=work)
-    train_unet(*models, args.unet_steps, **data, offset_noise=0.0 if args.offset_steps else args.offset_noise)
-    if args.offset_steps:
-        offset = dict(offset_noise=args.offset_noise, lr_max=2e-4, warmup=50, name="unet-offset")
-        train_unet(*models, args.offset_steps, **data, **offset)
-    if args.decoder_steps:
-        train_decoder(vae, args.decoder_steps, args.seed, args.vae_batch, work, bf16=bf16)
+    if not args.start:
+        bf16 = not args.fp32_vae
+        train_vae(vae, args.vae_steps, args.seed, args.vae_batch, work, bf16=bf16, outlined=args.outlined)
+        train_unet(*models, args.unet_steps, **data, offset_noise=0.0 if args.offset_steps else args.offset_noise)
+        if args.offset_steps:
+            offset = dict(offset_noise=args.offset_noise, lr_max=2e-4, warmup=50, name="unet-offset")
+            train_unet(*models, args.offset_steps, **data, **offset)
+        if args.decoder_steps:
+            train_decoder(vae, args.decoder_steps, args.seed, args.vae_batch, work, bf16=bf16)
+    if args.rich_steps:
+        rich = dict(offset_noise=args.offset_noise, lr_max=args.rich_lr, warmup=100, name="unet-rich", rich=True)
+        train_unet(*models, args.rich_steps, **data, **rich)
     save_pipeline(Path(args.out), vae, unet, te, tok_dir)
     write_text(work / "done.json", json.dumps(vars(args)))
 

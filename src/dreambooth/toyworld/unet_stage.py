@@ -19,13 +19,13 @@ from .world import render
 log = logging.getLogger(__name__)
 
 
-def encoded_data(vae, tokenizer, n_data: int, seed: int, work: Path) -> dict[str, torch.Tensor]:
-    """The UNet's data set: the VAE's latent means of `n_data` training scenes and their captions'
-    token ids, encoded once and cached in WORK/latents.safetensors."""
-    data_file = work / "latents.safetensors"
+def encoded_data(vae, tokenizer, n_data: int, seed: int, work: Path, rich: bool = False) -> dict[str, torch.Tensor]:
+    """The UNet's data set: the VAE's latent means of `n_data` training scenes (of the richer world with
+    `rich`) and their captions' token ids, encoded once and cached in WORK/latents[-rich].safetensors."""
+    data_file = work / ("latents-rich.safetensors" if rich else "latents.safetensors")
     if data_file.exists():
         return load_file(data_file)
-    scenes = training_scenes(n_data, seed)
+    scenes = training_scenes(n_data, seed, rich)
     lat, ids = [], []
     with torch.no_grad():
         for i in range(0, n_data, 256):
@@ -82,14 +82,16 @@ def train_unet(
     lr_max: float = 5e-4,
     warmup: int = 200,
     name: str = "unet",
+    rich: bool = False,
 ) -> None:
     """Train the UNet and text encoder on cached latents. offset_noise > 0 adds a random per-channel
     constant to the noise (Guttenberg, 2023): at t=999 the scaled_linear schedule leaves 7 % of the
     image in x_t, so a model trained without it reads the background from the noise's channel means
-    and, sampling from pure noise, draws a gray background whatever the prompt says."""
+    and, sampling from pure noise, draws a gray background whatever the prompt says. `rich`: on the
+    richer world's scenes (a later stage: the latent scale the first stage set is kept)."""
     sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
-    data = encoded_data(vae, tokenizer, n_data, seed, work)
-    latents = scaled_latents(vae, data["latents"])
+    data = encoded_data(vae, tokenizer, n_data, seed, work, rich)
+    latents = data["latents"] * vae.config.scaling_factor if rich else scaled_latents(vae, data["latents"])
     empty = tokenizer([""], padding="max_length", max_length=MAX_TOKENS, return_tensors="pt").input_ids
     params = list(unet.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params, lr=lr_max, weight_decay=1e-2)
@@ -100,7 +102,7 @@ def train_unet(
     t0 = time.time()
     bar = progress(start, steps, name)
     for step in bar:
-        g = torch.Generator().manual_seed(seed * 100003 + step + (1_000_000 if offset_noise else 0))
+        g = torch.Generator().manual_seed(seed * 100003 + step + (1_000_000 if offset_noise else 0) + 2_000_000 * rich)
         x_t, t, ids, noise = noisy_batch(sched, latents, data["ids"], empty, batch, offset_noise, g)
         loss = F.mse_loss(unet(x_t, t, te(ids)[0]).sample, noise)
         optimizer_step(opt, lr, loss, clip=params)

@@ -1,16 +1,20 @@
 """The world: one object (shape, colour, surface pattern) on a plain background, with a caption.
 
 Deterministic from a seed. Objects are drawn at 4x and downsampled, so edges are antialiased as in
-a photo.
+a photo. The richer world (`sample_rich_scene`) adds what the demo's subjects are made of: patterns
+of a named colour ("with purple dots") and a black outline, so that a subject can be described in
+words and drawn anywhere by a model that never saw that subject (as Stable Diffusion can draw "a
+corgi with a red collar on the beach" without having seen one particular corgi).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 SHAPES = ("circle", "square", "triangle", "star", "heart")
 OBJECT_COLORS = {
@@ -32,7 +36,10 @@ BACKGROUNDS = {
     "yellow": (240, 220, 40),
 }
 PATTERNS = ("plain", "striped", "dotted")
+PATTERN_NOUNS = {"striped": "stripes", "dotted": "dots"}  # "with purple dots"
 SS = 4  # supersampling factor
+OUTLINE_COLOR = (10, 10, 10)
+OUTLINE_PX = 3.0  # at 64 px: every feature spans at least two latent pixels of the 4x VAE
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,8 @@ class Scene:
     size: int  # side of the object's bounding box, in pixels at 64 px
     x: int  # top-left corner of the bounding box
     y: int
+    pattern_color: str | None = None  # a named colour of OBJECT_COLORS; None: black, white or a shade
+    outline: bool = False  # a black outline, OUTLINE_PX wide
 
 
 def sample_scene(rng: random.Random, res: int = 64, **fixed) -> Scene:
@@ -58,6 +67,17 @@ def sample_scene(rng: random.Random, res: int = 64, **fixed) -> Scene:
     x = fixed.get("x", rng.randint(2, res - size - 2))
     y = fixed.get("y", rng.randint(2, res - size - 2))
     return Scene(shape, color, pattern, background, size, x, y)
+
+
+def sample_rich_scene(rng: random.Random, res: int = 64, named: float = 0.5, outlined: float = 0.4, **fixed) -> Scene:
+    """A scene of the richer world: a patterned object's pattern takes a named colour with probability
+    `named`, and an object gets a black outline with probability `outlined` (never on black)."""
+    scene = sample_scene(rng, res, **fixed)
+    pc = None
+    if scene.pattern != "plain" and rng.random() < named:
+        pc = rng.choice([c for c in OBJECT_COLORS if c != scene.color])
+    outline = scene.background != "black" and rng.random() < outlined
+    return dataclasses.replace(scene, pattern_color=pc, outline=outline)
 
 
 def pattern_color(color: str, background: str) -> tuple[int, int, int]:
@@ -111,12 +131,27 @@ def shape_mask(shape: str, x: float, y: float, size: float, res: int = 64) -> Im
     return big.resize((res, res), Image.Resampling.LANCZOS)
 
 
+def outline_masks(shape: str, x: float, y: float, size: float, res: int = 64) -> tuple[Image.Image, Image.Image]:
+    """(outer, inner) masks at res * SS: the shape, and the shape less an outline OUTLINE_PX wide."""
+    big, s = res * SS, size * SS
+    outer = Image.new("L", (big, big), 0)
+    poly = shape_polygon(shape, x * SS, y * SS, s)
+    if poly is None:
+        ImageDraw.Draw(outer).ellipse([x * SS, y * SS, x * SS + s, y * SS + s], fill=255)
+    else:
+        ImageDraw.Draw(outer).polygon(poly, fill=255)
+    inner = outer
+    for _ in range(round(OUTLINE_PX * SS)):  # = MinFilter(2 * width + 1), a square erosion, 3x faster
+        inner = inner.filter(ImageFilter.MinFilter(3))
+    return outer, inner
+
+
 def render(scene: Scene, res: int = 64) -> Image.Image:
     big = res * SS
     img = Image.new("RGB", (big, big), BACKGROUNDS[scene.background])
     obj = Image.new("RGB", (big, big), OBJECT_COLORS[scene.color])
     pd = ImageDraw.Draw(obj)
-    pc = pattern_color(scene.color, scene.background)
+    pc = OBJECT_COLORS[scene.pattern_color] if scene.pattern_color else pattern_color(scene.color, scene.background)
     s = scene.size * SS
     if scene.pattern == "striped":
         period = max(SS * 6, s // 5)
@@ -128,13 +163,17 @@ def render(scene: Scene, res: int = 64) -> Image.Image:
         for yy in range(scene.y * SS + step // 2, scene.y * SS + s, step):
             for xx in range(scene.x * SS + step // 2, scene.x * SS + s, step):
                 pd.ellipse([xx - r, yy - r, xx + r, yy + r], fill=pc)
-    mask = Image.new("L", (big, big), 0)
-    md = ImageDraw.Draw(mask)
-    poly = shape_polygon(scene.shape, scene.x * SS, scene.y * SS, s)
-    if poly is None:
-        md.ellipse([scene.x * SS, scene.y * SS, scene.x * SS + s, scene.y * SS + s], fill=255)
+    if scene.outline:
+        outer, mask = outline_masks(scene.shape, scene.x, scene.y, scene.size, res)
+        img.paste(Image.new("RGB", (big, big), OUTLINE_COLOR), (0, 0), outer)
     else:
-        md.polygon(poly, fill=255)
+        mask = Image.new("L", (big, big), 0)
+        md = ImageDraw.Draw(mask)
+        poly = shape_polygon(scene.shape, scene.x * SS, scene.y * SS, s)
+        if poly is None:
+            md.ellipse([scene.x * SS, scene.y * SS, scene.x * SS + s, scene.y * SS + s], fill=255)
+        else:
+            md.polygon(poly, fill=255)
     img.paste(obj, (0, 0), mask)
     return img.resize((res, res), Image.Resampling.LANCZOS)
 
@@ -146,11 +185,18 @@ def caption(scene: Scene, rng: random.Random | None = None, full: bool = False) 
     words = []
     if not drop(0.15):
         words.append(scene.color)
-    if scene.pattern != "plain" and not drop(0.3):
+    if scene.pattern != "plain" and not scene.pattern_color and not drop(0.3):
         words.append(scene.pattern)
     words.append(scene.shape)
     article = "an" if words[0][0] in "aeiou" else "a"
     text = f"a photo of {article} {' '.join(words)}"
+    details = []  # the richer world's: "with purple dots and a black outline"
+    if scene.pattern_color and not drop(0.15):
+        details.append(f"{scene.pattern_color} {PATTERN_NOUNS[scene.pattern]}")
+    if scene.outline and not drop(0.15):
+        details.append("a black outline")
+    if details:
+        text += " with " + " and ".join(details)
     if not drop(0.15):
         text += f" on a {scene.background} background"
     return text
