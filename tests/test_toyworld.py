@@ -184,3 +184,24 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
     assert not all(torch.equal(x, y) for x, y in zip(rich.unet.state_dict().values(), pipe.unet.state_dict().values()))
     assert not (tmp_path / "work3" / "vae.safetensors").exists()  # stages 1-2 did not run
     assert "_name_or_path" not in (tmp_path / "rich" / "unet" / "config.json").read_text()
+
+
+def test_demo_takes_any_subject_and_refuses_an_unknown_one(tmp_path, capsys):
+    from dreambooth.cli import main
+    from dreambooth.toyworld.experiment import ExperimentConfig, prompts_of, subject_dir, train_configs
+    from dreambooth.toyworld.subject import SUBJECTS
+
+    configs = train_configs(ExperimentConfig(output_dir=tmp_path, subject="square"))
+    assert configs["dreambooth"].instance_dir == str(subject_dir(SUBJECTS["square"]))
+    assert configs["dreambooth"].instance_prompt == "a photo of sks square"
+    assert configs["dreambooth_prior"].class_prompt == "a photo of a square"
+    assert configs["textual_inversion"].token == "<sks-square>"
+    kinds = dict((k, p) for k, p, _ in prompts_of("dreambooth", 2, subject=SUBJECTS["circle"]))
+    assert kinds["recontext:green"] == "a photo of sks circle on a green background"
+    assert kinds["class"] == "a photo of a circle"
+    assert main(["demo", "--subject", "star", "--output-dir", str(tmp_path / "d")]) == 2
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == "error: --subject: must be one of heart, square, circle, got 'star'"
+    )
+    assert not (tmp_path / "d").exists()
