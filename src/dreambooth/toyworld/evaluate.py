@@ -26,6 +26,15 @@ from .world import render, sample_scene
 KEYS = ("background", "color", "shape")
 
 
+@torch.no_grad()
+def _draw(pipe, prompts: list[str], seed: int, steps: int, guidance: float) -> list:
+    """One 64 px image per prompt, the i-th from seed + i."""
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+    return pipe(
+        prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators, height=64, width=64
+    ).images
+
+
 def prompt_following(pipe, steps: int = 25, guidance: float = 5.0, seed: int = 0, batch: int = 25) -> dict:
     """The oracle's accuracy on the 100 evaluation captions (one image each, seed + i), per attribute and
     all three, overall and for seen vs held-out (shape, colour, background) triples."""
@@ -34,16 +43,7 @@ def prompt_following(pipe, steps: int = 25, guidance: float = 5.0, seed: int = 0
     rows = []
     for start in range(0, len(captions), batch):
         chunk = captions[start : start + batch]
-        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
-        with torch.no_grad():
-            images = pipe(
-                [text for text, _, _ in chunk],
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                generator=generators,
-                height=64,
-                width=64,
-            ).images
+        images = _draw(pipe, [text for text, _, _ in chunk], seed + start, steps, guidance)
         for (_, (shape, color, background), held), image in zip(chunk, images):
             read = read_scene(image)
             want = {"shape": shape, "color": color, "background": background}
@@ -78,17 +78,7 @@ def described_subjects(pipe, n: int = 8, steps: int = 25, guidance: float = 5.0,
     for name, subject in SUBJECTS.items():
         hits = both = 0
         for bg in (BACKGROUND, *RECONTEXT):
-            generators = [torch.Generator().manual_seed(seed + i) for i in range(n)]
-            with torch.no_grad():
-                images = pipe(
-                    [f"a photo of {subject.words} on a {bg} background"] * n,
-                    num_inference_steps=steps,
-                    guidance_scale=guidance,
-                    generator=generators,
-                    height=64,
-                    width=64,
-                ).images
-            for im in images:
+            for im in _draw(pipe, [f"a photo of {subject.words} on a {bg} background"] * n, seed, steps, guidance):
                 r = subject.read(im)
                 hits += r["subject"]
                 both += r["subject"] and r["background"] == bg

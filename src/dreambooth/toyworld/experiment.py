@@ -89,9 +89,6 @@ def class_prompt(subject: Subject = DEMO) -> str:
     return f"a photo of a {subject.noun}"
 
 
-CLASS_PROMPT = class_prompt()
-
-
 def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
     """The three trainings, with defaults chosen for this world (a 64 px model ~100x smaller than SD)."""
     out = cfg.output_dir

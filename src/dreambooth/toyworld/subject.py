@@ -47,11 +47,6 @@ class Subject:
         article = "an" if self.color[0] in "aeiou" else "a"
         return f"{article} {self.color} {self.shape} with {self.pattern_color} {PATTERN_NOUNS[self.pattern]} and a black outline"
 
-    @property
-    def features(self) -> tuple[str, str, str]:
-        """The three distinctive features class leakage counts."""
-        return ("color", "outline", "pattern")
-
     def render(self, size: int, x: int, y: int, background: str = BACKGROUND, res: int = 64, **kw) -> Image.Image:
         """The subject (or, with keyword overrides of shape, color and pattern_color as RGB or names, an
         object drawn the same way)."""
@@ -128,9 +123,6 @@ SUBJECTS = {
     ),
 }
 DEMO = SUBJECTS["heart"]  # the one `dreambooth demo` shows
-# The first subject's names, as the demo and its tests use them
-SHAPE, COLOR = DEMO.shape, DEMO.color
-DOT_COLOR = OBJECT_COLORS[DEMO.pattern_color]
 
 
 def held_out_looks() -> set[tuple]:

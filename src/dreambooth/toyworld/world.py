@@ -121,25 +121,24 @@ def shape_polygon(shape: str, x0: float, y0: float, s: float) -> list[tuple[floa
 
 def shape_mask(shape: str, x: float, y: float, size: float, res: int = 64) -> Image.Image:
     """The shape as an antialiased 8-bit mask of res x res."""
-    big = Image.new("L", (res * SS, res * SS), 0)
-    d = ImageDraw.Draw(big)
-    poly = shape_polygon(shape, x * SS, y * SS, size * SS)
+    return _filled(shape, x, y, size, res).resize((res, res), Image.Resampling.LANCZOS)
+
+
+def _filled(shape: str, x: float, y: float, size: float, res: int = 64) -> Image.Image:
+    """The shape as a mask at res * SS (before the downsampling that antialiases it)."""
+    big, s = res * SS, size * SS
+    mask = Image.new("L", (big, big), 0)
+    poly = shape_polygon(shape, x * SS, y * SS, s)
     if poly is None:
-        d.ellipse([x * SS, y * SS, (x + size) * SS, (y + size) * SS], fill=255)
+        ImageDraw.Draw(mask).ellipse([x * SS, y * SS, x * SS + s, y * SS + s], fill=255)
     else:
-        d.polygon(poly, fill=255)
-    return big.resize((res, res), Image.Resampling.LANCZOS)
+        ImageDraw.Draw(mask).polygon(poly, fill=255)
+    return mask
 
 
 def outline_masks(shape: str, x: float, y: float, size: float, res: int = 64) -> tuple[Image.Image, Image.Image]:
     """(outer, inner) masks at res * SS: the shape, and the shape less an outline OUTLINE_PX wide."""
-    big, s = res * SS, size * SS
-    outer = Image.new("L", (big, big), 0)
-    poly = shape_polygon(shape, x * SS, y * SS, s)
-    if poly is None:
-        ImageDraw.Draw(outer).ellipse([x * SS, y * SS, x * SS + s, y * SS + s], fill=255)
-    else:
-        ImageDraw.Draw(outer).polygon(poly, fill=255)
+    outer = _filled(shape, x, y, size, res)
     inner = outer
     for _ in range(round(OUTLINE_PX * SS)):  # = MinFilter(2 * width + 1), a square erosion, 3x faster
         inner = inner.filter(ImageFilter.MinFilter(3))
@@ -167,13 +166,7 @@ def render(scene: Scene, res: int = 64) -> Image.Image:
         outer, mask = outline_masks(scene.shape, scene.x, scene.y, scene.size, res)
         img.paste(Image.new("RGB", (big, big), OUTLINE_COLOR), (0, 0), outer)
     else:
-        mask = Image.new("L", (big, big), 0)
-        md = ImageDraw.Draw(mask)
-        poly = shape_polygon(scene.shape, scene.x * SS, scene.y * SS, s)
-        if poly is None:
-            md.ellipse([scene.x * SS, scene.y * SS, scene.x * SS + s, scene.y * SS + s], fill=255)
-        else:
-            md.polygon(poly, fill=255)
+        mask = _filled(scene.shape, scene.x, scene.y, scene.size, res)
     img.paste(obj, (0, 0), mask)
     return img.resize((res, res), Image.Resampling.LANCZOS)
 
