@@ -4,6 +4,7 @@ DreamBooth scripts compute (re-implemented here from those scripts, not taken fr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -31,7 +32,7 @@ def test_sd3_and_flux_are_recognised_and_sized_from_their_configs(flow_models):
     for arch in ("sd3", "flux"):
         assert size_step(str(flow_models / arch)) == 16  # VAE x8, then patch 2 (SD3) or 2x2 packing (FLUX)
     assert native_size(str(flow_models / "sd3")) == 64  # sample_size 8 x VAE factor 8
-    assert native_size(str(flow_models / "flux")) == 1024  # FLUX's transformer has no sample size: 128 x 8
+    assert native_size(str(flow_models / "flux")) == 64  # FLUX's transformer has no sample size: the VAE's
     sd3, flux = FAMILIES["sd3"], FAMILIES["flux"]
     assert sd3.trainable_text_encoders == ("text_encoder", "text_encoder_2") and sd3.denoiser == "transformer"
     assert flux.trainable_text_encoders == ("text_encoder",)
@@ -593,3 +594,45 @@ def test_generation_without_guidance_uses_the_familys_own(flow_models, tiny_mode
         assert main(["generate", "--model", str(model), "--prompt", "a dog", "--num-images", "1", "--steps", "1",
                      "--width", "64", "--height", "64", "--output-dir", str(out)]) == 0  # fmt: skip
         assert settings_from_image(str(next(out.glob("*.png"))))["guidance"] == expected, model
+
+
+def test_flux_without_embedded_guidance_is_guided_as_fluxpipelines_true_cfg_and_t5_length_follows_its_tokenizer(
+    flow_models, tmp_path
+):
+    """[schnell]'s layout (and the toy world's twin) has no guidance input: --guidance there is true
+    classifier-free guidance (FluxPipeline's true_cfg_scale, against an empty negative prompt), off by
+    default as in FluxPipeline; a T5 tokenizer shorter than the family's 512 sets the prompt length."""
+    import json
+    import shutil
+
+    import diffusers
+
+    from dreambooth.config import TrainConfig
+    from dreambooth.models import default_guidance
+    from dreambooth.training.setup import resolved
+
+    model = tmp_path / "schnell"
+    shutil.copytree(flow_models / "flux-schnell", model)
+    config = model / "tokenizer_2" / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "model_max_length": 24}))
+    assert default_guidance(str(model)) == 1.0 and default_guidance(str(flow_models / "flux")) == 3.5
+    cfg = TrainConfig(model=str(model), instance_dir="x", instance_prompt="a photo of sks dog", output_dir="o")
+    assert resolved(cfg).max_sequence_length == 24
+    assert resolved(dataclasses.replace(cfg, model=str(flow_models / "flux"))).max_sequence_length == 512
+
+    pipe = diffusers.FluxPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    stock = dict(num_inference_steps=3, height=64, width=64, output_type="np", max_sequence_length=24)
+    from PIL import Image
+
+    for guidance, extra in ((None, {}), ("4", {"true_cfg_scale": 4.0, "negative_prompt": ""})):
+        out = tmp_path / f"g{guidance}"
+        args = ["generate", "--model", str(model), "--prompt", "a photo of a dog", "--num-images", "1", "--seed", "5",
+                "--steps", "3", "--width", "64", "--height", "64", "--output-dir", str(out)]  # fmt: skip
+        assert main([*args, *(["--guidance", guidance] if guidance else [])]) == 0
+        ref = pipe("a photo of a dog", generator=torch.Generator().manual_seed(5), **stock, **extra).images[0]
+        ours = np.asarray(Image.open(next(out.glob("*.png"))), dtype=np.float32) / 255
+        assert np.abs(ours - ref).max() <= 1 / 255 + 1e-6, guidance
+    unguided = np.asarray(Image.open(next((tmp_path / "gNone").glob("*.png"))), dtype=np.float32)
+    guided = np.asarray(Image.open(next((tmp_path / "g4").glob("*.png"))), dtype=np.float32)
+    assert np.abs(unguided - guided).max() > 10  # guidance acted

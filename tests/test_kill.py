@@ -1,4 +1,4 @@
-"""SIGKILL at any moment loses nothing (issue 8): the trainer is killed in a subprocess at ten moments
+"""SIGKILL at any moment loses nothing (issue 8): the trainer is killed in a subprocess at nine moments
 (class-image generation, latent caching, mid-step, inside checkpoint saves, the final save, the run
 record), then `--resume latest` finishes with the weights of an uninterrupted run, and every
 checkpoint left on disk loads."""
@@ -55,11 +55,9 @@ MOMENTS = [  # the N-th atomic write of this run: 1 config.yaml, 2 run.json, 3-5
     "dreambooth.io:_fsync:1",  # writing config.yaml
     "dreambooth.io:_fsync:4",  # writing the second class image
     "dreambooth.data.examples:TrainingData._encode:2",  # caching latents
-    "dreambooth.training.loop:training_step:2",  # inside step 2
     "dreambooth.io:_fsync:9",  # inside the first checkpoint
     "dreambooth.training.checkpoint:prune_checkpoints:1",  # right after the first checkpoint
     "dreambooth.training.loop:training_step:5",  # inside step 5
-    "dreambooth.io:_fsync:22",  # inside the second checkpoint
     "dreambooth.io:_fsync:35",  # inside the last checkpoint
     "dreambooth.io:_fsync:40",  # writing the final weights
     "dreambooth.io:_fsync:41",  # writing the finished run record

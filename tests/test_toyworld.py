@@ -205,3 +205,42 @@ def test_demo_takes_any_subject_and_refuses_an_unknown_one(tmp_path, capsys):
         == "error: --subject: must be one of heart, square, circle, got 'star'"
     )
     assert not (tmp_path / "d").exists()
+
+
+def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_runs_and_is_deterministic(
+    tmp_path, monkeypatch
+):
+    """--arch flux: a FLUX.1-architecture transformer and a T5 from scratch, on the UNet model's VAE
+    (unchanged) and CLIP (trained further), a FluxPipeline folder; the same seed gives the same weights."""
+    import sys
+
+    import torch
+    from diffusers import AutoencoderKL, FluxPipeline
+
+    from dreambooth.toyworld import train
+    from dreambooth.toyworld.data import MAX_TOKENS
+    from dreambooth.toyworld.flow_stage import image_seq_shift
+
+    def pretrain(out, work):
+        argv = ["train", str(out), "--work", str(work), "--arch", "flux", "--flow-steps", "2", "--data", "8"]
+        monkeypatch.setattr(sys, "argv", [*argv, "--batch", "2"])
+        train.main()
+        return FluxPipeline.from_pretrained(out, torch_dtype=torch.float32)
+
+    pipe = pretrain(tmp_path / "twin", tmp_path / "work")
+    assert not pipe.transformer.config.guidance_embeds and pipe.transformer.config.in_channels == 16  # 4 x 2 x 2
+    assert pipe.vae_scale_factor == 4 and pipe.vae.config.shift_factor == 0.0
+    assert pipe.tokenizer_2.model_max_length == MAX_TOKENS  # what it was trained with, not T5's 512
+    assert pipe.tokenizer_2.tokenize("sks heart with purple dots") == ["▁sks", "▁heart", "▁with", "▁purple", "▁dots"]
+    assert 1.5 < image_seq_shift(64) < 1.7  # FLUX's schedule shift at 8 x 8 tokens
+    shipped = AutoencoderKL.from_pretrained(train.shipped_model(), subfolder="vae").state_dict()
+    assert all(torch.equal(v, shipped[k]) for k, v in pipe.vae.state_dict().items())  # the VAE is the UNet model's
+    image = pipe("a photo of a red heart on a blue background", height=64, width=64, num_inference_steps=2,
+                 max_sequence_length=MAX_TOKENS, true_cfg_scale=3.0, negative_prompt="",
+                 generator=torch.Generator().manual_seed(0)).images[0]  # fmt: skip
+    assert image.size == (64, 64)
+    again = pretrain(tmp_path / "twin2", tmp_path / "work2")
+    for a, b in ((pipe.transformer, again.transformer), (pipe.text_encoder, again.text_encoder),
+                 (pipe.text_encoder_2, again.text_encoder_2)):  # fmt: skip
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert "_name_or_path" not in (tmp_path / "twin" / "text_encoder" / "config.json").read_text()

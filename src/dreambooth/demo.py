@@ -34,6 +34,7 @@ def run_demo(demo, progress: bool = True) -> dict:
         guidance=demo.guidance,
         overwrite=demo.overwrite,
         subject=demo.subject,
+        model=demo.model,
     )
     summary = run_experiment(cfg, progress=progress)
     print(

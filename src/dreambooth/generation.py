@@ -91,9 +91,9 @@ class Engine:
 
     def guidance_for(self, model: str) -> float:
         """The model family's guidance scale, for a request that names none."""
-        from .models import family_of
+        from .models import default_guidance
 
-        return family_of(model).default_guidance
+        return default_guidance(model)
 
     def sampler_for(self, model: str, name: str | None) -> str:
         """The sampler to use: name, or the model family's default; one line when the family has no such."""
@@ -247,7 +247,9 @@ class Engine:
                 num_inference_steps=s0.steps,
                 width=s0.width,
                 height=s0.height,
-                **self.family.call_kwargs(negative, s0.guidance, s0.zero_terminal_snr, s0.max_sequence_length),
+                **self.family.call_kwargs(
+                    negative, s0.guidance, s0.zero_terminal_snr, s0.max_sequence_length, pipe=pipe, batch=len(batch)
+                ),
             ).images
 
 

@@ -335,6 +335,29 @@ def denoiser_config(model: str) -> dict | None:
         return None
 
 
+def default_guidance(model: str) -> float:
+    """Generation's guidance scale for the model when none is asked for (its family's, from its configs)."""
+    return family_of(model).guidance_default(denoiser_config(model) or {})
+
+
+def t5_length(model: str) -> int | None:
+    """The longest prompt the model's T5 tokenizer takes (its model_max_length), or None: no T5, or
+    its tokenizer config cannot be read."""
+    from diffusers.configuration_utils import ConfigMixin
+
+    family = family_of(model)
+    if family.t5_tokenizer is None:
+        return None
+
+    class _Tokenizer(ConfigMixin):
+        config_name = "tokenizer_config.json"
+
+    try:
+        return int(_Tokenizer.load_config(resolve(model), subfolder=family.t5_tokenizer)["model_max_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def family_of(model: str, flag: str = "--model"):
     """The model's family (families.Family), from its configs only; one line for a family not supported."""
     from .families import recognise

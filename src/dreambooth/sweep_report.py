@@ -18,8 +18,9 @@ from .options import flag_name
 log = logging.getLogger(__name__)
 PAPER_METRICS = ("dino", "clip_i", "clip_t", "pres")
 # background: of "sks heart on a {green, ...} background", the share drawn on that background (the
-# photos' own background sticking to the identifier lowers it; --masked-loss is for that)
-ORACLE_METRICS = ("fidelity", "recontext", "background", "leakage", "diversity")
+# photos' own background sticking to the identifier lowers it); photo_background: of "a photo of sks
+# heart", the share drawn on the photos' own background (what --masked-loss is meant to lower)
+ORACLE_METRICS = ("fidelity", "recontext", "background", "photo_background", "leakage", "diversity")
 
 
 @dataclasses.dataclass
@@ -33,9 +34,9 @@ class Planned:
 def metrics_kind(cfg: SweepConfig, planned: list[Planned]) -> str:
     if cfg.metrics != "auto":
         return cfg.metrics
-    from .toyworld.experiment import MODEL
+    from .toyworld.experiment import MODELS
 
-    return "oracle" if all(p.cfg.model == MODEL for p in planned) else "paper"
+    return "oracle" if all(p.cfg.model in MODELS for p in planned) else "paper"
 
 
 def evaluate_paper(cfg: SweepConfig, p: Planned) -> list[dict]:
@@ -76,6 +77,7 @@ def evaluate_oracle(cfg: SweepConfig, p: Planned, engine) -> list[dict]:
     from .toyworld.experiment import prompts_of, score, subject_of
 
     subject = subject_of(p.cfg.instance_prompt)
+    photo_background = photos_background(p.cfg.instance_dir, subject)
     rows = []
     sampling = SamplingConfig(
         model=p.cfg.model, steps=cfg.steps, guidance=cfg.guidance, width=cfg.width, height=cfg.height
@@ -87,7 +89,7 @@ def evaluate_oracle(cfg: SweepConfig, p: Planned, engine) -> list[dict]:
         for kind, prompt, seeds in prompts_of("dreambooth", cfg.images_per_prompt, thing, subject):
             batch = [image_settings(sampling, engine, prompt, cfg.seed + s, **method.sampling(path)) for s in seeds]
             readings[kind] = [subject.read(im) for im in engine.render(batch)]
-        r = score(readings, subject)
+        r = score(readings, subject, photo_background)
         rows.append(
             {
                 "step": step,
@@ -95,12 +97,27 @@ def evaluate_oracle(cfg: SweepConfig, p: Planned, engine) -> list[dict]:
                 "fidelity": round(sum(r["subject_features"].values()) / 4, 6),
                 "recontext": round(r["recontext_both"], 6),
                 "background": round(r["recontext_background"], 6),
+                "photo_background": round(r["subject_photo_background"], 6),
                 "leakage": round(r["class_leakage"], 6),
                 "diversity": round(r["class_diversity"], 6),
             }
         )
         log.info("%s step %d: %s", p.name, step, json.dumps({k: rows[-1][k] for k in ORACLE_METRICS}))
     return rows
+
+
+def photos_background(folder: str | None, subject) -> str | None:
+    """The background the oracle reads on most of the training photos (None: no folder)."""
+    from collections import Counter
+
+    from .data.images import list_images, load_rgb
+    from .data.masks import SUFFIX
+
+    if not folder:
+        return None
+    photos = [p for p in list_images(folder) if not p.name.endswith(SUFFIX)]
+    found = Counter(subject.read(load_rgb(p))["background"] for p in photos)
+    return found.most_common(1)[0][0] if found else None
 
 
 def _final_loss(run: Path) -> float | None:
@@ -193,11 +210,12 @@ def _grid(cfg: SweepConfig, out: Path, planned: list[Planned], best_of_run: dict
     from .generation import Engine, image_settings
     from .methods import get_method
     from .sheets import labelled_grid
+    from .toyworld.experiment import MODELS
 
     done = [p for p in planned if p.name in best_of_run]
     if not done:
         return
-    if all(p.cfg.model == "toyworld" for p in done):
+    if all(p.cfg.model in MODELS for p in done):
         from .toyworld.experiment import class_prompt, subject_of, subject_prompt
 
         subject = subject_of(done[0].cfg.instance_prompt)
@@ -231,7 +249,7 @@ def _grid(cfg: SweepConfig, out: Path, planned: list[Planned], best_of_run: dict
         [pr for pr in prompts for _ in seeds],
         labels,
         title="sweep: each run's best checkpoint",
-        cell=128 if done[0].cfg.model != "toyworld" else 96,
+        cell=96 if done[0].cfg.model in MODELS else 128,
         label_width=220,
     )
     with io.atomic_path(out / "grid.png") as tmp:

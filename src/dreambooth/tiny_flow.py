@@ -17,12 +17,13 @@ from .tiny_base import CORPUS, text_config, vae_config, write_clip_tokenizer
 T5_WIDTH = 96  # the tiny T5's hidden size: the transformers' joint attention width
 
 
-def write_t5_tokenizer(out: Path) -> None:
-    """A T5-style Unigram tokenizer (pad 0, </s> 1, unk 2; "▁" marks a word start) in out."""
+def write_t5_tokenizer(out: Path, extra_words: tuple[str, ...] = (), max_length: int = 512) -> None:
+    """A T5-style Unigram tokenizer (pad 0, </s> 1, unk 2; "▁" marks a word start) in out, of the
+    corpus's words and extra_words."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import T5TokenizerFast
 
-    words = sorted(set(CORPUS.split()))
+    words = sorted(set(CORPUS.split()) | set(extra_words))
     chars = sorted({c for w in words for c in w} | set("0123456789.,!?'-"))
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
     vocab += [(f"▁{w}", -1.0) for w in words] + [(c, -4.0) for c in chars]
@@ -31,7 +32,12 @@ def write_t5_tokenizer(out: Path) -> None:
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     fast = T5TokenizerFast(
-        tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0, model_max_length=512
+        tokenizer_object=tok,
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_ids=0,
+        model_max_length=max_length,
     )
     fast.save_pretrained(out)
 

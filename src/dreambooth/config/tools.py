@@ -161,6 +161,12 @@ class DemoConfig:
         "brown dots), each with a black outline",
         choices=("heart", "square", "circle"),
     )
+    model: str = option(
+        "toyworld",
+        "the toy world's base model: toyworld (a Stable Diffusion UNet, DDPM) or toyworld-flux (its FLUX.1-"
+        "architecture twin, rectified flow; no Textual Inversion row, as FLUX has none here)",
+        choices=("toyworld", "toyworld-flux"),
+    )
 
     def validate(self) -> None:
         check_bounds(self)

@@ -187,11 +187,11 @@ def _protocol(cfg: SelectConfig, saved: TrainConfig, out: Path) -> tuple[Evaluat
 
 def _score_candidates(cfg, base: EvaluateConfig, prompts, candidates, method, progress: bool) -> list[dict]:
     """A row of metrics per checkpoint x LoRA scale x guidance."""
-    from ..models import family_of
+    from ..models import default_guidance as guidance_of
 
     dino, clip = extractors_for(base)
     out = Path(base.cache_dir).parent
-    default_guidance = family_of(base.model).default_guidance
+    default_guidance = guidance_of(base.model)
     rows = []
     for step, path in candidates:
         for scale in cfg.scales or [1.0]:

@@ -136,9 +136,14 @@ class Family:
         """Whether the denoiser (of this config) takes the guidance scale as an input (FLUX.1 [dev])."""
         return False
 
-    def resolve_options(self, cfg, denoiser: dict):
-        """The config with the family's implicit training defaults made explicit (denoiser: its config)."""
+    def resolve_options(self, cfg, denoiser: dict, t5_length: int | None = None):
+        """The config with the family's implicit training defaults made explicit (denoiser: its config;
+        t5_length: the longest prompt its T5 tokenizer takes, where it has one)."""
         return cfg
+
+    def guidance_default(self, denoiser: dict) -> float:
+        """Generation's guidance scale when none is asked for, for a model of this denoiser config."""
+        return self.default_guidance
 
     def training_options_refused(self, cfg, denoiser: dict) -> list[tuple[str, str]]:
         """(option, why) of each option set that this family cannot honour."""
@@ -172,9 +177,17 @@ class Family:
         return tuple(SCHEDULERS)
 
     def call_kwargs(
-        self, negative: list[str] | None, guidance: float, zero_terminal_snr: bool, max_sequence_length=None
+        self,
+        negative: list[str] | None,
+        guidance: float,
+        zero_terminal_snr: bool,
+        max_sequence_length=None,
+        *,
+        pipe=None,
+        batch: int = 1,
     ) -> dict:
-        """The pipeline call's arguments for guidance and the negative prompt."""
+        """The pipeline call's arguments for guidance and the negative prompt (pipe: the pipeline called,
+        batch: how many prompts it is given)."""
         from .samplers import GUIDANCE_RESCALE
 
         return {

@@ -54,7 +54,8 @@ class FlowFamily(Family):
 
     def token_ids(self, tokenizers: list, prompt: str, max_sequence_length: int | None = None) -> list:
         """CLIP tokenizers at their 77 tokens; T5 at max_sequence_length (the family's default if None)."""
-        length = max_sequence_length or self.default_max_sequence_length
+        t5 = tokenizers[self.tokenizers.index(self.t5_tokenizer)]
+        length = max_sequence_length or self.sequence_length(t5.model_max_length)
         return [
             tokenize(t, prompt, length if name == self.t5_tokenizer else None)
             for name, t in zip(self.tokenizers, tokenizers)
@@ -78,7 +79,12 @@ class FlowFamily(Family):
 
         return RectifiedFlow(scheduler, **self.flow_options(cfg))
 
-    def resolve_options(self, cfg, denoiser: dict):
+    def sequence_length(self, t5_length: int | None = None) -> int:
+        """T5's prompt length when none is asked: the family's default (diffusers' scripts'), or the
+        model's T5 tokenizer's own maximum where that is shorter (the toy world's FLUX twin: 32)."""
+        return min(self.default_max_sequence_length, t5_length or self.default_max_sequence_length)
+
+    def resolve_options(self, cfg, denoiser: dict, t5_length: int | None = None):
         """The flow options' defaults made explicit."""
         guidance = None
         if self.guidance_embedded(denoiser):
@@ -86,7 +92,7 @@ class FlowFamily(Family):
         return dataclasses.replace(
             cfg,
             **self.flow_options(cfg),
-            max_sequence_length=cfg.max_sequence_length or self.default_max_sequence_length,
+            max_sequence_length=cfg.max_sequence_length or self.sequence_length(t5_length),
             guidance_scale=guidance,
         )
 
@@ -116,7 +122,16 @@ class FlowFamily(Family):
         return self.flow_samplers
 
     def call_kwargs(
-        self, negative: list[str] | None, guidance: float, zero_terminal_snr: bool, max_sequence_length=None
+        self,
+        negative: list[str] | None,
+        guidance: float,
+        zero_terminal_snr: bool,
+        max_sequence_length=None,
+        *,
+        pipe=None,
+        batch: int = 1,
     ) -> dict:
+        if not max_sequence_length and pipe is not None:
+            max_sequence_length = self.sequence_length(getattr(pipe, self.t5_tokenizer).model_max_length)
         extra = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
         return {"negative_prompt": negative, "guidance_scale": guidance, **extra}

@@ -37,6 +37,19 @@ class Flux(FlowFamily):
     def guidance_embedded(self, denoiser: dict) -> bool:
         return bool(denoiser.get("guidance_embeds"))
 
+    def guidance_default(self, denoiser: dict) -> float:
+        """[dev]'s embedded 3.5; 1 (no guidance, as FluxPipeline's true_cfg_scale) for a model without it."""
+        return self.default_guidance if self.guidance_embedded(denoiser) else 1.0
+
+    def call_kwargs(self, negative, guidance, zero_terminal_snr, max_sequence_length=None, *, pipe=None, batch=1):
+        """For a guidance-distilled model ([dev]) the scale is the transformer's input; for one that is not
+        ([schnell] and the toy world's twin) it is true classifier-free guidance (FluxPipeline's
+        true_cfg_scale, against the negative prompt or an empty one), off at 1."""
+        kw = super().call_kwargs(negative, guidance, zero_terminal_snr, max_sequence_length, pipe=pipe, batch=batch)
+        if pipe is not None and not pipe.transformer.config.guidance_embeds and guidance > 1:
+            kw.update(true_cfg_scale=guidance, negative_prompt=negative or [""] * batch)
+        return kw
+
     @classmethod
     def recognises(cls, index: dict, unet: dict, text_encoder: dict) -> bool:
         return index.get("_class_name") == cls.pipeline
@@ -44,6 +57,10 @@ class Flux(FlowFamily):
     @classmethod
     def recognises_lora(cls, state: dict) -> bool:
         return any(k.startswith("transformer.single_transformer_blocks.") for k in state)
+
+    def native_size(self, denoiser: dict, vae: dict) -> int:
+        """FluxTransformer2DModel has no sample size: the VAE's (1024 for FLUX.1, 64 for the toy world's twin)."""
+        return int(vae.get("sample_size") or 1024)
 
     def size_step(self, denoiser: dict, vae: dict) -> int:
         from .base import vae_factor

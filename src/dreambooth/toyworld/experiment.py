@@ -38,6 +38,7 @@ from .subject import BACKGROUND, DEMO, RECONTEXT, SUBJECTS, Subject
 log = logging.getLogger(__name__)
 
 MODEL = "toyworld"
+MODELS = (MODEL, "toyworld-flux")  # the built-in toy-world models, whose images the oracle reads
 IDENTIFIER, NOUN = "sks", DEMO.noun
 ROWS = ("base", "dreambooth", "dreambooth_prior", "textual_inversion")
 ROW_LABELS = {
@@ -77,6 +78,7 @@ class ExperimentConfig:
     seed: int = 0
     overwrite: bool = False
     subject: str = DEMO.noun  # a name of SUBJECTS
+    model: str = MODEL  # or "toyworld-flux", the flow-matching twin
 
 
 def subject_prompt(row: str, background: str | None = None, thing: str | None = None, subject: Subject = DEMO) -> str:
@@ -91,10 +93,13 @@ def class_prompt(subject: Subject = DEMO) -> str:
 
 def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
     """The three trainings, with defaults chosen for this world (a 64 px model ~100x smaller than SD)."""
+    from ..models import family_of
+
     out = cfg.output_dir
     subject = SUBJECTS[cfg.subject]
+    family = family_of(cfg.model)
     common = dict(
-        model=MODEL,
+        model=cfg.model,
         instance_dir=str(subject_dir(subject)),
         instance_prompt=subject_prompt("dreambooth", subject=subject),
         seed=cfg.seed,
@@ -108,7 +113,8 @@ def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
         learning_rate=1e-3,
         lr_warmup_steps=cfg.max_steps // 10,
         rank=8,
-        lora_targets="attn,ff,conv,proj",  # outline and dots are spatial: attention alone learned neither
+        # every target group of the family: on the UNet, attention alone learned neither outline nor dots
+        lora_targets=",".join(family.lora_target_groups),
         train_text_encoder=True,
         text_encoder_lr=5e-4,
     )
@@ -135,7 +141,7 @@ def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
             lr_scheduler="constant",
         ),
     }
-    if cfg.ti_steps == 0:
+    if cfg.ti_steps == 0 or not family.textual_inversion:
         del configs["textual_inversion"]
     return configs
 
@@ -149,8 +155,9 @@ def prompts_of(row: str, n: int, thing: str | None = None, subject: Subject = DE
     return out
 
 
-def score(readings: dict[str, list[dict]], subject: Subject = DEMO) -> dict:
-    """The table's numbers from the oracle's readings (Subject.read), by prompt kind (pure)."""
+def score(readings: dict[str, list[dict]], subject: Subject = DEMO, photo_background: str = BACKGROUND) -> dict:
+    """The table's numbers from the oracle's readings (Subject.read), by prompt kind (pure);
+    photo_background: the training photos' background."""
     shown = readings["subject"]
     mean = lambda xs: sum(xs) / max(1, len(xs))  # noqa: E731
     recontext = [(kind.split(":")[1], r) for kind, rs in readings.items() if kind.startswith("recontext:") for r in rs]
@@ -168,6 +175,7 @@ def score(readings: dict[str, list[dict]], subject: Subject = DEMO) -> dict:
         "subject_outline": mean([r["outline"] for r in shown]),
         "subject_pattern": mean([r["pattern_color"] for r in shown]),
         "subject_color": mean([colour(r) for r in shown]),
+        "subject_photo_background": mean([r["background"] == photo_background for r in shown]),
         "recontext_background": mean([r["background"] == bg for bg, r in recontext]),
         "recontext_subject": mean([r["subject"] for _, r in recontext]),
         "recontext_both": mean([r["background"] == bg and r["subject"] for bg, r in recontext]),
@@ -224,7 +232,7 @@ def measure(cfg: ExperimentConfig, trainings: dict[str, TrainConfig], rows: list
     recontextualisation) and the grid's column labels (the prompts)."""
     engine = Engine()
     subject = SUBJECTS[cfg.subject]
-    sampling = SamplingConfig(model=MODEL, steps=cfg.steps, guidance=cfg.guidance)
+    sampling = SamplingConfig(model=cfg.model, steps=cfg.steps, guidance=cfg.guidance)
     extra = {"base": {}} | {
         row: {"embedding" if row == "textual_inversion" else "lora": t.output_dir} for row, t in trainings.items()
     }
@@ -283,6 +291,7 @@ def write_summary(cfg: ExperimentConfig, trainings: dict[str, TrainConfig], resu
             "seed": cfg.seed,
             "trainings": {row: dataclasses.asdict(t) for row, t in trainings.items()},
             "subject": SUBJECTS[cfg.subject].words,
+            "model": cfg.model,
             "subject_photos_background": BACKGROUND,
         },
     }

@@ -73,6 +73,35 @@ def deterministic_posterior(vae, logvar: float = POSTERIOR_LOGVAR) -> None:
         vae.quant_conv.bias[c:] = logvar
 
 
+def load_flow_start(folder: Path):
+    """(vae, CLIP text encoder) of the UNet recipe's pipeline folder, in fp32: the flow-matching twin's
+    VAE (kept as it is, its latents shifted by 0 as FLUX's VAE config requires one) and starting CLIP."""
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+    vae.register_to_config(shift_factor=0.0)
+    te = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch.float32)
+    return vae, te
+
+
+def save_flux_pipeline(out: Path, vae, transformer, clip, t5, clip_dir: Path, t5_dir: Path) -> None:
+    """The twin as an fp16 FluxPipeline folder (FLUX.1's scheduler config), written atomically."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from transformers import T5TokenizerFast
+
+    from .flow_stage import SHIFT_MU
+
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, **SHIFT_MU)
+    pipe = FluxPipeline(
+        scheduler=sched,
+        vae=vae,
+        text_encoder=clip,
+        tokenizer=CLIPTokenizer.from_pretrained(clip_dir, model_max_length=MAX_TOKENS),
+        text_encoder_2=t5,
+        tokenizer_2=T5TokenizerFast.from_pretrained(t5_dir),
+        transformer=transformer,
+    )
+    _save(pipe, out, ("transformer", "vae", "text_encoder"))
+
+
 def save_pipeline(out: Path, vae, unet, te, tok_dir: Path) -> None:
     """The models as an fp16 Stable Diffusion pipeline folder, written atomically."""
     deterministic_posterior(vae)
@@ -89,9 +118,15 @@ def save_pipeline(out: Path, vae, unet, te, tok_dir: Path) -> None:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    _save(pipe, out, ("unet", "vae"))
+
+
+def _save(pipe, out: Path, models: tuple[str, ...]) -> None:
+    """The pipeline in fp16, its models' configs without the folder a model was loaded from (not part
+    of the model)."""
     with atomic_dir(out) as tmp:
         pipe.to(torch.float16).save_pretrained(tmp)
-        for sub in ("unet", "vae"):  # models loaded with --from remember their folder: not part of the model
+        for sub in models:
             config = Path(tmp) / sub / "config.json"
             data = json.loads(config.read_text())
             if data.pop("_name_or_path", None) is not None:

@@ -49,6 +49,11 @@ def save_state(path: Path, state: dict) -> None:
     """A stage's checkpoint as one safetensors file (the nesting in its metadata), renamed into place."""
     tensors: dict = {}
     skeleton = flatten_state(state, tensors)
+    seen: set[int] = set()
+    for key, t in tensors.items():  # tied weights (T5's shared embedding) are saved twice
+        if t.data_ptr() in seen:
+            tensors[key] = t.clone()
+        seen.add(t.data_ptr())
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={"skeleton": json.dumps(skeleton)})
 

@@ -8,6 +8,11 @@ fine-tunes the UNet and text encoder on the richer world (patterns of a named co
 outlines; never a demo subject's look), so that a subject can be described in words and drawn on
 any background. Deterministic by seed; each stage checkpoints and resumes. The result is an
 ordinary Stable Diffusion pipeline folder. --from starts from such a folder and runs stage 3 alone.
+
+--arch flux pretrains the flow-matching twin instead (toyworld/flow_stage.py): a FLUX.1-architecture
+transformer and a T5 encoder from scratch, with the --from pipeline's VAE (default: the shipped
+toy-world model) and its CLIP text encoder, on the richer world with rectified flow (--flow-steps).
+The result is an ordinary FluxPipeline folder.
 """
 
 from __future__ import annotations
@@ -52,8 +57,45 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="a pipeline folder this recipe wrote (e.g. the shipped model): skip stages 1-2, run the richer world's",
     )
+    p.add_argument("--arch", choices=("sd", "flux"), default="sd", help="flux: the flow-matching twin")
+    p.add_argument("--flow-steps", type=int, default=12000, help="--arch flux: rectified-flow steps")
+    p.add_argument("--flow-lr", type=float, default=5e-4, help="--arch flux: peak learning rate")
     p.add_argument("--seed", type=int, default=0)
     return p
+
+
+def pretrain_flow(args: argparse.Namespace) -> None:
+    """The flow-matching twin: its transformer and T5 from scratch on the --from model's VAE and CLIP."""
+    import torch
+    from transformers import T5TokenizerFast
+
+    from .flow_stage import build_flow_models, train_flow, write_t5_tokenizer
+    from .pipeline import load_flow_start, make_tokenizer, save_flux_pipeline
+
+    torch.manual_seed(args.seed)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    clip_dir, t5_dir = work / "tokenizer", work / "tokenizer_2"
+    _, clip_tok = make_tokenizer(clip_dir)
+    write_t5_tokenizer(t5_dir)
+    t5_tok = T5TokenizerFast.from_pretrained(t5_dir)
+    start = Path(args.start) if args.start else shipped_model()
+    vae, clip = load_flow_start(start)
+    transformer, t5 = build_flow_models(len(t5_tok))
+    log.info(
+        "parameters: transformer %.2fM, clip %.2fM, t5 %.2fM",
+        *(sum(q.numel() for q in m.parameters()) / 1e6 for m in (transformer, clip, t5)),
+    )
+    data = dict(seed=args.seed, batch=args.batch, n_data=args.data, work=work)
+    train_flow(vae, transformer, clip, t5, (clip_tok, t5_tok), args.flow_steps, **data, lr_max=args.flow_lr)
+    save_flux_pipeline(Path(args.out), vae, transformer, clip, t5, clip_dir, t5_dir)
+    write_text(work / "done.json", json.dumps(vars(args)))
+
+
+def shipped_model() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("dreambooth") / "assets" / "toyworld-model"))
 
 
 def pretrain(args: argparse.Namespace) -> None:
@@ -99,7 +141,7 @@ def pretrain(args: argparse.Namespace) -> None:
 def main() -> None:
     args = parser().parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    pretrain(args)
+    (pretrain_flow if args.arch == "flux" else pretrain)(args)
     log.info("wrote %s", args.out)
 
 

@@ -63,9 +63,10 @@ class Run:
 
 def resolved(cfg: TrainConfig) -> TrainConfig:
     """The config with every implicit default made explicit, as written beside the run."""
-    from ..models import denoiser_config, family_of, native_size
+    from ..models import denoiser_config, family_of, native_size, t5_length
 
-    cfg = family_of(cfg.model).resolve_options(METHODS[cfg.method].resolve(cfg), denoiser_config(cfg.model) or {})
+    method_resolved = METHODS[cfg.method].resolve(cfg)
+    cfg = family_of(cfg.model).resolve_options(method_resolved, denoiser_config(cfg.model) or {}, t5_length(cfg.model))
     return dataclasses.replace(
         cfg, resolution=cfg.resolution or native_size(cfg.model), lr_warmup_steps=cfg.warmup_steps
     )

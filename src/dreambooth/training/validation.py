@@ -63,7 +63,7 @@ def render(run, step: int) -> Path:
                     height=cfg.resolution,
                     width=cfg.resolution,
                     num_inference_steps=cfg.validation_inference_steps,
-                    **family.call_kwargs(None, cfg.validation_guidance, zero_snr),
+                    **family.call_kwargs(None, cfg.validation_guidance, zero_snr, pipe=pipe, batch=len(generators)),
                 ).images
             if not acc.is_main_process:  # (with --fsdp every process samples; the main one writes)
                 continue

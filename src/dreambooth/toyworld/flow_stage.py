@@ -1,0 +1,185 @@
+"""The toy world's flow-matching twin (`--model toyworld-flux`): a small FLUX.1-architecture transformer
+pretrained on the richer world with rectified flow, on the toy world's VAE.
+
+What makes it FLUX is kept: double- and single-stream blocks on 2x2-packed latents (8x8 tokens at 64 px)
+with 3-axis rotary position ids, CLIP's pooled output (the toy world's own pretrained text encoder,
+trained further here) and a T5 encoder's states (trained from scratch here on the world's captions,
+frozen in DreamBooth as FLUX's T5 is), FLUX's FlowMatchEulerDiscreteScheduler with its resolution-
+dependent shift. It is not guidance-distilled (the [schnell] layout: no guidance embedding): it is
+sampled with true classifier-free guidance (FluxPipeline's `true_cfg_scale` and an empty negative
+prompt), which is why 10 % of the captions are dropped in training.
+
+Rectified flow as in the SD3 paper and diffusers' FLUX script: x_t = (1 - s) x_0 + s e, the transformer
+predicts e - x_0, s drawn logit-normal then shifted as the sampler's schedule is at 64 px."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .data import MAX_TOKENS, training_scenes
+from .stage import cosine, due, optimizer_step, progress, resume, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+T5_WIDTH = 128  # the twin's T5 width: the transformer's joint attention width
+WORLD_WORDS = ("dots", "stripes", "outline")  # the richer world's words the shared corpus lacks
+SHIFT_MU = {"base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}  # FLUX.1's
+
+
+def write_t5_tokenizer(out: Path) -> None:
+    """The twin's T5 tokenizer: the shared corpus, the world's words and the identifiers, 32 tokens."""
+    from ..tiny_flow import write_t5_tokenizer as write
+    from .pipeline import IDENTIFIERS
+
+    write(out, extra_words=(*WORLD_WORDS, *IDENTIFIERS), max_length=MAX_TOKENS)
+
+
+def build_flow_models(t5_vocab: int):
+    """(transformer, T5) freshly initialised from torch's global generator."""
+    from diffusers import FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,  # 4 latent channels x 2 x 2
+        num_layers=2,
+        num_single_layers=4,
+        attention_head_dim=32,
+        num_attention_heads=4,
+        joint_attention_dim=T5_WIDTH,
+        pooled_projection_dim=64,  # the toy world's CLIP width
+        guidance_embeds=False,
+        axes_dims_rope=(8, 12, 12),
+    )
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=t5_vocab,
+            d_model=T5_WIDTH,
+            d_ff=256,
+            d_kv=32,
+            num_layers=2,
+            num_heads=4,
+            dropout_rate=0.0,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
+    return transformer, t5
+
+
+def image_seq_shift(tokens: int) -> float:
+    """FLUX's schedule shift exp(mu) for an image of `tokens` packed tokens (FluxPipeline's calculate_shift)."""
+    m = (SHIFT_MU["max_shift"] - SHIFT_MU["base_shift"]) / (
+        SHIFT_MU["max_image_seq_len"] - SHIFT_MU["base_image_seq_len"]
+    )
+    mu = tokens * m + SHIFT_MU["base_shift"] - m * SHIFT_MU["base_image_seq_len"]
+    return math.exp(mu)
+
+
+def pack(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) latents as (B, H/2 * W/2, 4C) tokens, as FluxPipeline._pack_latents."""
+    b, c, h, w = x.shape
+    return x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w // 4, c * 4)
+
+
+def image_ids(h: int, w: int) -> torch.Tensor:
+    """The packed tokens' (0, row, column) position ids, as FluxPipeline._prepare_latent_image_ids."""
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] += torch.arange(h // 2)[:, None]
+    ids[..., 2] += torch.arange(w // 2)[None, :]
+    return ids.reshape(-1, 3)
+
+
+def caption_ids(tokenizers, n: int, seed: int) -> dict[str, torch.Tensor]:
+    """The CLIP and T5 token ids of the richer world's n training captions (the same scenes and captions
+    as the cached latents: training_scenes is deterministic), 10 % of them empty for guidance."""
+    captions = [c for _, c in training_scenes(n, seed, rich=True)]
+    kw = dict(padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt")
+    return {name: tok(captions, **kw).input_ids for name, tok in zip(("clip", "t5"), tokenizers)}
+
+
+def flow_batch(latents, ids: dict, empty: dict, batch: int, shift: float, g: torch.Generator):
+    """(x_t, s, clip ids, t5 ids, target) for one step, all drawn from g."""
+    idx = torch.randint(0, latents.shape[0], (batch,), generator=g)
+    drop = torch.rand(batch, generator=g) < 0.1
+    clip, t5 = ids["clip"][idx].clone(), ids["t5"][idx].clone()
+    clip[drop], t5[drop] = empty["clip"], empty["t5"]
+    x0 = latents[idx]
+    noise = torch.randn(x0.shape, generator=g)
+    u = torch.sigmoid(torch.randn(batch, generator=g))  # logit-normal(0, 1), as the SD3 paper's default
+    s = shift * u / (1 + (shift - 1) * u)
+    x_t = (1 - s[:, None, None, None]) * x0 + s[:, None, None, None] * noise
+    return x_t, s, clip, t5, noise - x0
+
+
+def predict(transformer, clip, t5, x_t, s, clip_ids, t5_ids):
+    """The transformer's velocity for x_t (B, 4, 16, 16), as FluxPipeline calls it."""
+    _, _, h, w = x_t.shape
+    pooled = clip(clip_ids).pooler_output
+    states = t5(t5_ids)[0]
+    out = transformer(
+        hidden_states=pack(x_t),
+        timestep=s,
+        pooled_projections=pooled,
+        encoder_hidden_states=states,
+        txt_ids=torch.zeros(states.shape[1], 3),
+        img_ids=image_ids(h, w),
+    ).sample
+    b, c = x_t.shape[:2]
+    return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+def train_flow(
+    vae,
+    transformer,
+    clip,
+    t5,
+    tokenizers,
+    steps: int,
+    seed: int,
+    batch: int,
+    n_data: int,
+    work: Path,
+    lr_max: float = 5e-4,
+    warmup: int = 200,
+    name: str = "flow",
+) -> None:
+    """Train the transformer, CLIP and T5 together on the richer world's cached latents (encoded once by
+    the toy world's VAE, shared with the UNet recipe's stage 3), scaled and shifted as the VAE's config
+    says."""
+    from .unet_stage import encoded_data
+
+    data = encoded_data(vae, tokenizers[0], n_data, seed, work, rich=True)
+    latents = (data["latents"] - vae.config.shift_factor) * vae.config.scaling_factor
+    ids = caption_ids(tokenizers, n_data, seed)
+    if not torch.equal(ids["clip"], data["ids"]):
+        raise RuntimeError(f"{work}: the cached latents are not of this recipe's captions; remove the cache")
+    kw = dict(padding="max_length", max_length=MAX_TOKENS, return_tensors="pt")
+    empty = {name: tok([""], **kw).input_ids for name, tok in zip(("clip", "t5"), tokenizers)}
+    shift = image_seq_shift(latents.shape[-1] * latents.shape[-2] // 4)
+    log.info("latents %s, schedule shift %.3f", tuple(latents.shape), shift)
+    params = [p for m in (transformer, clip, t5) for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr_max, weight_decay=1e-2)
+    lr = cosine(opt, warmup, steps)
+    ckpt = work / f"{name}.safetensors"
+    modules = {"transformer": transformer, "clip": clip, "t5": t5}
+    start = resume(ckpt, modules, opt, lr)
+    t0 = time.time()
+    bar = progress(start, steps, name)
+    for step in bar:
+        g = torch.Generator().manual_seed(seed * 100003 + step + 3_000_000)
+        x_t, s, clip_ids, t5_ids, target = flow_batch(latents, ids, empty, batch, shift, g)
+        loss = F.mse_loss(predict(transformer, clip, t5, x_t, s, clip_ids, t5_ids), target)
+        optimizer_step(opt, lr, loss, clip=params)
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if due(step, steps):
+            seconds = (time.time() - t0) / (step + 1 - start)
+            log.info("%s step %d/%d loss %.4f (%.2f s/step)", name, step + 1, steps, loss.item(), seconds)
+            save_checkpoint(ckpt, modules, opt, lr, step + 1)
