@@ -223,7 +223,7 @@ def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_r
 
     def pretrain(out, work):
         argv = ["train", str(out), "--work", str(work), "--arch", "flux", "--flow-steps", "2", "--data", "8"]
-        monkeypatch.setattr(sys, "argv", [*argv, "--batch", "2"])
+        monkeypatch.setattr(sys, "argv", [*argv, "--batch", "2", "--flow-anneal-steps", "2"])
         train.main()
         return FluxPipeline.from_pretrained(out, torch_dtype=torch.float32)
 
@@ -244,3 +244,4 @@ def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_r
                  (pipe.text_encoder_2, again.text_encoder_2)):  # fmt: skip
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert "_name_or_path" not in (tmp_path / "twin" / "text_encoder" / "config.json").read_text()
+    assert (tmp_path / "work" / "flow-anneal.safetensors").is_file()  # the second schedule ran

@@ -150,10 +150,11 @@ def train_flow(
     lr_max: float = 5e-4,
     warmup: int = 200,
     name: str = "flow",
+    batches: int = 0,
 ) -> None:
     """Train the transformer, CLIP and T5 together on the richer world's cached latents (encoded once by
     the toy world's VAE, shared with the UNet recipe's stage 3), scaled and shifted as the VAE's config
-    says."""
+    says. `batches` offsets the batches' seeds, so a later stage does not repeat an earlier one's."""
     from .unet_stage import encoded_data
 
     data = encoded_data(vae, tokenizers[0], n_data, seed, work, rich=True)
@@ -174,7 +175,7 @@ def train_flow(
     t0 = time.time()
     bar = progress(start, steps, name)
     for step in bar:
-        g = torch.Generator().manual_seed(seed * 100003 + step + 3_000_000)
+        g = torch.Generator().manual_seed(seed * 100003 + step + 3_000_000 + batches)
         x_t, s, clip_ids, t5_ids, target = flow_batch(latents, ids, empty, batch, shift, g)
         loss = F.mse_loss(predict(transformer, clip, t5, x_t, s, clip_ids, t5_ids), target)
         optimizer_step(opt, lr, loss, clip=params)

@@ -60,6 +60,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=("sd", "flux"), default="sd", help="flux: the flow-matching twin")
     p.add_argument("--flow-steps", type=int, default=12000, help="--arch flux: rectified-flow steps")
     p.add_argument("--flow-lr", type=float, default=5e-4, help="--arch flux: peak learning rate")
+    p.add_argument(
+        "--flow-anneal-steps", type=int, default=0, help="--arch flux: then a second cosine schedule this long"
+    )
+    p.add_argument("--flow-anneal-lr", type=float, default=2e-4, help="--arch flux: the second schedule's peak")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -87,7 +91,11 @@ def pretrain_flow(args: argparse.Namespace) -> None:
         *(sum(q.numel() for q in m.parameters()) / 1e6 for m in (transformer, clip, t5)),
     )
     data = dict(seed=args.seed, batch=args.batch, n_data=args.data, work=work)
-    train_flow(vae, transformer, clip, t5, (clip_tok, t5_tok), args.flow_steps, **data, lr_max=args.flow_lr)
+    models = (vae, transformer, clip, t5, (clip_tok, t5_tok))
+    train_flow(*models, args.flow_steps, **data, lr_max=args.flow_lr)
+    if args.flow_anneal_steps:
+        anneal = dict(lr_max=args.flow_anneal_lr, warmup=100, name="flow-anneal", batches=args.flow_steps)
+        train_flow(*models, args.flow_anneal_steps, **data, **anneal)
     save_flux_pipeline(Path(args.out), vae, transformer, clip, t5, clip_dir, t5_dir)
     write_text(work / "done.json", json.dumps(vars(args)))
 
