@@ -17,8 +17,13 @@ from dreambooth.training.loop import fit, resolved, setup, train
 from dreambooth.training.preflight import preflight
 
 
-def test_the_identifier_becomes_a_learned_token_and_nothing_else_in_the_embedding_moves(make_cfg):
-    cfg = resolved(make_cfg(train_identifier_embedding=True, identifier_lr=1e-2, max_steps=3))
+@pytest.mark.parametrize("text_encoder_lora", [False, True])
+def test_the_identifier_becomes_a_learned_token_and_nothing_else_in_the_embedding_moves(make_cfg, text_encoder_lora):
+    """With the text encoder's LoRA too (peft's add_adapter froze the embedding, so it never trained)."""
+    cfg = make_cfg(
+        train_identifier_embedding=True, identifier_lr=1e-2, max_steps=3, train_text_encoder=text_encoder_lora
+    )
+    cfg = resolved(cfg)
     run = setup(cfg, preflight(cfg), progress=False)
     tok, te = run.comps.tokenizer, run.comps.text_encoder
     (token_id,) = tok.convert_tokens_to_ids(["<sks>"])

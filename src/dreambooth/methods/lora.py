@@ -237,15 +237,15 @@ class LoRA(Method):
             except ValueError as e:
                 raise UserError(f"--lora-targets {self.cfg.lora_targets}: {str(e).splitlines()[0]}") from None
         groups = [{"params": _lora_params(comps.denoiser), "lr": self.cfg.learning_rate}]
-        for _, te in self._pairs(comps) if self.pivots else []:
-            emb = te.get_input_embeddings().weight
-            emb.requires_grad_(True)
-            groups.append({"params": [emb], "lr": self.cfg.identifier_lr, "weight_decay": 0.0})
+        embeddings = [te.get_input_embeddings().weight for _, te in self._pairs(comps)] if self.pivots else []
+        groups += [{"params": [emb], "lr": self.cfg.identifier_lr, "weight_decay": 0.0} for emb in embeddings]
         if self.cfg.train_text_encoder:
             for (_, te), lr in zip(self._pairs(comps), self.text_encoder_lrs(comps)):
                 if not getattr(te, "peft_config", None):
                     te.add_adapter(self._config(comps.family.text_encoder_lora_targets))
                 groups.append({"params": _lora_params(te), "lr": lr})
+        for emb in embeddings:  # after add_adapter, which freezes every parameter that is not the adapter's
+            emb.requires_grad_(True)
         # Trainable adapters stay in fp32 under mixed precision (frozen weights are fp16/bf16).
         cast_training_params([comps.denoiser, *comps.text_encoders])
         return groups
