@@ -636,3 +636,10 @@ def test_flux_without_embedded_guidance_is_guided_as_fluxpipelines_true_cfg_and_
     unguided = np.asarray(Image.open(next((tmp_path / "gNone").glob("*.png"))), dtype=np.float32)
     guided = np.asarray(Image.open(next((tmp_path / "g4").glob("*.png"))), dtype=np.float32)
     assert np.abs(unguided - guided).max() > 10  # guidance acted
+
+
+def test_the_web_ui_starts_at_the_models_own_guidance(flow_models, tiny_model):
+    from dreambooth.ui.tab_generate import _guidance_default
+
+    found = [_guidance_default(str(flow_models / a)) for a in ("flux", "flux-schnell", "sd3")]
+    assert found == [3.5, 1.0, 7.0] and _guidance_default(str(tiny_model)) == 7.5 and _guidance_default(None) == 7.5

@@ -84,7 +84,9 @@ def _form_column(gr, backend: Backend) -> SimpleNamespace:
         w.lora_scale_text_encoder = gr.Slider(
             0, 2, value=1.0, step=0.05, label="LoRA scale text encoder", elem_id="gen-scale-te"
         )
-        w.guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance", elem_id="gen-guidance")
+        w.guidance = gr.Slider(
+            0, 20, value=_guidance_default(backend.model), step=0.5, label="Guidance", elem_id="gen-guidance"
+        )
         w.steps = gr.Slider(1, 150, value=30, step=1, label="Steps", elem_id="gen-steps")
         w.scheduler = gr.Dropdown(
             [MODEL_SAMPLER, *SCHEDULER_NAMES], value=MODEL_SAMPLER, label="Scheduler", elem_id="gen-scheduler"
@@ -99,6 +101,19 @@ def _form_column(gr, backend: Backend) -> SimpleNamespace:
         w.num_images = gr.Slider(1, 16, value=1, step=1, label="Number of images", elem_id="gen-n")
         w.generate = gr.Button("Generate", variant="primary", elem_id="gen-button")
     return w
+
+
+def _guidance_default(model: str | None) -> float:
+    """The guidance the page starts at: the --model's family's (FLUX.1 [dev] 3.5, SD3 7, SD 7.5), 7.5
+    when there is none or its configs cannot be read."""
+    if not model:
+        return 7.5
+    from ..models import default_guidance
+
+    try:
+        return default_guidance(model)
+    except (UserError, OSError):
+        return 7.5
 
 
 def _images_column(gr, w: SimpleNamespace) -> None:
