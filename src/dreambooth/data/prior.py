@@ -61,10 +61,12 @@ def generate_class_images(
     resolution: int,
     progress: bool = True,
 ) -> int:
-    """Generate the images `indices` into class_dir, batched; returns how many were written."""
+    """Generate the images `indices` into class_dir, batched, guided as the pipeline's family is;
+    returns how many were written."""
     import torch
     from tqdm.auto import tqdm
 
+    from ..families import family_of_pipeline
     from ..io import atomic_path
 
     class_dir = Path(class_dir)
@@ -78,9 +80,9 @@ def generate_class_images(
                 prompt=[prompt] * len(batch),
                 generator=generators,
                 num_inference_steps=steps,
-                guidance_scale=guidance,
                 height=resolution,
                 width=resolution,
+                **family_of_pipeline(pipe).call_kwargs(None, guidance, False, pipe=pipe, batch=len(batch)),
             ).images
         for i, image in zip(batch, images):
             with atomic_path(class_dir / class_image_name(i)) as tmp:
