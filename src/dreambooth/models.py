@@ -23,7 +23,7 @@ from typing import Any
 from .errors import UserError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-BUILTIN_MODELS = {"toyworld": "toyworld-model"}  # name -> folder under dreambooth/assets
+BUILTIN_MODELS = {"toyworld": "toyworld-model", "toyworld-flux": "toyworld-flux-model"}  # name -> folder in assets
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 # Hub repositories that are gone, and their maintained copies: runwayml deleted SD 1.5 in 2024; Stability
 # AI withdrew the SD 2.x repositories in November 2025 (mirrored by sd2-community).
