@@ -266,8 +266,9 @@ def save_grid(cfg: ExperimentConfig, rows: list[str], grid_rows: list[list], col
         [photos] + grid_rows,
         col_labels=col_labels,
         row_labels=["training photos"] + [ROW_LABELS[r] for r in rows],
-        title=f"DreamBooth in the toy world: '{IDENTIFIER} {subject.noun}' (TI: '{ti_token(subject)}'), "
-        f"guidance {cfg.guidance}",
+        title=f"DreamBooth in the toy world ({cfg.model}): '{IDENTIFIER} {subject.noun}'"
+        + (f" (TI: '{ti_token(subject)}')" if "textual_inversion" in rows else "")
+        + f", guidance {cfg.guidance}",
         cell=96,
         label_width=150,
     )
