@@ -54,6 +54,8 @@ def test_score_counts_each_measure():
     assert s["recontext_background"] == 0.5 and s["recontext_subject"] == 0.5 and s["recontext_both"] == 0.25
     assert s["class_leakage"] == 0.25 and s["class_as_subject"] == 0.25
     assert s["class_diversity"] == 0.75  # 3 distinct (colour, pattern, background) of 4
+    assert s["subject_photo_background"] == 0.75  # "sks heart" drawn on the photos' white
+    assert score(readings, photo_background="gray")["subject_photo_background"] == 0.25
     assert "| base model | 0.75 |" in table({"base": s})
     kinds = [k for k, _, _ in prompts_of("textual_inversion", 4)]
     assert kinds[0] == "subject" and kinds[-1] == "class" and len(kinds) == 6
@@ -209,3 +211,20 @@ def test_the_flux_twin_is_a_builtin_flux_model_that_follows_prompts():
         load_pipeline("toyworld-flux"), steps=10
     )  # measured 0.77 (held-out 0.78) at 10 steps, 0.79 at 20
     assert result["all"]["all_three"] >= 0.6, result
+
+
+def test_the_sweeps_oracle_reads_the_photos_background_and_skips_their_masks(tmp_path):
+    import shutil
+
+    from dreambooth.sweep_report import photos_background
+    from dreambooth.toyworld.subject import DEMO, photo_masks
+
+    shutil.copytree(subject_dir(), tmp_path / "photos")
+    for path, mask in zip(sorted((tmp_path / "photos").glob("*.png")), photo_masks()):
+        mask.save(path.with_name(f"{path.stem}.mask.png"))  # black backgrounds: read, they would tie
+    assert photos_background(str(tmp_path / "photos"), DEMO) == "white"
+    yellow = tmp_path / "yellow"
+    yellow.mkdir()
+    for i, im in enumerate(photos("yellow")):
+        im.save(yellow / f"{i}.png")
+    assert photos_background(str(yellow), DEMO) == "yellow" and photos_background(None, DEMO) is None
