@@ -321,17 +321,25 @@ def _configs(model: str) -> tuple[dict, dict]:
     return denoiser_config(model) or {}, vae
 
 
-def denoiser_config(model: str) -> dict | None:
-    """The config of the model's UNet or transformer (read from its configs only), or None when it
-    cannot be read."""
+def _component_json(model: str, subfolder: str, name: str = "config.json") -> dict | None:
+    """A component's JSON config file (local folder or hub), or None when it cannot be read."""
     from diffusers.configuration_utils import ConfigMixin
 
     class _Any(ConfigMixin):
-        config_name = "config.json"
+        config_name = name
 
     try:
-        return dict(_Any.load_config(resolve(model), subfolder=family_of(model).denoiser))
-    except (OSError, ValueError, UserError):
+        return dict(_Any.load_config(resolve(model), subfolder=subfolder))
+    except (OSError, ValueError):
+        return None
+
+
+def denoiser_config(model: str) -> dict | None:
+    """The config of the model's UNet or transformer (read from its configs only), or None when it
+    cannot be read."""
+    try:
+        return _component_json(model, family_of(model).denoiser)
+    except UserError:
         return None
 
 
@@ -343,18 +351,11 @@ def default_guidance(model: str) -> float:
 def t5_length(model: str) -> int | None:
     """The longest prompt the model's T5 tokenizer takes (its model_max_length), or None: no T5, or
     its tokenizer config cannot be read."""
-    from diffusers.configuration_utils import ConfigMixin
-
     family = family_of(model)
-    if family.t5_tokenizer is None:
-        return None
-
-    class _Tokenizer(ConfigMixin):
-        config_name = "tokenizer_config.json"
-
+    config = _component_json(model, family.t5_tokenizer, "tokenizer_config.json") if family.t5_tokenizer else None
     try:
-        return int(_Tokenizer.load_config(resolve(model), subfolder=family.t5_tokenizer)["model_max_length"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(config["model_max_length"])
+    except (TypeError, KeyError, ValueError):
         return None
 
 

@@ -42,17 +42,21 @@ def write_t5_tokenizer(out: Path, extra_words: tuple[str, ...] = (), max_length:
     fast.save_pretrained(out)
 
 
-def _t5(vocab_size: int):
+def t5_encoder(
+    vocab_size: int, width: int = T5_WIDTH, d_ff: int = 64, heads: int = 2, d_kv: int = 16, dropout: float = 0.1
+):
+    """A 2-layer T5 encoder with random weights (T5's pad 0 and </s> 1)."""
     from transformers import T5Config, T5EncoderModel
 
     return T5EncoderModel(
         T5Config(
             vocab_size=vocab_size,
-            d_model=T5_WIDTH,
-            d_ff=64,
-            d_kv=16,
+            d_model=width,
+            d_ff=d_ff,
+            d_kv=d_kv,
             num_layers=2,
-            num_heads=2,
+            num_heads=heads,
+            dropout_rate=dropout,
             decoder_start_token_id=0,
             pad_token_id=0,
             eos_token_id=1,
@@ -116,7 +120,7 @@ def build_tiny_sd3(out: Path, seed: int = 0) -> Path:
         tokenizer=clip_tok,
         text_encoder_2=te2,
         tokenizer_2=CLIPTokenizer.from_pretrained(out / "tokenizer_2"),
-        text_encoder_3=_t5(len(t5_tok)),
+        text_encoder_3=t5_encoder(len(t5_tok)),
         tokenizer_3=t5_tok,
     )
     shutil.rmtree(out / "t5")
@@ -172,7 +176,7 @@ def build_tiny_flux(out: Path, seed: int = 0, guidance: bool = True) -> Path:
         vae=vae,
         text_encoder=CLIPTextModel(CLIPTextConfig(**text_config(vocab))),
         tokenizer=clip_tok,
-        text_encoder_2=_t5(len(t5_tok)),
+        text_encoder_2=t5_encoder(len(t5_tok)),
         tokenizer_2=t5_tok,
     )
     shutil.rmtree(out / "t5")

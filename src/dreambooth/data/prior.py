@@ -71,6 +71,7 @@ def generate_class_images(
 
     class_dir = Path(class_dir)
     class_dir.mkdir(parents=True, exist_ok=True)
+    family = family_of_pipeline(pipe)
     bar = tqdm(total=len(indices), desc="class images", unit="img", disable=not progress)
     for start in range(0, len(indices), batch_size):
         batch = indices[start : start + batch_size]
@@ -82,7 +83,7 @@ def generate_class_images(
                 num_inference_steps=steps,
                 height=resolution,
                 width=resolution,
-                **family_of_pipeline(pipe).call_kwargs(None, guidance, False, pipe=pipe, batch=len(batch)),
+                **family.call_kwargs(None, guidance, False, pipe=pipe, batch=len(batch)),
             ).images
         for i, image in zip(batch, images):
             with atomic_path(class_dir / class_image_name(i)) as tmp:

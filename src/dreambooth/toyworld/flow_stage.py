@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .data import MAX_TOKENS, training_scenes
-from .stage import cosine, due, optimizer_step, progress, resume, save_checkpoint
+from .stage import cosine, train_stage
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,8 @@ def write_t5_tokenizer(out: Path) -> None:
 def build_flow_models(t5_vocab: int):
     """(transformer, T5) freshly initialised from torch's global generator."""
     from diffusers import FluxTransformer2DModel
-    from transformers import T5Config, T5EncoderModel
+
+    from ..tiny_flow import t5_encoder
 
     transformer = FluxTransformer2DModel(
         patch_size=1,
@@ -57,21 +57,7 @@ def build_flow_models(t5_vocab: int):
         guidance_embeds=False,
         axes_dims_rope=(8, 12, 12),
     )
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=t5_vocab,
-            d_model=T5_WIDTH,
-            d_ff=256,
-            d_kv=32,
-            num_layers=2,
-            num_heads=4,
-            dropout_rate=0.0,
-            decoder_start_token_id=0,
-            pad_token_id=0,
-            eos_token_id=1,
-        )
-    )
-    return transformer, t5
+    return transformer, t5_encoder(t5_vocab, width=T5_WIDTH, d_ff=256, heads=4, d_kv=32, dropout=0.0)
 
 
 def image_seq_shift(tokens: int) -> float:
@@ -166,21 +152,13 @@ def train_flow(
     empty = {name: tok([""], **kw).input_ids for name, tok in zip(("clip", "t5"), tokenizers)}
     shift = image_seq_shift(latents.shape[-1] * latents.shape[-2] // 4)
     log.info("latents %s, schedule shift %.3f", tuple(latents.shape), shift)
-    params = [p for m in (transformer, clip, t5) for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=lr_max, weight_decay=1e-2)
-    lr = cosine(opt, warmup, steps)
-    ckpt = work / f"{name}.safetensors"
     modules = {"transformer": transformer, "clip": clip, "t5": t5}
-    start = resume(ckpt, modules, opt, lr)
-    t0 = time.time()
-    bar = progress(start, steps, name)
-    for step in bar:
-        g = torch.Generator().manual_seed(seed * 100003 + step + 3_000_000 + batches)
+    opt = torch.optim.AdamW([p for m in modules.values() for p in m.parameters()], lr=lr_max, weight_decay=1e-2)
+    lr = cosine(opt, warmup, steps)
+
+    def loss_of(g):
         x_t, s, clip_ids, t5_ids, target = flow_batch(latents, ids, empty, batch, shift, g)
-        loss = F.mse_loss(predict(transformer, clip, t5, x_t, s, clip_ids, t5_ids), target)
-        optimizer_step(opt, lr, loss, clip=params)
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if due(step, steps):
-            seconds = (time.time() - t0) / (step + 1 - start)
-            log.info("%s step %d/%d loss %.4f (%.2f s/step)", name, step + 1, steps, loss.item(), seconds)
-            save_checkpoint(ckpt, modules, opt, lr, step + 1)
+        return F.mse_loss(predict(transformer, clip, t5, x_t, s, clip_ids, t5_ids), target)
+
+    seed0 = seed * 100003 + 3_000_000 + batches
+    train_stage(name, work / f"{name}.safetensors", modules, opt, lr, steps, seed0, loss_of)

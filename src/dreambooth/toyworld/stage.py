@@ -4,6 +4,8 @@ checkpoint (models, optimizer, schedule, step) it resumes from."""
 from __future__ import annotations
 
 import json
+import logging
+import time
 from pathlib import Path
 
 import torch
@@ -14,6 +16,8 @@ from tqdm.auto import tqdm
 
 from ..io import atomic_path
 from ..training.checkpoint import flatten_state, unflatten_state
+
+log = logging.getLogger(__name__)
 
 
 def autocast(bf16: bool):
@@ -80,3 +84,21 @@ def resume(ckpt: Path, modules: dict, opt, lr) -> int:
     opt.load_state_dict(state["opt"])
     lr.load_state_dict(state["lr"])
     return state["step"]
+
+
+def train_stage(name: str, ckpt: Path, modules: dict, opt, lr, steps: int, seed: int, loss_of) -> None:
+    """A stage's loop: resume from ckpt, then for each step the loss of `loss_of(generator)` (seeded with
+    seed + step, so a resumed stage draws what an uninterrupted one would), an optimizer step with the
+    modules' gradient norm clipped to 1, a report and a checkpoint when due."""
+    params = [p for m in modules.values() for p in m.parameters()]
+    start = resume(ckpt, modules, opt, lr)
+    t0 = time.time()
+    bar = progress(start, steps, name)
+    for step in bar:
+        loss = loss_of(torch.Generator().manual_seed(seed + step))
+        optimizer_step(opt, lr, loss, clip=params)
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if due(step, steps):
+            seconds = (time.time() - t0) / (step + 1 - start)
+            log.info("%s step %d/%d loss %.4f (%.2f s/step)", name, step + 1, steps, loss.item(), seconds)
+            save_checkpoint(ckpt, modules, opt, lr, step + 1)

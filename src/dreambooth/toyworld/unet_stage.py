@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import torch
@@ -13,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from ..io import atomic_path
 from .data import MAX_TOKENS, to_tensor, training_scenes
-from .stage import cosine, due, optimizer_step, progress, resume, save_checkpoint
+from .stage import cosine, train_stage
 from .world import render
 
 log = logging.getLogger(__name__)
@@ -96,18 +95,10 @@ def train_unet(
     params = list(unet.parameters()) + list(te.parameters())
     opt = torch.optim.AdamW(params, lr=lr_max, weight_decay=1e-2)
     lr = cosine(opt, warmup, steps)
-    ckpt = work / f"{name}.safetensors"
-    modules = {"unet": unet, "te": te}
-    start = resume(ckpt, modules, opt, lr)
-    t0 = time.time()
-    bar = progress(start, steps, name)
-    for step in bar:
-        g = torch.Generator().manual_seed(seed * 100003 + step + (1_000_000 if offset_noise else 0) + 2_000_000 * rich)
+
+    def loss_of(g):
         x_t, t, ids, noise = noisy_batch(sched, latents, data["ids"], empty, batch, offset_noise, g)
-        loss = F.mse_loss(unet(x_t, t, te(ids)[0]).sample, noise)
-        optimizer_step(opt, lr, loss, clip=params)
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if due(step, steps):
-            seconds = (time.time() - t0) / (step + 1 - start)
-            log.info("%s step %d/%d loss %.4f (%.2f s/step)", name, step + 1, steps, loss.item(), seconds)
-            save_checkpoint(ckpt, modules, opt, lr, step + 1)
+        return F.mse_loss(unet(x_t, t, te(ids)[0]).sample, noise)
+
+    seed0 = seed * 100003 + (1_000_000 if offset_noise else 0) + 2_000_000 * rich
+    train_stage(name, work / f"{name}.safetensors", {"unet": unet, "te": te}, opt, lr, steps, seed0, loss_of)
