@@ -619,6 +619,13 @@ def test_flux_without_embedded_guidance_is_guided_as_fluxpipelines_true_cfg_and_
     cfg = TrainConfig(model=str(model), instance_dir="x", instance_prompt="a photo of sks dog", output_dir="o")
     assert resolved(cfg).max_sequence_length == 24
     assert resolved(dataclasses.replace(cfg, model=str(flow_models / "flux"))).max_sequence_length == 512
+    # class and validation images are guided as generation is by default: diffusers' scripts call the pipeline
+    # with its own default (FluxPipeline: [dev]'s 3.5 embedded, no true CFG; SD3's 7.0)
+    for name, expected in ((model, 1.0), (flow_models / "flux", 3.5), (flow_models / "sd3", 7.0)):
+        r = resolved(dataclasses.replace(cfg, model=str(name)))
+        assert (r.class_guidance, r.validation_guidance) == (expected, expected), name
+    r = resolved(dataclasses.replace(cfg, class_guidance=4.0, validation_guidance=2.0))
+    assert (r.class_guidance, r.validation_guidance) == (4.0, 2.0)
 
     pipe = diffusers.FluxPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)

@@ -220,10 +220,13 @@ def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_r
     from dreambooth.toyworld import train
     from dreambooth.toyworld.data import MAX_TOKENS
     from dreambooth.toyworld.flow_stage import image_seq_shift
+    from dreambooth.toyworld.stage import load_state
 
     def pretrain(out, work):
         argv = ["train", str(out), "--work", str(work), "--arch", "flux", "--flow-steps", "2", "--data", "8"]
-        monkeypatch.setattr(sys, "argv", [*argv, "--batch", "2", "--flow-anneal-steps", "2"])
+        monkeypatch.setattr(
+            sys, "argv", [*argv, "--batch", "2", "--flow-anneal-steps", "2,1", "--flow-anneal-lr", "2e-4,1e-4"]
+        )
         train.main()
         return FluxPipeline.from_pretrained(out, torch_dtype=torch.float32)
 
@@ -244,4 +247,8 @@ def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_r
                  (pipe.text_encoder_2, again.text_encoder_2)):  # fmt: skip
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert "_name_or_path" not in (tmp_path / "twin" / "text_encoder" / "config.json").read_text()
-    assert (tmp_path / "work" / "flow-anneal.safetensors").is_file()  # the second schedule ran
+    for name in ("flow-anneal", "flow-anneal-2"):  # the further schedules ran, each to its own length
+        assert load_state(tmp_path / "work" / f"{name}.safetensors")["step"] == (2 if name == "flow-anneal" else 1)
+    assert train.anneal_stages((6000, 3000), (2e-4,)) == [(6000, 2e-4), (3000, 2e-4)]
+    with pytest.raises(SystemExit, match="--flow-anneal-lr: 2 values for 3 schedules"):
+        train.anneal_stages((1, 2, 3), (1e-4, 2e-4))

@@ -195,6 +195,35 @@ def test_dino_and_clip_metrics_run_on_the_toy_world(experiment, extractors, tmp_
     assert m["n_generated"] == 4 and all(-1 <= m[k] <= 1 for k in ("dino", "clip_i", "clip_t", "pres"))
 
 
+def test_evaluate_reads_what_of_the_subject_a_lora_keeps_on_each_background(experiment, monkeypatch, capsys):
+    """`python -m dreambooth.toyworld.evaluate MODEL --lora RUN --subject S`: each of the subject's features
+    on the photos' and the new backgrounds (how the recontext failure was read, BENCHMARKS.md)."""
+    import json
+    import sys
+
+    import torch
+
+    from dreambooth.models import load_pipeline
+    from dreambooth.toyworld import evaluate
+    from dreambooth.toyworld.subject import DEMO, RECONTEXT
+
+    out, summary = experiment
+    run = str(out / "runs" / "dreambooth_prior")
+    pipe = load_pipeline("toyworld", torch.float32)
+    pipe.load_lora_weights(run)
+    found = evaluate.subject_features(pipe, DEMO, n=4, steps=12)
+    assert list(found) == ["white", *RECONTEXT]
+    assert all(sum(row["colors_read"].values()) == 4 for row in found.values())
+    assert found["white"]["outline"] >= 0.5, found  # learned in 200 steps, as the short experiment says
+    assert found["green"]["background"] >= 0.5 and found["blue"]["background"] >= 0.5, found
+    assert all(row["subject"] <= min(row["color"], row["outline"], row["pattern_color"]) for row in found.values())
+    argv = ["evaluate", "toyworld", "--lora", run, "--subject", "heart", "--steps", "4", "--lora-scale", "0.5"]
+    monkeypatch.setattr(sys, "argv", argv)
+    evaluate.main()
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) == {"white", *RECONTEXT} and set(printed["gray"]) == {*evaluate.FEATURES, "colors_read"}
+
+
 def test_the_flux_twin_is_a_builtin_flux_model_that_follows_prompts():
     """`--model toyworld-flux` (issue 22): the FLUX.1-architecture twin, 64 px, 32-token T5, true
     classifier-free guidance; measured by the oracle as the UNet model is (README)."""

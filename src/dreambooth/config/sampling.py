@@ -8,7 +8,7 @@ import dataclasses
 from ..errors import UserError
 from ..families.samplers import SAMPLER_NAMES
 from ..options import check_bounds, check_required, option
-from .train import allow_pickle_field, model_config_field
+from .train import FAMILY_GUIDANCE, allow_pickle_field, model_config_field
 
 
 def dino_model_field():
@@ -25,7 +25,6 @@ SAMPLER_HELP = "sampler (default: the model family's: dpm++2m-karras; SD3 and FL
 # Karras sigmas would start from the (near) infinite sigma of a zero-SNR schedule; PNDM has no such option.
 ZERO_SNR_SCHEDULERS = ("ddim", "ddpm", "euler", "euler-a", "dpm++2m", "unipc")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
-FAMILY_GUIDANCE = " (default: the model family's: 7.5; SD3 7.0; FLUX.1 3.5)"  # (help texts)
 
 
 @dataclasses.dataclass

@@ -15,6 +15,8 @@ from ..optimizers import OPTIMIZERS, ProdigyOptions
 from ..options import check_bounds, check_required, flag_name, option
 from ..quantize import KINDS as QUANTIZE_KINDS
 
+FAMILY_GUIDANCE = " (default: the model family's: 7.5; SD3 7.0; FLUX.1 3.5)"  # (help texts)
+
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
@@ -85,7 +87,10 @@ class TrainData:
     num_class_images: int = option(100, "number of class images prior preservation uses", ge=1)
     prior_loss_weight: float = option(1.0, "lambda: weight of the class (prior) loss", ge=0)
     class_inference_steps: int = option(30, "denoising steps when generating class images", ge=1)
-    class_guidance: float = option(7.5, "guidance scale when generating class images")
+    class_guidance: float | None = option(
+        None,
+        "guidance scale when generating class images" + FAMILY_GUIDANCE,
+    )
     class_batch_size: int = option(4, "images per batch when generating class images", ge=1)
     method: str = option(
         "lora",
@@ -241,7 +246,7 @@ class TrainConfig(ProdigyOptions, TextualInversionOptions, LoRAOptions, TrainDat
     )
     validation_seeds: list[int] = option([0, 1], "seeds of the validation images")
     validation_inference_steps: int = option(25, "denoising steps of the validation images", ge=1)
-    validation_guidance: float = option(7.5, "guidance scale of the validation images")
+    validation_guidance: float | None = option(None, "guidance scale of the validation images" + FAMILY_GUIDANCE)
     report_to: str = option(
         "none",
         "also log the config, losses, learning rate and validation images to TensorBoard (OUTPUT/logs), Weights & "

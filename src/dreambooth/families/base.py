@@ -6,6 +6,7 @@ Imports no torch at import time (the CLI's --help imports the registry)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 # Named groups of LoRA target modules of a UNet (peft matches a target against the end of a module's
@@ -138,8 +139,14 @@ class Family:
 
     def resolve_options(self, cfg, denoiser: dict, t5_length: int | None = None):
         """The config with the family's implicit training defaults made explicit (denoiser: its config;
-        t5_length: the longest prompt its T5 tokenizer takes, where it has one)."""
-        return cfg
+        t5_length: the longest prompt its T5 tokenizer takes, where it has one): class and validation
+        images are guided as generation is by default (diffusers' scripts call the pipeline with its own)."""
+        default = self.guidance_default(denoiser)
+        return dataclasses.replace(
+            cfg,
+            class_guidance=default if cfg.class_guidance is None else cfg.class_guidance,
+            validation_guidance=default if cfg.validation_guidance is None else cfg.validation_guidance,
+        )
 
     def guidance_default(self, denoiser: dict) -> float:
         """Generation's guidance scale when none is asked for, for a model of this denoiser config."""

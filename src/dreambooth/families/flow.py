@@ -90,7 +90,7 @@ class FlowFamily(Family):
         if self.guidance_embedded(denoiser):
             guidance = DEFAULT_GUIDANCE if cfg.guidance_scale is None else cfg.guidance_scale
         return dataclasses.replace(
-            cfg,
+            super().resolve_options(cfg, denoiser, t5_length),
             **self.flow_options(cfg),
             max_sequence_length=cfg.max_sequence_length or self.sequence_length(t5_length),
             guidance_scale=guidance,

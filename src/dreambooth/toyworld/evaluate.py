@@ -94,6 +94,30 @@ def described_subjects(pipe, n: int = 8, steps: int = 25, guidance: float = 5.0,
     return out
 
 
+FEATURES = ("subject", "shape", "color", "outline", "pattern_color", "background")
+
+
+def subject_features(
+    pipe, subject: Subject, identifier: str = "sks", n: int = 8, steps: int = 25, guidance: float = 5.0, seed: int = 0
+) -> dict:
+    """What of a subject a model (with its DreamBooth LoRA loaded) keeps where: for "a photo of
+    {identifier} {noun}" on the photos' background and "... on a {bg} background" on each new one, n
+    images each, the share with each of the subject's features (its shape, colour, outline, pattern
+    colour, all of them) and with the asked background, and the colours the oracle read."""
+    use_sampler(pipe)
+    out = {}
+    for bg in (BACKGROUND, *RECONTEXT):
+        prompt = f"a photo of {identifier} {subject.noun}" + ("" if bg == BACKGROUND else f" on a {bg} background")
+        reads = [subject.read(im) for im in _draw(pipe, [prompt] * n, seed, steps, guidance)]
+        want = {"shape": subject.shape, "color": subject.color, "background": bg}
+        row = {k: sum((r[k] == want[k]) if k in want else bool(r[k]) for r in reads) / n for k in FEATURES}
+        colors: dict[str, int] = {}
+        for r in reads:
+            colors[r["color"]] = colors.get(r["color"], 0) + 1
+        out[bg] = {**{k: round(v, 3) for k, v in row.items()}, "colors_read": colors}
+    return out
+
+
 @torch.no_grad()
 def subject_ceiling(
     vae, n: int = 40, seed: int = 5, backgrounds: tuple[str, ...] | None = None, subject: Subject = DEMO
@@ -117,8 +141,23 @@ def main() -> None:
     p.add_argument("model")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument(
+        "--lora", help="a DreamBooth LoRA run (folder or file): read what of --subject it keeps on each background"
+    )
+    p.add_argument("--subject", choices=sorted(SUBJECTS), default="heart", help="with --lora: the run's subject")
+    p.add_argument("--identifier", default="sks", help="with --lora: the run's identifier")
+    p.add_argument("--lora-scale", type=float, default=1.0, help="with --lora: the UNet LoRA's scale")
     args = p.parse_args()
     pipe = load_pipeline(args.model, torch.float32)
+    if args.lora:
+        pipe.load_lora_weights(args.lora, adapter_name="run")
+        if args.lora_scale != 1.0:
+            denoiser = family_of_pipeline(pipe).denoiser
+            pipe.set_adapters("run", {c: args.lora_scale if c == denoiser else 1.0 for c in pipe.get_list_adapters()})
+        subject = SUBJECTS[args.subject]
+        features = subject_features(pipe, subject, args.identifier, steps=args.steps, guidance=args.guidance)
+        print(json.dumps(features, indent=2))
+        return
     result = {
         "vae_ceiling": vae_ceiling(pipe.vae),
         "subject_ceiling": subject_ceiling(pipe.vae),

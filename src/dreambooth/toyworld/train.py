@@ -61,11 +61,34 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--flow-steps", type=int, default=12000, help="--arch flux: rectified-flow steps")
     p.add_argument("--flow-lr", type=float, default=5e-4, help="--arch flux: peak learning rate")
     p.add_argument(
-        "--flow-anneal-steps", type=int, default=0, help="--arch flux: then a second cosine schedule this long"
+        "--flow-anneal-steps",
+        type=_ints,
+        default=(),
+        help="--arch flux: then further cosine schedules this long, one after another (e.g. 6000,3000)",
     )
-    p.add_argument("--flow-anneal-lr", type=float, default=2e-4, help="--arch flux: the second schedule's peak")
+    p.add_argument(
+        "--flow-anneal-lr",
+        type=_floats,
+        default=(2e-4,),
+        help="--arch flux: the further schedules' peaks, one for each or one for all (e.g. 2e-4,1e-4)",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(",") if v.strip())
+
+
+def anneal_stages(steps: tuple[int, ...], lrs: tuple[float, ...]) -> list[tuple[int, float]]:
+    """(steps, peak lr) of each further schedule: one lr for each, or one for all."""
+    if len(lrs) not in (1, len(steps)):
+        raise SystemExit(f"--flow-anneal-lr: {len(lrs)} values for {len(steps)} schedules (give one, or one each)")
+    return [(n, lrs[0] if len(lrs) == 1 else lrs[i]) for i, n in enumerate(steps) if n]
 
 
 def pretrain_flow(args: argparse.Namespace) -> None:
@@ -93,9 +116,11 @@ def pretrain_flow(args: argparse.Namespace) -> None:
     data = dict(seed=args.seed, batch=args.batch, n_data=args.data, work=work)
     models = (vae, transformer, clip, t5, (clip_tok, t5_tok))
     train_flow(*models, args.flow_steps, **data, lr_max=args.flow_lr)
-    if args.flow_anneal_steps:
-        anneal = dict(lr_max=args.flow_anneal_lr, warmup=100, name="flow-anneal", batches=args.flow_steps)
-        train_flow(*models, args.flow_anneal_steps, **data, **anneal)
+    done = args.flow_steps
+    for i, (steps, lr_max) in enumerate(anneal_stages(args.flow_anneal_steps, args.flow_anneal_lr)):
+        name = "flow-anneal" if i == 0 else f"flow-anneal-{i + 1}"
+        train_flow(*models, steps, **data, lr_max=lr_max, warmup=100, name=name, batches=done)
+        done += steps
     save_flux_pipeline(Path(args.out), vae, transformer, clip, t5, clip_dir, t5_dir)
     write_text(work / "done.json", json.dumps(vars(args)))
 
