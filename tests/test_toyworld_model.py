@@ -217,7 +217,7 @@ def test_evaluate_reads_what_of_the_subject_a_lora_keeps_on_each_background(expe
     assert found["white"]["outline"] >= 0.5, found  # learned in 200 steps, as the short experiment says
     assert found["green"]["background"] >= 0.5 and found["blue"]["background"] >= 0.5, found
     assert all(row["subject"] <= min(row["color"], row["outline"], row["pattern_color"]) for row in found.values())
-    argv = ["evaluate", "toyworld", "--lora", run, "--subject", "heart", "--steps", "4", "--lora-scale", "0.5"]
+    argv = ["evaluate", "toyworld", "--lora", run, "--subject", "heart", "--steps", "2", "--lora-scale", "0.5"]
     monkeypatch.setattr(sys, "argv", argv)
     evaluate.main()
     printed = json.loads(capsys.readouterr().out)
