@@ -250,5 +250,5 @@ def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_r
     for name in ("flow-anneal", "flow-anneal-2"):  # the further schedules ran, each to its own length
         assert load_state(tmp_path / "work" / f"{name}.safetensors")["step"] == (2 if name == "flow-anneal" else 1)
     assert train.anneal_stages((6000, 3000), (2e-4,)) == [(6000, 2e-4), (3000, 2e-4)]
-    with pytest.raises(SystemExit, match="--flow-anneal-lr: 2 values for 3 schedules"):
+    with pytest.raises(ValueError, match="--flow-anneal-lr: 2 values for 3 schedules"):
         train.anneal_stages((1, 2, 3), (1e-4, 2e-4))

@@ -87,10 +87,7 @@ class TrainData:
     num_class_images: int = option(100, "number of class images prior preservation uses", ge=1)
     prior_loss_weight: float = option(1.0, "lambda: weight of the class (prior) loss", ge=0)
     class_inference_steps: int = option(30, "denoising steps when generating class images", ge=1)
-    class_guidance: float | None = option(
-        None,
-        "guidance scale when generating class images" + FAMILY_GUIDANCE,
-    )
+    class_guidance: float | None = option(None, "guidance scale when generating class images" + FAMILY_GUIDANCE)
     class_batch_size: int = option(4, "images per batch when generating class images", ge=1)
     method: str = option(
         "lora",

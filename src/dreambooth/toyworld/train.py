@@ -87,12 +87,13 @@ def _floats(text: str) -> tuple[float, ...]:
 def anneal_stages(steps: tuple[int, ...], lrs: tuple[float, ...]) -> list[tuple[int, float]]:
     """(steps, peak lr) of each further schedule: one lr for each, or one for all."""
     if len(lrs) not in (1, len(steps)):
-        raise SystemExit(f"--flow-anneal-lr: {len(lrs)} values for {len(steps)} schedules (give one, or one each)")
+        raise ValueError(f"--flow-anneal-lr: {len(lrs)} values for {len(steps)} schedules (give one, or one each)")
     return [(n, lrs[0] if len(lrs) == 1 else lrs[i]) for i, n in enumerate(steps) if n]
 
 
 def pretrain_flow(args: argparse.Namespace) -> None:
     """The flow-matching twin: its transformer and T5 from scratch on the --from model's VAE and CLIP."""
+    stages = anneal_stages(args.flow_anneal_steps, args.flow_anneal_lr)
     import torch
     from transformers import T5TokenizerFast
 
@@ -117,7 +118,7 @@ def pretrain_flow(args: argparse.Namespace) -> None:
     models = (vae, transformer, clip, t5, (clip_tok, t5_tok))
     train_flow(*models, args.flow_steps, **data, lr_max=args.flow_lr)
     done = args.flow_steps
-    for i, (steps, lr_max) in enumerate(anneal_stages(args.flow_anneal_steps, args.flow_anneal_lr)):
+    for i, (steps, lr_max) in enumerate(stages):
         name = "flow-anneal" if i == 0 else f"flow-anneal-{i + 1}"
         train_flow(*models, steps, **data, lr_max=lr_max, warmup=100, name=name, batches=done)
         done += steps
@@ -172,7 +173,12 @@ def pretrain(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    args = parser().parse_args()
+    p = parser()
+    args = p.parse_args()
+    try:
+        anneal_stages(args.flow_anneal_steps, args.flow_anneal_lr)  # refused before any training
+    except ValueError as e:
+        p.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     (pretrain_flow if args.arch == "flux" else pretrain)(args)
     log.info("wrote %s", args.out)
