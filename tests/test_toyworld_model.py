@@ -201,17 +201,12 @@ def test_evaluate_reads_what_of_the_subject_a_lora_keeps_on_each_background(expe
     import json
     import sys
 
-    import torch
-
-    from dreambooth.models import load_pipeline
     from dreambooth.toyworld import evaluate
     from dreambooth.toyworld.subject import DEMO, RECONTEXT
 
     out, summary = experiment
     run = str(out / "runs" / "dreambooth_prior")
-    pipe = load_pipeline("toyworld", torch.float32)
-    pipe.load_lora_weights(run)
-    found = evaluate.subject_features(pipe, DEMO, n=4, steps=12)
+    found = evaluate.subject_features("toyworld", run, DEMO, n=4, steps=12)
     assert list(found) == ["white", *RECONTEXT]
     assert all(sum(row["colors_read"].values()) == 4 for row in found.values())
     assert found["white"]["outline"] >= 0.5, found  # learned in 200 steps, as the short experiment says
@@ -222,6 +217,10 @@ def test_evaluate_reads_what_of_the_subject_a_lora_keeps_on_each_background(expe
     evaluate.main()
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) == {"white", *RECONTEXT} and set(printed["gray"]) == {*evaluate.FEATURES, "colors_read"}
+    monkeypatch.setattr(sys, "argv", ["evaluate", "toyworld", "--lora", str(out / "no-such-run")])
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main()
+    assert exit_.value.code == 2 and "no-such-run" in capsys.readouterr().err
 
 
 def test_the_flux_twin_is_a_builtin_flux_model_that_follows_prompts():

@@ -16,6 +16,7 @@ import random
 import torch
 from PIL import Image
 
+from ..errors import UserError
 from ..families import family_of_pipeline
 from ..models import load_pipeline
 from .data import eval_captions, to_tensor
@@ -98,17 +99,25 @@ FEATURES = ("subject", "shape", "color", "outline", "pattern_color", "background
 
 
 def subject_features(
-    pipe, subject: Subject, identifier: str = "sks", n: int = 8, steps: int = 25, guidance: float = 5.0, seed: int = 0
+    model: str, lora: str, subject: Subject, n: int = 8, steps: int = 25, guidance: float = 5.0, scale: float = 1.0
 ) -> dict:
-    """What of a subject a model (with its DreamBooth LoRA loaded) keeps where: for "a photo of
-    {identifier} {noun}" on the photos' background and "... on a {bg} background" on each new one, n
-    images each, the share with each of the subject's features (its shape, colour, outline, pattern
-    colour, all of them) and with the asked background, and the colours the oracle read."""
-    use_sampler(pipe)
+    """What of a subject a DreamBooth LoRA (a run, checkpoint or file; its UNet part at `scale`) keeps
+    where, rendered as the demo renders its rows: for the demo's "a photo of sks {noun}" on the photos'
+    background and "... on a {bg} background" on each new one, n images each (seeds 0..n-1), the share
+    with each of the subject's features (its shape, colour, outline, pattern colour, all of them) and
+    with the asked background, and the colours the oracle read."""
+    from ..config import SamplingConfig
+    from ..generation import Engine, image_settings
+    from .experiment import prompts_of
+
+    engine = Engine()
+    sampling = SamplingConfig(model=model, steps=steps, guidance=guidance, lora=lora, lora_scale_unet=scale)
     out = {}
-    for bg in (BACKGROUND, *RECONTEXT):
-        prompt = f"a photo of {identifier} {subject.noun}" + ("" if bg == BACKGROUND else f" on a {bg} background")
-        reads = [subject.read(im) for im in _draw(pipe, [prompt] * n, seed, steps, guidance)]
+    for kind, prompt, _ in prompts_of("dreambooth", n, subject=subject)[:-1]:  # the class prompt is not asked
+        bg = kind.split(":")[1] if ":" in kind else BACKGROUND
+        reads = [
+            subject.read(im) for im in engine.render([image_settings(sampling, engine, prompt, s) for s in range(n)])
+        ]
         want = {"shape": subject.shape, "color": subject.color, "background": bg}
         row = {k: sum((r[k] == want[k]) if k in want else bool(r[k]) for r in reads) / n for k in FEATURES}
         colors: dict[str, int] = {}
@@ -145,19 +154,19 @@ def main() -> None:
         "--lora", help="a DreamBooth LoRA run (folder or file): read what of --subject it keeps on each background"
     )
     p.add_argument("--subject", choices=sorted(SUBJECTS), default="heart", help="with --lora: the run's subject")
-    p.add_argument("--identifier", default="sks", help="with --lora: the run's identifier")
     p.add_argument("--lora-scale", type=float, default=1.0, help="with --lora: the UNet LoRA's scale")
     args = p.parse_args()
-    pipe = load_pipeline(args.model, torch.float32)
     if args.lora:
-        pipe.load_lora_weights(args.lora, adapter_name="run")
-        if args.lora_scale != 1.0:
-            denoiser = family_of_pipeline(pipe).denoiser
-            pipe.set_adapters("run", {c: args.lora_scale if c == denoiser else 1.0 for c in pipe.get_list_adapters()})
-        subject = SUBJECTS[args.subject]
-        features = subject_features(pipe, subject, args.identifier, steps=args.steps, guidance=args.guidance)
-        print(json.dumps(features, indent=2))
+        try:
+            found = subject_features(
+                args.model, args.lora, SUBJECTS[args.subject], steps=args.steps, guidance=args.guidance,
+                scale=args.lora_scale,
+            )  # fmt: skip
+        except UserError as e:
+            p.error(str(e))
+        print(json.dumps(found, indent=2))
         return
+    pipe = load_pipeline(args.model, torch.float32)
     result = {
         "vae_ceiling": vae_ceiling(pipe.vae),
         "subject_ceiling": subject_ceiling(pipe.vae),
