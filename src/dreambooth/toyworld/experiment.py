@@ -30,6 +30,7 @@ from .. import io
 from ..config import SamplingConfig, TrainConfig
 from ..data.images import list_images, load_rgb
 from ..generation import Engine, image_settings
+from ..methods import get_method
 from ..methods.textual_inversion import TextualInversion
 from ..sheets import labelled_grid
 from ..training.preflight import preflight
@@ -234,9 +235,7 @@ def measure(cfg: ExperimentConfig, trainings: dict[str, TrainConfig], rows: list
     engine = Engine()
     subject = SUBJECTS[cfg.subject]
     sampling = SamplingConfig(model=cfg.model, steps=cfg.steps, guidance=cfg.guidance)
-    extra = {"base": {}} | {
-        row: {"embedding" if row == "textual_inversion" else "lora": t.output_dir} for row, t in trainings.items()
-    }
+    extra = {"base": {}} | {row: get_method(t).sampling(Path(t.output_dir)) for row, t in trainings.items()}
     results, grid_rows, col_labels = {}, [], []
     for row in rows:
         readings, firsts, labels = {}, [], []
