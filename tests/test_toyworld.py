@@ -150,6 +150,7 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
 
     from dreambooth.toyworld import train
     from dreambooth.toyworld.data import MAX_TOKENS
+    from dreambooth.toyworld.experiment import is_toy_model
 
     def pretrain(out, work):
         argv = ["train", str(out), "--work", str(work), "--vae-steps", "2", "--vae-batch", "2", "--unet-steps", "2"]
@@ -184,11 +185,15 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
     assert not all(torch.equal(x, y) for x, y in zip(rich.unet.state_dict().values(), pipe.unet.state_dict().values()))
     assert not (tmp_path / "work3" / "vae.safetensors").exists()  # stages 1-2 did not run
     assert "_name_or_path" not in (tmp_path / "rich" / "unet" / "config.json").read_text()
+    assert is_toy_model(str(tmp_path / "rich")) and not is_toy_model(str(tmp_path / "work3"))  # its MARKER
 
 
 def test_demo_takes_any_subject_and_refuses_an_unknown_one(tmp_path, capsys):
     from dreambooth.cli import main
-    from dreambooth.toyworld.experiment import ExperimentConfig, prompts_of, subject_dir, train_configs
+    from dreambooth.config import SweepConfig, TrainConfig
+    from dreambooth.sweep_report import Planned, metrics_kind
+    from dreambooth.toyworld.experiment import ExperimentConfig, is_toy_model, prompts_of, subject_dir, train_configs
+    from dreambooth.toyworld.pipeline import MARKER
     from dreambooth.toyworld.subject import SUBJECTS
 
     configs = train_configs(ExperimentConfig(output_dir=tmp_path, subject="square"))
@@ -205,6 +210,18 @@ def test_demo_takes_any_subject_and_refuses_an_unknown_one(tmp_path, capsys):
         == "error: --subject: must be one of heart, square, circle, got 'star'"
     )
     assert not (tmp_path / "d").exists()
+    # --model: the built-in toy models, or a folder the toy world's recipe wrote (it has the MARKER)
+    assert is_toy_model("toyworld") and is_toy_model("toyworld-flux") and not is_toy_model(str(tmp_path))
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    assert main(["demo", "--model", str(tmp_path / "m"), "--output-dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --model {tmp_path / 'm'}: not a toy-world model")
+    assert not (tmp_path / "d").exists()
+    planned = [Planned("r", {}, TrainConfig(model=str(tmp_path / "m")), None)]
+    assert metrics_kind(SweepConfig(), planned) == "paper"
+    (tmp_path / "m" / MARKER).write_text("{}")
+    assert is_toy_model(str(tmp_path / "m")) and metrics_kind(SweepConfig(), planned) == "oracle"
 
 
 def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_runs_and_is_deterministic(
@@ -220,6 +237,7 @@ def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_r
     from dreambooth.toyworld import train
     from dreambooth.toyworld.data import MAX_TOKENS
     from dreambooth.toyworld.flow_stage import image_seq_shift
+    from dreambooth.toyworld.pipeline import MARKER
     from dreambooth.toyworld.stage import load_state
 
     def pretrain(out, work):
@@ -247,6 +265,7 @@ def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_r
                  (pipe.text_encoder_2, again.text_encoder_2)):  # fmt: skip
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert "_name_or_path" not in (tmp_path / "twin" / "text_encoder" / "config.json").read_text()
+    assert (tmp_path / "twin" / MARKER).is_file()  # the oracle reads its images: `demo --model FOLDER` takes it
     for name in ("flow-anneal", "flow-anneal-2"):  # the further schedules ran, each to its own length
         assert load_state(tmp_path / "work" / f"{name}.safetensors")["step"] == (2 if name == "flow-anneal" else 1)
     assert train.anneal_stages((6000, 3000), (2e-4,)) == [(6000, 2e-4), (3000, 2e-4)]

@@ -23,8 +23,15 @@ def example_subject() -> Path:
 
 def run_demo(demo, progress: bool = True) -> dict:
     """`dreambooth demo` (config.DemoConfig): the toy-world experiment, its table printed."""
-    from .toyworld.experiment import ExperimentConfig, run_experiment
+    from .errors import UserError
+    from .toyworld.experiment import ExperimentConfig, is_toy_model, run_experiment
+    from .toyworld.pipeline import MARKER
 
+    if not is_toy_model(demo.model):
+        raise UserError(
+            f"--model {demo.model}: not a toy-world model (toyworld, toyworld-flux, or a folder that `python -m "
+            f"dreambooth.toyworld.train OUT` wrote, which has {MARKER}); the oracle reads only the world's images"
+        )
     out = Path(demo.output_dir)
     cfg = ExperimentConfig(
         output_dir=out,

@@ -34,9 +34,9 @@ class Planned:
 def metrics_kind(cfg: SweepConfig, planned: list[Planned]) -> str:
     if cfg.metrics != "auto":
         return cfg.metrics
-    from .toyworld.experiment import MODELS
+    from .toyworld.experiment import is_toy_model
 
-    return "oracle" if all(p.cfg.model in MODELS for p in planned) else "paper"
+    return "oracle" if all(is_toy_model(p.cfg.model) for p in planned) else "paper"
 
 
 def evaluate_paper(cfg: SweepConfig, p: Planned) -> list[dict]:
@@ -210,12 +210,12 @@ def _grid(cfg: SweepConfig, out: Path, planned: list[Planned], best_of_run: dict
     from .generation import Engine, image_settings
     from .methods import get_method
     from .sheets import labelled_grid
-    from .toyworld.experiment import MODELS
+    from .toyworld.experiment import is_toy_model
 
     done = [p for p in planned if p.name in best_of_run]
     if not done:
         return
-    if all(p.cfg.model in MODELS for p in done):
+    if all(is_toy_model(p.cfg.model) for p in done):
         from .toyworld.experiment import class_prompt, subject_of, subject_prompt
 
         subject = subject_of(done[0].cfg.instance_prompt)
@@ -249,7 +249,7 @@ def _grid(cfg: SweepConfig, out: Path, planned: list[Planned], best_of_run: dict
         [pr for pr in prompts for _ in seeds],
         labels,
         title="sweep: each run's best checkpoint",
-        cell=96 if done[0].cfg.model in MODELS else 128,
+        cell=96 if is_toy_model(done[0].cfg.model) else 128,
         label_width=220,
     )
     with io.atomic_path(out / "grid.png") as tmp:

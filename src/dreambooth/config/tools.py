@@ -163,9 +163,9 @@ class DemoConfig:
     )
     model: str = option(
         "toyworld",
-        "the toy world's base model: toyworld (a Stable Diffusion UNet, DDPM) or toyworld-flux (its FLUX.1-"
-        "architecture twin, rectified flow; no Textual Inversion row, as FLUX has none here)",
-        choices=("toyworld", "toyworld-flux"),
+        "the toy world's base model: toyworld (a Stable Diffusion UNet, DDPM), toyworld-flux (its FLUX.1-"
+        "architecture twin, rectified flow; no Textual Inversion row, as FLUX has none here), or a folder that "
+        "`python -m dreambooth.toyworld.train OUT` wrote",
     )
 
     def validate(self) -> None:

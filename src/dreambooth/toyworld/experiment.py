@@ -34,12 +34,13 @@ from ..methods import get_method
 from ..methods.textual_inversion import TextualInversion
 from ..sheets import labelled_grid
 from ..training.preflight import preflight
+from .pipeline import MARKER
 from .subject import BACKGROUND, DEMO, RECONTEXT, SUBJECTS, Subject
 
 log = logging.getLogger(__name__)
 
 MODEL = "toyworld"
-MODELS = (MODEL, "toyworld-flux")  # the built-in toy-world models, whose images the oracle reads
+MODELS = (MODEL, "toyworld-flux")  # the built-in toy-world models
 IDENTIFIER, NOUN = "sks", DEMO.noun
 ROWS = ("base", "dreambooth", "dreambooth_prior", "textual_inversion")
 ROW_LABELS = {
@@ -48,6 +49,14 @@ ROW_LABELS = {
     "dreambooth_prior": "DreamBooth LoRA + prior",
     "textual_inversion": "Textual Inversion",
 }
+
+
+def is_toy_model(model: str) -> bool:
+    """Whether the oracle can read a model's images: a built-in toy-world model's name, or a pipeline
+    folder that a toy-world recipe (`python -m dreambooth.toyworld.train`) wrote, which has its MARKER."""
+    from ..models import builtin_path
+
+    return ((builtin_path(model) or Path(model)) / MARKER).is_file()
 
 
 def subject_dir(subject: Subject = DEMO) -> Path:

@@ -15,6 +15,7 @@ from ..tiny import text_config, write_clip_tokenizer
 from .data import MAX_TOKENS
 
 IDENTIFIERS = ("sks", "zwx", "ohwx")  # rare words the tokenizer knows, for DreamBooth later
+MARKER = "toyworld.json"  # in every pipeline folder these recipes write: its images are the world's
 POSTERIOR_LOGVAR = -10.0  # posterior std 0.007 (Stable Diffusion's VAE: about 0.01 to 0.1)
 
 
@@ -123,9 +124,10 @@ def save_pipeline(out: Path, vae, unet, te, tok_dir: Path) -> None:
 
 def _save(pipe, out: Path, models: tuple[str, ...]) -> None:
     """The pipeline in fp16, its models' configs without the folder a model was loaded from (not part
-    of the model)."""
+    of the model), and the MARKER that says the oracle can read its images."""
     with atomic_dir(out) as tmp:
         pipe.to(torch.float16).save_pretrained(tmp)
+        (Path(tmp) / MARKER).write_text(json.dumps({"world": "toyworld", "resolution": 64}) + "\n")
         for sub in models:
             config = Path(tmp) / sub / "config.json"
             data = json.loads(config.read_text())
