@@ -144,3 +144,31 @@ def test_check_data_reports_captions_and_rejects_one_that_is_not_utf8(captioned,
     photo.with_suffix(".txt").write_bytes(b"\xff\xfe\x00bad")
     assert main(["check-data", str(captioned)]) == 2
     assert f"rejected  {photo.with_suffix('.txt').name}: not UTF-8 text" in capsys.readouterr().out
+
+
+def test_textual_inversion_trains_on_the_captions_where_the_photos_have_them(make_cfg, captioned):
+    """As kohya's and OneTrainer's TI: captions name the token (a caption without it gets "a photo of a
+    <token>" in front, a photo without one that prompt); the token stands for all its vectors. Photos
+    without any caption keep the reference templates."""
+    photos = sorted(p for p in captioned.iterdir() if p.suffix != ".txt")
+    photos[0].with_suffix(".txt").write_text("a <sks-dog> lying on a red sofa", encoding="utf-8")
+    ti = dict(method="textual-inversion", token="<sks-dog>", initializer_token="dog", num_vectors=2)
+    cfg = resolved(make_cfg(batch_size=3, **ti))
+    plan = preflight(cfg)
+    assert plan.captions[:3] == [
+        "a <sks-dog> lying on a red sofa",
+        "a photo of a <sks-dog>, in the snow",
+        "a photo of a <sks-dog>",
+    ]
+    run = setup(cfg, plan, progress=False)
+    s = run.data.instance
+    spelled = "a <sks-dog> <sks-dog>_1 lying on a red sofa"
+    assert torch.equal(s.prompt_ids[s.prompt_of[0]], tokenize(run.comps.tokenizer, spelled)[0])
+    for p in photos:
+        p.with_suffix(".txt").unlink(missing_ok=True)
+    plan = preflight(cfg)
+    run = setup(cfg, plan, progress=False)
+    assert plan.captions is None and len(run.data.instance.prompt_ids) > 10  # the templates
+    assert torch.equal(
+        run.data.instance.prompt_ids[0], tokenize(run.comps.tokenizer, "a photo of a <sks-dog> <sks-dog>_1")[0]
+    )

@@ -118,6 +118,15 @@ class Method:
         """How a prompt names the subject: 'sks dog' (the paper's "a [V] dog")."""
         return f"{self.subject_word()} {class_noun}"
 
+    def caption_terms(self, concept) -> tuple[str | None, str]:
+        """For a concept's per-image captions: the word a caption names the subject by, and the prompt
+        of a photo without a caption (put in front of a caption that lacks the word)."""
+        from ..data.captions import identifier_of
+
+        return self.cfg.identifier or identifier_of(
+            concept.instance_prompt, concept.class_prompt
+        ), concept.instance_prompt
+
     def _pairs(self, comps: Components) -> list[tuple]:
         """(tokenizer, text encoder) of each of the family's text encoders that can train."""
         return [(tok, te) for _, tok, te in comps.trainable_encoders()]

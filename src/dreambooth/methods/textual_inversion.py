@@ -8,6 +8,7 @@ SDXL embeddings."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,7 +105,8 @@ class TextualInversion(Method):
     options = TextualInversionOptions
     # Gal et al.: lr 5e-4 scaled by the batch, 3000 steps, constant.
     defaults = {"learning_rate": 5e-4, "max_steps": 3000, "warmup": 0}
-    uses_captions = False  # it trains on its own prompt templates
+    # its prompt templates, or the photos' captions where they have them (kohya's and OneTrainer's way)
+    uses_captions = True
     text_encoder_choice = False  # it trains the text encoder's input embedding, always
     trained_bytes_estimate = 50_000_000  # the whole embedding matrix is checkpointed
 
@@ -189,9 +191,16 @@ class TextualInversion(Method):
     def subject_phrase(self, class_noun: str) -> str:
         return f"a {self.cfg.token}"  # as it trained: "a photo of a <token>"
 
+    def caption_terms(self, concept) -> tuple[str | None, str]:
+        return self.cfg.token, f"a photo of a {self.cfg.token}"
+
     def instance_prompts(self) -> list[str]:
+        return [t.format(self.cfg.token) for t in TEMPLATES]
+
+    def rewrite_prompt(self, prompt: str) -> str:
+        """The token, as a word, spelled out as its vectors' tokens ("<tok> <tok>_1 ...")."""
         word = " ".join(placeholder_tokens(self.cfg.token, self.cfg.num_vectors))
-        return [t.format(word) for t in TEMPLATES]
+        return re.sub(rf"(?<![\w<>-]){re.escape(self.cfg.token)}(?![\w<>-])", lambda _: word, prompt)
 
     def prepare(self, comps: Components) -> list[dict]:
         tokens = placeholder_tokens(self.cfg.token, self.cfg.num_vectors)

@@ -90,14 +90,15 @@ def preflight(cfg: TrainConfig) -> Plan:
 
 def _concept_plan(cfg: TrainConfig, c: Concept, i: int) -> ConceptPlan:
     """One concept's photos and captions, checked; errors name the concept with --concepts."""
-    from ..data.captions import identifier_of, instance_captions
+    from ..data.captions import instance_captions
 
     try:
         paths = instance_images(c.instance_dir, skip_bad=cfg.skip_bad_images)
         captions = None
-        if METHODS[cfg.method].uses_captions:
-            identifier = cfg.identifier or identifier_of(c.instance_prompt, c.class_prompt)
-            captions = instance_captions(paths, c.instance_prompt, identifier, cfg.caption_identifier)
+        method = get_method(cfg)
+        if method.uses_captions:
+            identifier, prompt = method.caption_terms(c)
+            captions = instance_captions(paths, prompt, identifier, cfg.caption_identifier)
         if c.class_dir is not None:
             check_class_dir(c.class_dir)
     except UserError as e:
