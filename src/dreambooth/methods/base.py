@@ -123,9 +123,8 @@ class Method:
         of a photo without a caption (put in front of a caption that lacks the word)."""
         from ..data.captions import identifier_of
 
-        return self.cfg.identifier or identifier_of(
-            concept.instance_prompt, concept.class_prompt
-        ), concept.instance_prompt
+        identifier = self.cfg.identifier or identifier_of(concept.instance_prompt, concept.class_prompt)
+        return identifier, concept.instance_prompt
 
     def _pairs(self, comps: Components) -> list[tuple]:
         """(tokenizer, text encoder) of each of the family's text encoders that can train."""
