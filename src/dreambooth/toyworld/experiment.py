@@ -40,7 +40,6 @@ from .subject import BACKGROUND, DEMO, RECONTEXT, SUBJECTS, Subject
 log = logging.getLogger(__name__)
 
 MODEL = "toyworld"
-MODELS = (MODEL, "toyworld-flux")  # the built-in toy-world models
 IDENTIFIER, NOUN = "sks", DEMO.noun
 ROWS = ("base", "dreambooth", "dreambooth_prior", "textual_inversion")
 ROW_LABELS = {
