@@ -150,7 +150,7 @@ COMMANDS = {
         "train one run per combination of settings, score every checkpoint, recommend one",
         "Train one run per combination of --vary values (resumable: finished runs are kept, interrupted ones "
         "resumed), then with --evaluate score every run's checkpoints (the paper's metrics through `select`; the "
-        "world's oracle on --model toyworld) and write DIR/sweep.md: runs x metrics, metric-over-steps plots, a "
+        "world's oracle on a toy-world model) and write DIR/sweep.md: runs x metrics, metric-over-steps plots, a "
         "grid of the same prompts and seeds across runs, the recommended run.",
         "sweep:sweep_command",
         config_file=False,  # its --config is the training config every run starts from

@@ -104,7 +104,8 @@ class SweepConfig:
     real: str | None = option(None, "the real subject photos for DINO/CLIP-I (default: each run's --instance-dir)")
     metrics: str = option(
         "auto",
-        "paper (DINO, CLIP-I, CLIP-T, PRES) or the toy world's oracle; auto: oracle on --model toyworld",
+        "paper (DINO, CLIP-I, CLIP-T, PRES) or the toy world's oracle; auto: the oracle on a toy-world model "
+        "(toyworld, toyworld-flux, or a folder its recipe wrote)",
         choices=("auto", "paper", "oracle"),
     )
     objective: str | None = option(
