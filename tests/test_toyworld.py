@@ -142,7 +142,9 @@ def test_held_out_triples_never_reach_training_and_evaluation_is_half_held_out()
     assert not any((s.shape, s.color, s.background) in held for s, _ in training_scenes(2000, seed=0))
 
 
-def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_deterministic(tmp_path, monkeypatch):
+def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_deterministic(
+    tmp_path, monkeypatch, capsys
+):
     import sys
 
     import torch
@@ -186,6 +188,27 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
     assert not (tmp_path / "work3" / "vae.safetensors").exists()  # stages 1-2 did not run
     assert "_name_or_path" not in (tmp_path / "rich" / "unet" / "config.json").read_text()
     assert is_toy_model(str(tmp_path / "rich")) and not is_toy_model(str(tmp_path / "work3"))  # its MARKER
+
+    # --vae-from: stage 1 skipped, its VAE taken as it is; a wider text encoder the UNet reads (--text-width)
+    monkeypatch.setattr(
+        sys, "argv", ["train", str(tmp_path / "wide"), "--work", str(tmp_path / "work4"), "--vae-from",
+                      str(tmp_path / "toy"), "--text-width", "32", "--unet-steps", "2", "--rich-steps", "0",
+                      "--data", "8", "--batch", "2"],
+    )  # fmt: skip
+    train.main()
+    wide = StableDiffusionPipeline.from_pretrained(tmp_path / "wide")
+    assert wide.text_encoder.config.hidden_size == 32 and wide.unet.config.cross_attention_dim == 32
+    assert all(torch.equal(x, y) for x, y in zip(wide.vae.state_dict().values(), pipe.vae.state_dict().values()))
+    assert not (tmp_path / "work4" / "vae.safetensors").exists() and (tmp_path / "work4" / "unet.safetensors").exists()
+    for argv, named in (
+        (["--vae-from", str(tmp_path / "toy"), "--from", str(tmp_path / "toy")], "--vae-from: not with --from"),
+        (["--vae-from", str(tmp_path / "nothing")], f"--vae-from {tmp_path / 'nothing'}: no vae/config.json"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["train", str(tmp_path / "x"), *argv])
+        with pytest.raises(SystemExit) as e:
+            train.main()
+        assert e.value.code == 2 and named in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_demo_takes_any_subject_and_refuses_an_unknown_one(tmp_path, capsys):

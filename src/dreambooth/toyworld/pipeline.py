@@ -25,8 +25,9 @@ def make_tokenizer(tok_dir: Path) -> tuple[dict[str, int], CLIPTokenizer]:
     return vocab, CLIPTokenizer.from_pretrained(tok_dir)
 
 
-def build_models(vocab: dict[str, int]):
-    """(vae, unet, text encoder), freshly initialised from torch's global generator."""
+def build_models(vocab: dict[str, int], text_width: int = 64):
+    """(vae, unet, text encoder), freshly initialised from torch's global generator; the text encoder
+    `text_width` wide (the UNet's cross-attention reads that width)."""
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -46,11 +47,12 @@ def build_models(vocab: dict[str, int]):
         block_out_channels=(64, 128, 128),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64,
+        cross_attention_dim=text_width,
         attention_head_dim=8,
         norm_num_groups=16,
     )
-    te = CLIPTextModel(CLIPTextConfig(**text_config(vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=3)))
+    te_config = text_config(vocab, hidden_size=text_width, intermediate_size=2 * text_width, num_hidden_layers=3)
+    te = CLIPTextModel(CLIPTextConfig(**te_config))
     return vae, unet, te
 
 

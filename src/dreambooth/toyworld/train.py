@@ -7,7 +7,8 @@ evaluation captions are held out of training, to measure generalisation. Stage 3
 fine-tunes the UNet and text encoder on the richer world (patterns of a named colour, black
 outlines; never a demo subject's look), so that a subject can be described in words and drawn on
 any background. Deterministic by seed; each stage checkpoints and resumes. The result is an
-ordinary Stable Diffusion pipeline folder. --from starts from such a folder and runs stage 3 alone.
+ordinary Stable Diffusion pipeline folder. --from starts from such a folder and runs stage 3 alone;
+--vae-from takes only its VAE and trains the rest from scratch (--text-width: a wider text encoder).
 
 --arch flux pretrains the flow-matching twin instead (toyworld/flow_stage.py): a FLUX.1-architecture
 transformer and a T5 encoder from scratch, with the --from pipeline's VAE (default: the shipped
@@ -56,6 +57,15 @@ def parser() -> argparse.ArgumentParser:
         dest="start",
         default=None,
         help="a pipeline folder this recipe wrote (e.g. the shipped model): skip stages 1-2, run the richer world's",
+    )
+    p.add_argument(
+        "--vae-from",
+        default=None,
+        help="a pipeline folder this recipe wrote (e.g. the shipped model): take its VAE and skip stage 1; the UNet"
+        " and text encoder start from scratch",
+    )
+    p.add_argument(
+        "--text-width", type=int, default=64, help="the text encoder's width (the UNet's cross-attention reads it)"
     )
     p.add_argument("--arch", choices=("sd", "flux"), default="sd", help="flux: the flow-matching twin")
     p.add_argument("--flow-steps", type=int, default=12000, help="--arch flux: rectified-flow steps")
@@ -136,6 +146,7 @@ def pretrain(args: argparse.Namespace) -> None:
     """Every stage in turn, each resuming from its checkpoint in args.work; then the pipeline folder."""
     # torch and diffusers load here, not at import: they take seconds that --help does not need
     import torch
+    from diffusers import AutoencoderKL
 
     from .pipeline import build_models, load_models, make_tokenizer, save_pipeline
     from .unet_stage import train_unet
@@ -150,7 +161,9 @@ def pretrain(args: argparse.Namespace) -> None:
     if args.start:
         vae, unet, te = load_models(Path(args.start))
     else:
-        vae, unet, te = build_models(vocab)
+        vae, unet, te = build_models(vocab, args.text_width)
+        if args.vae_from:
+            vae = AutoencoderKL.from_pretrained(Path(args.vae_from), subfolder="vae", torch_dtype=torch.float32)
     log.info(
         "parameters: vae %.2fM, unet %.2fM, text %.2fM",
         *(sum(q.numel() for q in m.parameters()) / 1e6 for m in (vae, unet, te)),
@@ -158,7 +171,8 @@ def pretrain(args: argparse.Namespace) -> None:
     models = (vae, unet, te, tokenizer)
     if not args.start:
         bf16 = not args.fp32_vae
-        train_vae(vae, args.vae_steps, args.seed, args.vae_batch, work, bf16=bf16, outlined=args.outlined)
+        if not args.vae_from:
+            train_vae(vae, args.vae_steps, args.seed, args.vae_batch, work, bf16=bf16, outlined=args.outlined)
         train_unet(*models, args.unet_steps, **data, offset_noise=0.0 if args.offset_steps else args.offset_noise)
         if args.offset_steps:
             offset = dict(offset_noise=args.offset_noise, lr_max=2e-4, warmup=50, name="unet-offset")
@@ -179,6 +193,10 @@ def main() -> None:
         anneal_stages(args.flow_anneal_steps, args.flow_anneal_lr)  # refused before any training
     except ValueError as e:
         p.error(str(e))
+    if args.vae_from and args.start:
+        p.error("--vae-from: not with --from (which takes all three models)")
+    if args.vae_from and not (Path(args.vae_from) / "vae" / "config.json").is_file():
+        p.error(f"--vae-from {args.vae_from}: no vae/config.json there (give a pipeline folder this recipe wrote)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     (pretrain_flow if args.arch == "flux" else pretrain)(args)
     log.info("wrote %s", args.out)
