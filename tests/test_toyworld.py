@@ -203,6 +203,9 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
     for argv, named in (
         (["--vae-from", str(tmp_path / "toy"), "--from", str(tmp_path / "toy")], "--vae-from: not with --from"),
         (["--vae-from", str(tmp_path / "nothing")], f"--vae-from {tmp_path / 'nothing'}: no vae/config.json"),
+        (["--text-width", "96", "--from", str(tmp_path / "toy")], "--text-width: not with --from"),
+        (["--vae-from", str(tmp_path / "toy"), "--arch", "flux"], "--vae-from: for --arch sd"),
+        (["--text-width", "30"], "--text-width 30: must be a positive multiple of 4"),
     ):
         monkeypatch.setattr(sys, "argv", ["train", str(tmp_path / "x"), *argv])
         with pytest.raises(SystemExit) as e:

@@ -161,7 +161,7 @@ def pretrain(args: argparse.Namespace) -> None:
     if args.start:
         vae, unet, te = load_models(Path(args.start))
     else:
-        vae, unet, te = build_models(vocab, args.text_width)
+        vae, unet, te = build_models(vocab, args.text_width)  # the VAE drawn first: the same UNet init either way
         if args.vae_from:
             vae = AutoencoderKL.from_pretrained(Path(args.vae_from), subfolder="vae", torch_dtype=torch.float32)
     log.info(
@@ -193,8 +193,13 @@ def main() -> None:
         anneal_stages(args.flow_anneal_steps, args.flow_anneal_lr)  # refused before any training
     except ValueError as e:
         p.error(str(e))
-    if args.vae_from and args.start:
-        p.error("--vae-from: not with --from (which takes all three models)")
+    for flag, given in (("--vae-from", args.vae_from), ("--text-width", args.text_width != 64)):
+        if given and args.start:
+            p.error(f"{flag}: not with --from (which takes all three models)")
+        if given and args.arch == "flux":
+            p.error(f"{flag}: for --arch sd (the twin takes its VAE and CLIP from --from)")
+    if args.text_width < 4 or args.text_width % 4:
+        p.error(f"--text-width {args.text_width}: must be a positive multiple of 4 (the text encoder's heads)")
     if args.vae_from and not (Path(args.vae_from) / "vae" / "config.json").is_file():
         p.error(f"--vae-from {args.vae_from}: no vae/config.json there (give a pipeline folder this recipe wrote)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
