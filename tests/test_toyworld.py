@@ -276,6 +276,7 @@ def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_r
 
     pipe = pretrain(tmp_path / "twin", tmp_path / "work")
     assert not pipe.transformer.config.guidance_embeds and pipe.transformer.config.in_channels == 16  # 4 x 2 x 2
+    assert pipe.transformer.config.pooled_projection_dim == pipe.text_encoder.config.hidden_size  # CLIP's, read
     assert pipe.vae_scale_factor == 4 and pipe.vae.config.shift_factor == 0.0
     assert pipe.tokenizer_2.model_max_length == MAX_TOKENS  # what it was trained with, not T5's 512
     assert pipe.tokenizer_2.tokenize("sks heart with purple dots") == ["▁sks", "▁heart", "▁with", "▁purple", "▁dots"]
@@ -294,6 +295,17 @@ def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_r
     assert (tmp_path / "twin" / MARKER).is_file()  # the oracle reads its images: `demo --model FOLDER` takes it
     for name in ("flow-anneal", "flow-anneal-2"):  # the further schedules ran, each to its own length
         assert load_state(tmp_path / "work" / f"{name}.safetensors")["step"] == (2 if name == "flow-anneal" else 1)
+    # --from a model with a wider text encoder: the transformer reads its CLIP's pooled width
+    wide = ["--data", "8", "--batch", "2", "--rich-steps", "0", "--unet-steps", "1"]
+    monkeypatch.setattr(sys, "argv", ["train", str(tmp_path / "sd96"), "--work", str(tmp_path / "work3"),
+                                      "--vae-from", str(train.shipped_model()), "--text-width", "96", *wide])  # fmt: skip
+    train.main()
+    monkeypatch.setattr(sys, "argv", ["train", str(tmp_path / "twin96"), "--work", str(tmp_path / "work4"), "--arch",
+                                      "flux", "--from", str(tmp_path / "sd96"), "--flow-steps", "1", "--data", "8",
+                                      "--batch", "2", "--flow-anneal-steps", "0"])  # fmt: skip
+    train.main()
+    twin96 = FluxPipeline.from_pretrained(tmp_path / "twin96", torch_dtype=torch.float32)
+    assert twin96.text_encoder.config.hidden_size == twin96.transformer.config.pooled_projection_dim == 96
     assert train.anneal_stages((6000, 3000), (2e-4,)) == [(6000, 2e-4), (3000, 2e-4)]
     with pytest.raises(ValueError, match="--flow-anneal-lr: 2 values for 3 schedules"):
         train.anneal_stages((1, 2, 3), (1e-4, 2e-4))

@@ -39,8 +39,9 @@ def write_t5_tokenizer(out: Path) -> None:
     write(out, extra_words=(*WORLD_WORDS, *IDENTIFIERS), max_length=MAX_TOKENS)
 
 
-def build_flow_models(t5_vocab: int):
-    """(transformer, T5) freshly initialised from torch's global generator."""
+def build_flow_models(t5_vocab: int, clip_width: int):
+    """(transformer, T5) freshly initialised from torch's global generator; clip_width: the width of the
+    CLIP text encoder whose pooled output the transformer reads."""
     from diffusers import FluxTransformer2DModel
 
     from ..tiny_flow import t5_encoder
@@ -53,7 +54,7 @@ def build_flow_models(t5_vocab: int):
         attention_head_dim=32,
         num_attention_heads=4,
         joint_attention_dim=T5_WIDTH,
-        pooled_projection_dim=64,  # the toy world's CLIP width
+        pooled_projection_dim=clip_width,
         guidance_embeds=False,
         axes_dims_rope=(8, 12, 12),
     )

@@ -119,7 +119,7 @@ def pretrain_flow(args: argparse.Namespace) -> None:
     t5_tok = T5TokenizerFast.from_pretrained(t5_dir)
     start = Path(args.start) if args.start else shipped_model()
     vae, clip = load_flow_start(start)
-    transformer, t5 = build_flow_models(len(t5_tok))
+    transformer, t5 = build_flow_models(len(t5_tok), clip.config.hidden_size)
     log.info(
         "parameters: transformer %.2fM, clip %.2fM, t5 %.2fM",
         *(sum(q.numel() for q in m.parameters()) / 1e6 for m in (transformer, clip, t5)),
