@@ -204,6 +204,7 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
         (["--vae-from", str(tmp_path / "toy"), "--from", str(tmp_path / "toy")], "--vae-from: not with --from"),
         (["--vae-from", str(tmp_path / "nothing")], f"--vae-from {tmp_path / 'nothing'}: no vae/config.json"),
         (["--text-width", "96", "--from", str(tmp_path / "toy")], "--text-width: not with --from"),
+        (["--text-width", "64", "--from", str(tmp_path / "toy")], "--text-width: not with --from"),  # even the default
         (["--vae-from", str(tmp_path / "toy"), "--arch", "flux"], "--vae-from: for --arch sd"),
         (["--text-width", "30"], "--text-width 30: must be a positive multiple of 4"),
     ):

@@ -65,7 +65,10 @@ def parser() -> argparse.ArgumentParser:
         " and text encoder start from scratch",
     )
     p.add_argument(
-        "--text-width", type=int, default=64, help="the text encoder's width (the UNet's cross-attention reads it)"
+        "--text-width",
+        type=int,
+        default=None,
+        help="the text encoder's width, trained from scratch (the UNet's cross-attention reads it; default 64)",
     )
     p.add_argument("--arch", choices=("sd", "flux"), default="sd", help="flux: the flow-matching twin")
     p.add_argument("--flow-steps", type=int, default=12000, help="--arch flux: rectified-flow steps")
@@ -193,11 +196,12 @@ def main() -> None:
         anneal_stages(args.flow_anneal_steps, args.flow_anneal_lr)  # refused before any training
     except ValueError as e:
         p.error(str(e))
-    for flag, given in (("--vae-from", args.vae_from), ("--text-width", args.text_width != 64)):
+    for flag, given in (("--vae-from", args.vae_from), ("--text-width", args.text_width is not None)):
         if given and args.start:
             p.error(f"{flag}: not with --from (which takes all three models)")
         if given and args.arch == "flux":
             p.error(f"{flag}: for --arch sd (the twin takes its VAE and CLIP from --from)")
+    args.text_width = 64 if args.text_width is None else args.text_width
     if args.text_width < 4 or args.text_width % 4:
         p.error(f"--text-width {args.text_width}: must be a positive multiple of 4 (the text encoder's heads)")
     if args.vae_from and not (Path(args.vae_from) / "vae" / "config.json").is_file():
