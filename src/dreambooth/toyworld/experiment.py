@@ -78,7 +78,7 @@ def ti_token(subject: Subject) -> str:
 @dataclasses.dataclass
 class ExperimentConfig:
     output_dir: Path
-    max_steps: int = 1000  # DreamBooth LoRA
+    max_steps: int = 1500  # DreamBooth LoRA (and Textual Inversion in the demo); 1000 underfit the 128-wide model
     ti_steps: int = 1000  # 0: no Textual Inversion row
     images: int = 16  # per prompt (recontextualisation: half of it per background)
     num_class_images: int = 64

@@ -68,7 +68,7 @@ def parser() -> argparse.ArgumentParser:
         "--text-width",
         type=int,
         default=None,
-        help="the text encoder's width, trained from scratch (the UNet's cross-attention reads it; default 64)",
+        help="the text encoder's width, trained from scratch (the UNet's cross-attention reads it; default 128, the shipped model's)",
     )
     p.add_argument("--arch", choices=("sd", "flux"), default="sd", help="flux: the flow-matching twin")
     p.add_argument("--flow-steps", type=int, default=12000, help="--arch flux: rectified-flow steps")
@@ -201,7 +201,7 @@ def main() -> None:
             p.error(f"{flag}: not with --from (which takes all three models)")
         if given and args.arch == "flux":
             p.error(f"{flag}: for --arch sd (the twin takes its VAE and CLIP from --from)")
-    args.text_width = 64 if args.text_width is None else args.text_width
+    args.text_width = 128 if args.text_width is None else args.text_width  # pipeline.TEXT_WIDTH (imports torch)
     if args.text_width < 4 or args.text_width % 4:
         p.error(f"--text-width {args.text_width}: must be a positive multiple of 4 (the text encoder's heads)")
     if args.vae_from and not (Path(args.vae_from) / "vae" / "config.json").is_file():
