@@ -218,6 +218,7 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
 def test_demo_takes_any_subject_and_refuses_an_unknown_one(tmp_path, capsys):
     from dreambooth.cli import main
     from dreambooth.config import SweepConfig, TrainConfig
+    from dreambooth.methods import get_method
     from dreambooth.sweep_report import Planned, metrics_kind
     from dreambooth.toyworld.experiment import ExperimentConfig, is_toy_model, prompts_of, subject_dir, train_configs
     from dreambooth.toyworld.pipeline import MARKER
@@ -228,7 +229,9 @@ def test_demo_takes_any_subject_and_refuses_an_unknown_one(tmp_path, capsys):
     assert configs["dreambooth"].instance_prompt == "a photo of sks square"
     assert configs["dreambooth_prior"].class_prompt == "a photo of a square"
     assert configs["textual_inversion"].token == "<sks-square>"
-    kinds = dict((k, p) for k, p, _ in prompts_of("dreambooth", 2, subject=SUBJECTS["circle"]))
+    ti = get_method(configs["textual_inversion"]).subject_phrase("square")  # the TI row's prompts name its token
+    assert prompts_of(2, ti, SUBJECTS["square"])[1][1] == "a photo of a <sks-square> on a green background"
+    kinds = dict((k, p) for k, p, _ in prompts_of(2, subject=SUBJECTS["circle"]))
     assert kinds["recontext:green"] == "a photo of sks circle on a green background"
     assert kinds["class"] == "a photo of a circle"
     assert main(["demo", "--subject", "star", "--output-dir", str(tmp_path / "d")]) == 2

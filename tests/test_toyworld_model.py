@@ -57,9 +57,9 @@ def test_score_counts_each_measure():
     assert s["subject_photo_background"] == 0.75  # "sks heart" drawn on the photos' white
     assert score(readings, photo_background="gray")["subject_photo_background"] == 0.25
     assert "| base model | 0.75 |" in table({"base": s})
-    kinds = [k for k, _, _ in prompts_of("textual_inversion", 4)]
+    kinds = [k for k, _, _ in prompts_of(4)]
     assert kinds[0] == "subject" and kinds[-1] == "class" and len(kinds) == 6
-    assert "<sks-heart>" in prompts_of("textual_inversion", 4)[0][1]
+    assert prompts_of(4)[0][1] == "a photo of sks heart"
 
 
 def test_toyworld_is_a_builtin_model_name_with_its_native_64px(tmp_path, monkeypatch):

@@ -86,7 +86,7 @@ def evaluate_oracle(cfg: SweepConfig, p: Planned, engine) -> list[dict]:
     for step, path in _candidates(Path(p.cfg.output_dir), method):
         readings = {}
         thing = method.subject_phrase(subject.noun)
-        for kind, prompt, seeds in prompts_of("dreambooth", cfg.images_per_prompt, thing, subject):
+        for kind, prompt, seeds in prompts_of(cfg.images_per_prompt, thing, subject):
             batch = [image_settings(sampling, engine, prompt, cfg.seed + s, **method.sampling(path)) for s in seeds]
             readings[kind] = [subject.read(im) for im in engine.render(batch)]
         r = score(readings, subject, photo_background)
@@ -220,8 +220,8 @@ def _grid(cfg: SweepConfig, out: Path, planned: list[Planned], best_of_run: dict
 
         subject = subject_of(done[0].cfg.instance_prompt)
         prompts = [
-            subject_prompt("dreambooth", subject=subject),
-            subject_prompt("dreambooth", "green", subject=subject),
+            subject_prompt(subject=subject),
+            subject_prompt("green", subject=subject),
             class_prompt(subject),
         ]
     else:

@@ -113,7 +113,7 @@ def subject_features(
     engine = Engine()
     sampling = SamplingConfig(model=model, steps=steps, guidance=guidance, lora=lora, lora_scale_unet=scale)
     out = {}
-    for kind, prompt, _ in prompts_of("dreambooth", n, subject=subject)[:-1]:  # the class prompt is not asked
+    for kind, prompt, _ in prompts_of(n, subject=subject)[:-1]:  # the class prompt is not asked
         bg = kind.split(":")[1] if ":" in kind else BACKGROUND
         reads = [
             subject.read(im) for im in engine.render([image_settings(sampling, engine, prompt, s) for s in range(n)])

@@ -90,9 +90,9 @@ class ExperimentConfig:
     model: str = MODEL  # or "toyworld-flux", the flow-matching twin
 
 
-def subject_prompt(row: str, background: str | None = None, thing: str | None = None, subject: Subject = DEMO) -> str:
-    """The subject's prompt for a row of the table (thing: how the prompt names the subject instead)."""
-    thing = thing or (f"a {ti_token(subject)}" if row == "textual_inversion" else f"{IDENTIFIER} {subject.noun}")
+def subject_prompt(background: str | None = None, thing: str | None = None, subject: Subject = DEMO) -> str:
+    """The subject's prompt (thing: how a method names it, its `subject_phrase`; default "sks heart")."""
+    thing = thing or f"{IDENTIFIER} {subject.noun}"
     return f"a photo of {thing}" + (f" on a {background} background" if background else "")
 
 
@@ -110,7 +110,7 @@ def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
     common = dict(
         model=cfg.model,
         instance_dir=str(subject_dir(subject)),
-        instance_prompt=subject_prompt("dreambooth", subject=subject),
+        instance_prompt=subject_prompt(subject=subject),
         seed=cfg.seed,
         checkpoint_every=cfg.max_steps,
         overwrite=cfg.overwrite,
@@ -156,11 +156,11 @@ def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
     return configs
 
 
-def prompts_of(row: str, n: int, thing: str | None = None, subject: Subject = DEMO) -> list[tuple[str, str, list[int]]]:
+def prompts_of(n: int, thing: str | None = None, subject: Subject = DEMO) -> list[tuple[str, str, list[int]]]:
     """(kind, prompt, seeds) a row is asked: the subject, the subject elsewhere, the class."""
     half = max(1, n // 2)
-    out = [("subject", subject_prompt(row, thing=thing, subject=subject), list(range(n)))]
-    out += [(f"recontext:{bg}", subject_prompt(row, bg, thing, subject), list(range(half))) for bg in RECONTEXT]
+    out = [("subject", subject_prompt(thing=thing, subject=subject), list(range(n)))]
+    out += [(f"recontext:{bg}", subject_prompt(bg, thing, subject), list(range(half))) for bg in RECONTEXT]
     out.append(("class", class_prompt(subject), list(range(n))))
     return out
 
@@ -243,11 +243,13 @@ def measure(cfg: ExperimentConfig, trainings: dict[str, TrainConfig], rows: list
     engine = Engine()
     subject = SUBJECTS[cfg.subject]
     sampling = SamplingConfig(model=cfg.model, steps=cfg.steps, guidance=cfg.guidance)
-    extra = {"base": {}} | {row: get_method(t).sampling(Path(t.output_dir)) for row, t in trainings.items()}
+    methods = {row: get_method(t) for row, t in trainings.items()}
+    extra = {"base": {}} | {row: m.sampling(Path(trainings[row].output_dir)) for row, m in methods.items()}
+    things = {"base": None} | {row: m.subject_phrase(subject.noun) for row, m in methods.items()}
     results, grid_rows, col_labels = {}, [], []
     for row in rows:
         readings, firsts, labels = {}, [], []
-        for kind, prompt, seeds in prompts_of(row, cfg.images, subject=subject):
+        for kind, prompt, seeds in prompts_of(cfg.images, things[row], subject):
             batch = [image_settings(sampling, engine, prompt, cfg.seed + s, **extra[row]) for s in seeds]
             images = engine.render(batch)
             readings[kind] = [subject.read(im) for im in images]
