@@ -220,7 +220,14 @@ def test_demo_takes_any_subject_and_refuses_an_unknown_one(tmp_path, capsys):
     from dreambooth.config import SweepConfig, TrainConfig
     from dreambooth.methods import get_method
     from dreambooth.sweep_report import Planned, metrics_kind
-    from dreambooth.toyworld.experiment import ExperimentConfig, is_toy_model, prompts_of, subject_dir, train_configs
+    from dreambooth.toyworld.experiment import (
+        ExperimentConfig,
+        grid_title,
+        is_toy_model,
+        prompts_of,
+        subject_dir,
+        train_configs,
+    )
     from dreambooth.toyworld.pipeline import MARKER
     from dreambooth.toyworld.subject import SUBJECTS
 
@@ -231,6 +238,12 @@ def test_demo_takes_any_subject_and_refuses_an_unknown_one(tmp_path, capsys):
     assert configs["textual_inversion"].token == "<sks-square>"
     ti = get_method(configs["textual_inversion"]).subject_phrase("square")  # the TI row's prompts name its token
     assert prompts_of(2, ti, SUBJECTS["square"])[1][1] == "a photo of a <sks-square> on a green background"
+    things = {"base": None, "dreambooth": "sks square", "textual_inversion": ti}  # and the grid's title says so
+    title = grid_title(ExperimentConfig(output_dir=tmp_path, subject="square"), list(things), things)
+    assert (
+        title
+        == "DreamBooth in the toy world (toyworld): 'sks square' (Textual Inversion: 'a <sks-square>'), guidance 5.0"
+    )
     kinds = dict((k, p) for k, p, _ in prompts_of(2, subject=SUBJECTS["circle"]))
     assert kinds["recontext:green"] == "a photo of sks circle on a green background"
     assert kinds["class"] == "a photo of a circle"

@@ -132,17 +132,17 @@ def experiment(tmp_path_factory):
     return out, run_experiment(cfg, progress=False)
 
 
-SHORT_STEPS = 200
+SHORT_STEPS = 300
 
 
 def test_a_short_experiment_shows_what_the_paper_claims(experiment):
     """Measured with the demo's settings at 1500 steps (README): DreamBooth learns the subject (with prior,
     whole in 88 % of images) and without prior "a heart" becomes it (leakage 1.00, diversity 0.12 against
-    0.69 with prior). The short run here checks the same directions; at 200 steps (12 denoising steps,
+    0.69 with prior). The short run here checks the same directions; at 300 steps (12 denoising steps,
     the 128-wide model and text-encoder rate 1e-3 of 2026-12-06) the outline is learned (measured 1.00
     without prior, 0.88 with it; the base model outlines a quarter of its hearts here), and prior
-    preservation keeps more of the class (leakage 0.29 against 0.88; diversity 0.50 both: at 200 steps
-    the run without prior has not yet collapsed to the subject, so only "not lower" is asked of it)."""
+    preservation keeps more of the class (leakage 0.29 against 0.75, diversity 0.88 against 0.38; at 200
+    steps the run without prior had not yet collapsed: diversity 0.50 both)."""
     out, summary = experiment
     r = summary["results"]
     print(summary["table"])
@@ -152,7 +152,7 @@ def test_a_short_experiment_shows_what_the_paper_claims(experiment):
     assert db["subject_outline"] >= base["subject_outline"] + 0.25, r
     assert prior["recontext_background"] >= 0.75, r  # "on a green background" is honoured
     assert prior["class_leakage"] < db["class_leakage"], r  # prior preservation keeps "a heart" any heart
-    assert prior["class_diversity"] >= db["class_diversity"], r
+    assert prior["class_diversity"] > db["class_diversity"], r
     assert Image.open(out / "toyworld_grid.png").size[0] > 500
     assert (out / "toyworld_table.md").read_text().startswith("| model |")
 

@@ -90,9 +90,14 @@ class ExperimentConfig:
     model: str = MODEL  # or "toyworld-flux", the flow-matching twin
 
 
+def subject_thing(subject: Subject = DEMO) -> str:
+    """How the columns' prompts name the subject: "sks heart"."""
+    return f"{IDENTIFIER} {subject.noun}"
+
+
 def subject_prompt(background: str | None = None, thing: str | None = None, subject: Subject = DEMO) -> str:
     """The subject's prompt (thing: how a method names it, its `subject_phrase`; default "sks heart")."""
-    thing = thing or f"{IDENTIFIER} {subject.noun}"
+    thing = thing or subject_thing(subject)
     return f"a photo of {thing}" + (f" on a {background} background" if background else "")
 
 
@@ -157,7 +162,8 @@ def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
 
 
 def prompts_of(n: int, thing: str | None = None, subject: Subject = DEMO) -> list[tuple[str, str, list[int]]]:
-    """(kind, prompt, seeds) a row is asked: the subject, the subject elsewhere, the class."""
+    """(kind, prompt, seeds) a row is asked: the subject, the subject elsewhere, the class (thing: how the
+    row's method names the subject, its `subject_phrase`)."""
     half = max(1, n // 2)
     out = [("subject", subject_prompt(thing=thing, subject=subject), list(range(n)))]
     out += [(f"recontext:{bg}", subject_prompt(bg, thing, subject), list(range(half))) for bg in RECONTEXT]
@@ -221,8 +227,8 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict:
     trainings = train_configs(cfg)
     train_all(trainings, progress)
     rows = [row for row in ROWS if row == "base" or row in trainings]
-    results, grid_rows, col_labels = measure(cfg, trainings, rows)
-    grid_path = save_grid(cfg, rows, grid_rows, col_labels)
+    results, grid_rows, col_labels, things = measure(cfg, trainings, rows)
+    grid_path = save_grid(cfg, rows, grid_rows, col_labels, things)
     return write_summary(cfg, trainings, results, grid_path)
 
 
@@ -265,10 +271,21 @@ def measure(cfg: ExperimentConfig, trainings: dict[str, TrainConfig], rows: list
             ROW_LABELS[row],
             json.dumps({k: round(v, 3) for k, v in results[row].items() if k != "subject_features"}),
         )
-    return results, grid_rows, col_labels
+    return results, grid_rows, col_labels, things
 
 
-def save_grid(cfg: ExperimentConfig, rows: list[str], grid_rows: list[list], col_labels: list[str]) -> Path:
+def grid_title(cfg: ExperimentConfig, rows: list[str], things: dict) -> str:
+    """The grid's title: the model, how the columns name the subject, and how each row whose method names
+    it otherwise does (things: row -> its method's `subject_phrase`, None for the base model)."""
+    subject = SUBJECTS[cfg.subject]
+    default = subject_thing(subject)
+    own = "".join(f" ({ROW_LABELS[r]}: '{things[r]}')" for r in rows if things.get(r) not in (None, default))
+    return f"DreamBooth in the toy world ({cfg.model}): '{default}'{own}, guidance {cfg.guidance}"
+
+
+def save_grid(
+    cfg: ExperimentConfig, rows: list[str], grid_rows: list[list], col_labels: list[str], things: dict
+) -> Path:
     """The training photos above each row's images, as OUTPUT_DIR/toyworld_grid.png."""
     subject = SUBJECTS[cfg.subject]
     photos = [load_rgb(p) for p in list_images(str(subject_dir(subject)))]
@@ -276,9 +293,7 @@ def save_grid(cfg: ExperimentConfig, rows: list[str], grid_rows: list[list], col
         [photos] + grid_rows,
         col_labels=col_labels,
         row_labels=["training photos"] + [ROW_LABELS[r] for r in rows],
-        title=f"DreamBooth in the toy world ({cfg.model}): '{IDENTIFIER} {subject.noun}'"
-        + (f" (TI: '{ti_token(subject)}')" if "textual_inversion" in rows else "")
-        + f", guidance {cfg.guidance}",
+        title=grid_title(cfg, rows, things),
         cell=96,
         label_width=150,
     )

@@ -25,10 +25,7 @@ def make_tokenizer(tok_dir: Path) -> tuple[dict[str, int], CLIPTokenizer]:
     return vocab, CLIPTokenizer.from_pretrained(tok_dir)
 
 
-TEXT_WIDTH = 128  # the shipped model's; 64 until 2026-12-06, where a learned look did not travel (BENCHMARKS.md)
-
-
-def build_models(vocab: dict[str, int], text_width: int = TEXT_WIDTH):
+def build_models(vocab: dict[str, int], text_width: int):
     """(vae, unet, text encoder), freshly initialised from torch's global generator; the text encoder
     `text_width` wide (the UNet's cross-attention reads that width)."""
     vae = AutoencoderKL(

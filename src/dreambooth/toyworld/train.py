@@ -28,6 +28,9 @@ from ..io import write_text
 log = logging.getLogger(__name__)
 
 
+TEXT_WIDTH = 128  # the shipped model's; 64 until 2026-12-06, where a learned look did not travel (BENCHMARKS.md)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", help="the pipeline folder to write")
@@ -68,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
         "--text-width",
         type=int,
         default=None,
-        help="the text encoder's width, trained from scratch (the UNet's cross-attention reads it; default 128, the shipped model's)",
+        help=f"the text encoder's width, trained from scratch (the UNet's cross-attention reads it; default {TEXT_WIDTH}, the shipped model's)",
     )
     p.add_argument("--arch", choices=("sd", "flux"), default="sd", help="flux: the flow-matching twin")
     p.add_argument("--flow-steps", type=int, default=12000, help="--arch flux: rectified-flow steps")
@@ -201,7 +204,7 @@ def main() -> None:
             p.error(f"{flag}: not with --from (which takes all three models)")
         if given and args.arch == "flux":
             p.error(f"{flag}: for --arch sd (the twin takes its VAE and CLIP from --from)")
-    args.text_width = 128 if args.text_width is None else args.text_width  # pipeline.TEXT_WIDTH (imports torch)
+    args.text_width = TEXT_WIDTH if args.text_width is None else args.text_width
     if args.text_width < 4 or args.text_width % 4:
         p.error(f"--text-width {args.text_width}: must be a positive multiple of 4 (the text encoder's heads)")
     if args.vae_from and not (Path(args.vae_from) / "vae" / "config.json").is_file():
