@@ -136,6 +136,8 @@ def test_on_the_toy_world_the_sweep_ranks_a_far_too_low_learning_rate_below_a_go
     report = json.loads((out / "sweep.json").read_text())
     best = {r["run"]: r["best"] for r in report["runs"]}
     assert best["learning-rate-0.001"]["fidelity"] >= best["learning-rate-1e-06"]["fidelity"] + 0.2
+    # the whole subject (all four features in one image) is never more frequent than its features' mean
+    assert all(0 <= b["whole"] <= b["fidelity"] for b in best.values()), best
     assert report["recommended"]["run"] == "learning-rate-0.001"
 
 

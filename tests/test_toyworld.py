@@ -236,6 +236,10 @@ def test_demo_takes_any_subject_and_refuses_an_unknown_one(tmp_path, capsys):
     assert configs["dreambooth"].instance_prompt == "a photo of sks square"
     assert configs["dreambooth_prior"].class_prompt == "a photo of a square"
     assert configs["textual_inversion"].token == "<sks-square>"
+    # min-SNR weighting where the family's objective takes it; the flow-matching twin's would refuse it
+    assert configs["dreambooth_prior"].snr_gamma == 5.0
+    flux = train_configs(ExperimentConfig(output_dir=tmp_path, model="toyworld-flux"))
+    assert flux["dreambooth_prior"].snr_gamma is None and "textual_inversion" not in flux
     ti = get_method(configs["textual_inversion"]).subject_phrase("square")  # the TI row's prompts name its token
     assert prompts_of(2, ti, SUBJECTS["square"])[1][1] == "a photo of a <sks-square> on a green background"
     things = {"base": None, "dreambooth": "sks square", "textual_inversion": ti}  # and the grid's title says so

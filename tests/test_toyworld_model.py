@@ -51,12 +51,13 @@ def test_score_counts_each_measure():
     s = score(readings)
     assert s["subject_fidelity"] == 0.75 and s["subject_features"]["outline"] == 0.75
     assert s["subject_outline"] == s["subject_pattern"] == s["subject_color"] == 0.75
+    assert s["subject_features"]["shape"] == 1.0 and s["subject_features_mean"] == (1.0 + 3 * 0.75) / 4
     assert s["recontext_background"] == 0.5 and s["recontext_subject"] == 0.5 and s["recontext_both"] == 0.25
     assert s["class_leakage"] == 0.25 and s["class_as_subject"] == 0.25
     assert s["class_diversity"] == 0.75  # 3 distinct (colour, pattern, background) of 4
     assert s["subject_photo_background"] == 0.75  # "sks heart" drawn on the photos' white
     assert score(readings, photo_background="gray")["subject_photo_background"] == 0.25
-    assert "| base model | 0.75 |" in table({"base": s})
+    assert "| base model | 0.75 | 0.81 |" in table({"base": s})
     kinds = [k for k, _, _ in prompts_of(4)]
     assert kinds[0] == "subject" and kinds[-1] == "class" and len(kinds) == 6
     assert prompts_of(4)[0][1] == "a photo of sks heart"

@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 PAPER_METRICS = ("dino", "clip_i", "clip_t", "pres")
 # background: of "sks heart on a {green, ...} background", the share drawn on that background (the
 # photos' own background sticking to the identifier lowers it); photo_background: of "a photo of sks
-# heart", the share drawn on the photos' own background (what --masked-loss is meant to lower)
-ORACLE_METRICS = ("fidelity", "recontext", "background", "photo_background", "leakage", "diversity")
+# heart", the share drawn on the photos' own background (what --masked-loss is meant to lower); whole: of
+# "a photo of sks heart", the share with all four features at once (the demo's "subject fidelity")
+ORACLE_METRICS = ("fidelity", "whole", "recontext", "background", "photo_background", "leakage", "diversity")
 
 
 @dataclasses.dataclass
@@ -67,7 +68,8 @@ def evaluate_paper(cfg: SweepConfig, p: Planned) -> list[dict]:
 
 def evaluate_oracle(cfg: SweepConfig, p: Planned, engine) -> list[dict]:
     """The toy world's oracle on every checkpoint of one run: fidelity (the mean share of the subject's
-    four features in "a photo of sks heart" images, graded as DINO is), recontext (background right and
+    four features in "a photo of sks heart" images, graded as DINO is), whole (the share of those images
+    with all four, the demo's subject fidelity), recontext (background right and
     subject kept), background (the asked background drawn, subject or not), leakage and diversity of
     the class prompt. The subject is the one the instance prompt's class noun names."""
     from .config import SamplingConfig
@@ -94,7 +96,8 @@ def evaluate_oracle(cfg: SweepConfig, p: Planned, engine) -> list[dict]:
             {
                 "step": step,
                 "checkpoint": str(path),
-                "fidelity": round(sum(r["subject_features"].values()) / 4, 6),
+                "fidelity": round(r["subject_features_mean"], 6),
+                "whole": round(r["subject_fidelity"], 6),
                 "recontext": round(r["recontext_both"], 6),
                 "background": round(r["recontext_background"], 6),
                 "photo_background": round(r["subject_photo_background"], 6),

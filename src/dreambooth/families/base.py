@@ -46,6 +46,7 @@ class Family:
     gpu_dtype = "fp16"  # generation's precision on a GPU when none is asked for
     default_guidance = 7.5  # generation's guidance scale when none is asked for (its pipeline's default)
     textual_inversion = True  # a new token's embedding can be learned (in every text encoder)
+    min_snr = True  # the loss can be weighted by min-SNR (--snr-gamma): a DDPM-trained denoiser
     kohya_fused = False  # the layout fuses several denoiser modules into one (kohya_entries names them)
     size_conditioning = False  # the denoiser is conditioned on each image's size and crop (SDXL)
     shard_blocks: tuple[str, ...] = ("down_blocks", "mid_block", "up_blocks")  # --fsdp's units in the denoiser

@@ -25,6 +25,7 @@ class FlowFamily(Family):
     gpu_dtype = "bf16"  # FLUX.1 and SD 3.5 are published and run in bf16; their activations overflow fp16
     safety_checker = False
     textual_inversion = False
+    min_snr = False  # flow matching weighs its sigmas by --weighting-scheme instead
     kohya_fused = True  # kohya's names are the original model's, whose layers fuse several of diffusers'
 
     def kohya_groups(self, config: dict) -> dict[str, tuple[tuple[str, int], ...]]:
@@ -98,7 +99,7 @@ class FlowFamily(Family):
 
     def training_options_refused(self, cfg, denoiser: dict) -> list[tuple[str, str]]:
         out = []
-        if cfg.snr_gamma is not None:
+        if cfg.snr_gamma is not None and not self.min_snr:
             out.append(("snr_gamma", "min-SNR weighting is for DDPM-trained models (use --weighting-scheme)"))
         if cfg.zero_terminal_snr:
             out.append(("zero_terminal_snr", "a DDPM schedule's rescaling; flow matching already reaches pure noise"))

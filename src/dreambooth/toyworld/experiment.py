@@ -10,7 +10,8 @@ For any of the subjects (toyworld.subject.SUBJECTS: the demo's orange heart with
 black outline, a purple square with red stripes, a pink circle with brown dots), measured in the
 spirit of the paper's Tables 1 and 3 (the numbers are the oracle's, not DINO or CLIP):
 - subject fidelity: share of "a photo of sks heart" images the oracle reads as the subject (shape,
-  colour, black outline, pattern colour), and each feature's share;
+  colour, black outline, pattern colour), each feature's share, and their mean (graded as the paper's
+  DINO is: an image with three of the four features counts for part);
 - recontextualisation: for "a photo of sks heart on a {green, blue, yellow, gray} background", the
   share with the requested background, with the subject kept, and with both;
 - class leakage (PRES-like): in "a photo of a heart" images, the mean share of the subject's three
@@ -78,8 +79,8 @@ def ti_token(subject: Subject) -> str:
 @dataclasses.dataclass
 class ExperimentConfig:
     output_dir: Path
-    max_steps: int = 1500  # DreamBooth LoRA (and Textual Inversion in the demo); 1000 underfit the 128-wide model
-    ti_steps: int = 1000  # 0: no Textual Inversion row
+    max_steps: int = 1500  # DreamBooth LoRA; 1000 underfit the 128-wide model
+    ti_steps: int = 500  # 0: no Textual Inversion row; past ~750 its vectors swamp the background's words
     images: int = 16  # per prompt (recontextualisation: half of it per background)
     num_class_images: int = 64
     guidance: float = 5.0
@@ -131,6 +132,10 @@ def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
         lora_targets=",".join(family.lora_target_groups),
         train_text_encoder=True,
         text_encoder_lr=1e-3,  # 5e-4 until 2026-12-06: on the 128-wide model 1e-3 separates "sks square" from "a square"
+        # min-SNR weighting (Hang et al., 2023) where the family's objective takes it: less weight on the
+        # nearly clean timesteps, more on those that decide shape, colour and pattern; with it the square
+        # and the circle are learned with prior preservation too (BENCHMARKS.md)
+        snr_gamma=5.0 if family.min_snr else None,
     )
     configs = {
         "dreambooth": TrainConfig(**lora, output_dir=str(out / "runs" / "dreambooth")),
@@ -151,7 +156,10 @@ def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
             token=ti_token(subject),
             initializer_token=subject.noun,
             max_steps=cfg.ti_steps,
-            learning_rate=5e-2,
+            # 4 vectors at 1.5e-2 for 500 steps: above the base model on every subject (1 vector at 5e-2
+            # for 1500 steps, the recipe until 2026-12-06, was not on the square; BENCHMARKS.md)
+            num_vectors=4,
+            learning_rate=1.5e-2,
             lr_warmup_steps=0,
             lr_scheduler="constant",
         ),
@@ -180,14 +188,17 @@ def score(readings: dict[str, list[dict]], subject: Subject = DEMO, photo_backgr
     klass = readings["class"]
     distinct = {(r["color"], r["pattern"], r["background"]) for r in klass}
     colour = lambda r: r["color"] == subject.color  # noqa: E731
+    features = {
+        "shape": mean([r["shape"] == subject.shape for r in shown]),
+        "color": mean([colour(r) for r in shown]),
+        "outline": mean([r["outline"] for r in shown]),
+        "pattern_color": mean([r["pattern_color"] for r in shown]),
+    }
     return {
         "subject_fidelity": mean([r["subject"] for r in shown]),
-        "subject_features": {
-            "shape": mean([r["shape"] == subject.shape for r in shown]),
-            "color": mean([colour(r) for r in shown]),
-            "outline": mean([r["outline"] for r in shown]),
-            "pattern_color": mean([r["pattern_color"] for r in shown]),
-        },
+        "subject_features": features,
+        # graded as DINO is (a near miss counts for part): the mean share of the four features
+        "subject_features_mean": sum(features.values()) / len(features),
         "subject_outline": mean([r["outline"] for r in shown]),
         "subject_pattern": mean([r["pattern_color"] for r in shown]),
         "subject_color": mean([colour(r) for r in shown]),
@@ -204,6 +215,7 @@ def score(readings: dict[str, list[dict]], subject: Subject = DEMO, photo_backgr
 
 COLUMNS = (
     ("subject_fidelity", "subject fidelity"),
+    ("subject_features_mean", "features (mean)"),
     ("subject_outline", "outline"),
     ("subject_pattern", "pattern colour"),
     ("subject_color", "colour"),
