@@ -236,6 +236,10 @@ def test_demo_takes_any_subject_and_refuses_an_unknown_one(tmp_path, capsys):
     assert configs["dreambooth"].instance_prompt == "a photo of sks square"
     assert configs["dreambooth_prior"].class_prompt == "a photo of a square"
     assert configs["textual_inversion"].token == "<sks-square>"
+    # Textual Inversion trains a third of DreamBooth's steps (500 of 1500), unless told otherwise
+    assert configs["textual_inversion"].max_steps == 500 and configs["dreambooth"].max_steps == 1500
+    assert train_configs(ExperimentConfig(output_dir=tmp_path, max_steps=300))["textual_inversion"].max_steps == 100
+    assert "textual_inversion" not in train_configs(ExperimentConfig(output_dir=tmp_path, ti_steps=0))
     # min-SNR weighting where the family's objective takes it; the flow-matching twin's would refuse it
     assert configs["dreambooth_prior"].snr_gamma == 5.0
     flux = train_configs(ExperimentConfig(output_dir=tmp_path, model="toyworld-flux"))

@@ -36,7 +36,6 @@ def run_demo(demo, progress: bool = True) -> dict:
     cfg = ExperimentConfig(
         output_dir=out,
         max_steps=demo.max_steps,
-        ti_steps=max(1, demo.max_steps // 3),  # Textual Inversion: a third (500 of the default 1500)
         images=demo.images,
         guidance=demo.guidance,
         overwrite=demo.overwrite,

@@ -80,7 +80,8 @@ def ti_token(subject: Subject) -> str:
 class ExperimentConfig:
     output_dir: Path
     max_steps: int = 1500  # DreamBooth LoRA; 1000 underfit the 128-wide model
-    ti_steps: int = 500  # 0: no Textual Inversion row; past ~750 its vectors swamp the background's words
+    ti_steps: int | None = None  # None: a third of max_steps (the circle's vectors swamp the background's
+    # words from 750 steps on); 0: no Textual Inversion row
     images: int = 16  # per prompt (recontextualisation: half of it per background)
     num_class_images: int = 64
     guidance: float = 5.0
@@ -113,6 +114,7 @@ def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
     out = cfg.output_dir
     subject = SUBJECTS[cfg.subject]
     family = family_of(cfg.model)
+    ti_steps = max(1, cfg.max_steps // 3) if cfg.ti_steps is None else cfg.ti_steps
     common = dict(
         model=cfg.model,
         instance_dir=str(subject_dir(subject)),
@@ -150,12 +152,12 @@ def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
             prior_loss_weight=0.5,  # 1.0 (the paper's) kept the class as well, with less of the subject
         ),
         "textual_inversion": TrainConfig(
-            **dict(common, checkpoint_every=cfg.ti_steps),
+            **dict(common, checkpoint_every=max(1, ti_steps)),
             method=TextualInversion.name,
             output_dir=str(out / "runs" / "textual_inversion"),
             token=ti_token(subject),
             initializer_token=subject.noun,
-            max_steps=cfg.ti_steps,
+            max_steps=max(1, ti_steps),
             # 4 vectors at 1.5e-2 for 500 steps: above the base model on every subject (1 vector at 5e-2
             # for 1500 steps, the recipe until 2026-12-06, was not on the square; BENCHMARKS.md)
             num_vectors=4,
@@ -164,7 +166,7 @@ def train_configs(cfg: ExperimentConfig) -> dict[str, TrainConfig]:
             lr_scheduler="constant",
         ),
     }
-    if cfg.ti_steps == 0 or not family.textual_inversion:
+    if ti_steps == 0 or not family.textual_inversion:
         del configs["textual_inversion"]
     return configs
 
@@ -199,9 +201,9 @@ def score(readings: dict[str, list[dict]], subject: Subject = DEMO, photo_backgr
         "subject_features": features,
         # graded as DINO is (a near miss counts for part): the mean share of the four features
         "subject_features_mean": sum(features.values()) / len(features),
-        "subject_outline": mean([r["outline"] for r in shown]),
-        "subject_pattern": mean([r["pattern_color"] for r in shown]),
-        "subject_color": mean([colour(r) for r in shown]),
+        "subject_outline": features["outline"],
+        "subject_pattern": features["pattern_color"],
+        "subject_color": features["color"],
         "subject_photo_background": mean([r["background"] == photo_background for r in shown]),
         "recontext_background": mean([r["background"] == bg for bg, r in recontext]),
         "recontext_subject": mean([r["subject"] for _, r in recontext]),
