@@ -207,6 +207,9 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
         (["--text-width", "64", "--from", str(tmp_path / "toy")], "--text-width: not with --from"),  # even the default
         (["--vae-from", str(tmp_path / "toy"), "--arch", "flux"], "--vae-from: for --arch sd"),
         (["--text-width", "30"], "--text-width 30: must be a positive multiple of 4"),
+        (["--flow-blocks", "3,6"], "--flow-blocks: for --arch flux"),
+        (["--arch", "flux", "--flow-blocks", "3"], "--flow-blocks 3: give two counts"),
+        (["--arch", "flux", "--flow-blocks", "0,6"], "--flow-blocks 0,6: give two counts"),
     ):
         monkeypatch.setattr(sys, "argv", ["train", str(tmp_path / "x"), *argv])
         with pytest.raises(SystemExit) as e:
@@ -236,9 +239,13 @@ def test_demo_takes_any_subject_and_refuses_an_unknown_one(tmp_path, capsys):
     assert configs["dreambooth"].instance_prompt == "a photo of sks square"
     assert configs["dreambooth_prior"].class_prompt == "a photo of a square"
     assert configs["textual_inversion"].token == "<sks-square>"
-    # Textual Inversion trains a third of DreamBooth's steps (500 of 1500), unless told otherwise
-    assert configs["textual_inversion"].max_steps == 500 and configs["dreambooth"].max_steps == 1500
-    assert train_configs(ExperimentConfig(output_dir=tmp_path, max_steps=300))["textual_inversion"].max_steps == 100
+    # Textual Inversion trains a fifth of DreamBooth's steps (500 of 2500), unless told otherwise
+    assert configs["textual_inversion"].max_steps == 500 and configs["dreambooth"].max_steps == 2500
+    short = train_configs(ExperimentConfig(output_dir=tmp_path, max_steps=300))
+    assert short["textual_inversion"].max_steps == 60
+    # DreamBooth: 150 warmup steps (a tenth of a shorter run), then a cosine decay
+    assert configs["dreambooth_prior"].lr_scheduler == "cosine" and configs["dreambooth_prior"].lr_warmup_steps == 150
+    assert short["dreambooth"].lr_warmup_steps == 30
     assert "textual_inversion" not in train_configs(ExperimentConfig(output_dir=tmp_path, ti_steps=0))
     # min-SNR weighting where the family's objective takes it; the flow-matching twin's would refuse it
     assert configs["dreambooth_prior"].snr_gamma == 5.0
@@ -327,10 +334,13 @@ def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_r
     train.main()
     monkeypatch.setattr(sys, "argv", ["train", str(tmp_path / "twin96"), "--work", str(tmp_path / "work4"), "--arch",
                                       "flux", "--from", str(tmp_path / "sd96"), "--flow-steps", "1", "--data", "8",
-                                      "--batch", "2", "--flow-anneal-steps", "0"])  # fmt: skip
+                                      "--batch", "2", "--flow-anneal-steps", "0", "--flow-blocks", "1,3"])  # fmt: skip
     train.main()
     twin96 = FluxPipeline.from_pretrained(tmp_path / "twin96", torch_dtype=torch.float32)
     assert twin96.text_encoder.config.hidden_size == twin96.transformer.config.pooled_projection_dim == 96
+    # --flow-blocks: the transformer's depth (the shipped twin's where not given)
+    assert (twin96.transformer.config.num_layers, twin96.transformer.config.num_single_layers) == (1, 3)
+    assert (pipe.transformer.config.num_layers, pipe.transformer.config.num_single_layers) == (2, 4)
     assert train.anneal_stages((6000, 3000), (2e-4,)) == [(6000, 2e-4), (3000, 2e-4)]
     with pytest.raises(ValueError, match="--flow-anneal-lr: 2 values for 3 schedules"):
         train.anneal_stages((1, 2, 3), (1e-4, 2e-4))

@@ -152,7 +152,7 @@ class UIConfig:
 @dataclasses.dataclass
 class DemoConfig:
     output_dir: str = option("demo-output", "where the demo writes")
-    max_steps: int = option(1500, "DreamBooth's training steps (Textual Inversion takes a third of them)", ge=1)
+    max_steps: int = option(2500, "DreamBooth's training steps (Textual Inversion takes a fifth of them)", ge=1)
     images: int = option(16, "images per prompt", ge=1)
     guidance: float = option(5.0, "guidance scale")
     overwrite: bool = option(False, "replace an earlier demo in --output-dir")

@@ -26,6 +26,7 @@ from .stage import cosine, train_stage
 
 log = logging.getLogger(__name__)
 
+DOUBLE_BLOCKS, SINGLE_BLOCKS = 2, 4  # the shipped twin's transformer
 T5_WIDTH = 128  # the twin's T5 width: the transformer's joint attention width
 WORLD_WORDS = ("dots", "stripes", "outline")  # the richer world's words the shared corpus lacks
 SHIFT_MU = {"base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}  # FLUX.1's
@@ -39,9 +40,10 @@ def write_t5_tokenizer(out: Path) -> None:
     write(out, extra_words=(*WORLD_WORDS, *IDENTIFIERS), max_length=MAX_TOKENS)
 
 
-def build_flow_models(t5_vocab: int, clip_width: int):
+def build_flow_models(t5_vocab: int, clip_width: int, double: int = DOUBLE_BLOCKS, single: int = SINGLE_BLOCKS):
     """(transformer, T5) freshly initialised from torch's global generator; clip_width: the width of the
-    CLIP text encoder whose pooled output the transformer reads."""
+    CLIP text encoder whose pooled output the transformer reads; double, single: the transformer's
+    double- and single-stream blocks."""
     from diffusers import FluxTransformer2DModel
 
     from ..tiny_flow import t5_encoder
@@ -49,8 +51,8 @@ def build_flow_models(t5_vocab: int, clip_width: int):
     transformer = FluxTransformer2DModel(
         patch_size=1,
         in_channels=16,  # 4 latent channels x 2 x 2
-        num_layers=2,
-        num_single_layers=4,
+        num_layers=double,
+        num_single_layers=single,
         attention_head_dim=32,
         num_attention_heads=4,
         joint_attention_dim=T5_WIDTH,

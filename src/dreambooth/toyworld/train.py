@@ -88,6 +88,12 @@ def parser() -> argparse.ArgumentParser:
         default=(2e-4,),
         help="--arch flux: the further schedules' peaks, one for each or one for all (e.g. 2e-4,1e-4)",
     )
+    p.add_argument(
+        "--flow-blocks",
+        type=_ints,
+        default=None,
+        help="--arch flux: the transformer's double- and single-stream blocks, e.g. 3,6 (default: the shipped twin's)",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -105,6 +111,19 @@ def anneal_stages(steps: tuple[int, ...], lrs: tuple[float, ...]) -> list[tuple[
     if len(lrs) not in (1, len(steps)):
         raise ValueError(f"--flow-anneal-lr: {len(lrs)} values for {len(steps)} schedules (give one, or one each)")
     return [(n, lrs[0] if len(lrs) == 1 else lrs[i]) for i, n in enumerate(steps) if n]
+
+
+def flow_blocks(p: argparse.ArgumentParser, given: tuple[int, ...] | None) -> tuple[int, int]:
+    """--flow-blocks as (double, single), the shipped twin's where not given; refused through p."""
+    from .flow_stage import DOUBLE_BLOCKS, SINGLE_BLOCKS
+
+    if given is None:
+        return DOUBLE_BLOCKS, SINGLE_BLOCKS
+    if len(given) != 2 or given[0] < 1 or given[1] < 0:
+        p.error(
+            f"--flow-blocks {','.join(map(str, given))}: give two counts, double-stream (1 or more) and single-stream"
+        )
+    return given[0], given[1]
 
 
 def pretrain_flow(args: argparse.Namespace) -> None:
@@ -125,7 +144,7 @@ def pretrain_flow(args: argparse.Namespace) -> None:
     t5_tok = T5TokenizerFast.from_pretrained(t5_dir)
     start = Path(args.start) if args.start else shipped_model()
     vae, clip = load_flow_start(start)
-    transformer, t5 = build_flow_models(len(t5_tok), clip.config.hidden_size)
+    transformer, t5 = build_flow_models(len(t5_tok), clip.config.hidden_size, *args.flow_blocks)
     log.info(
         "parameters: transformer %.2fM, clip %.2fM, t5 %.2fM",
         *(sum(q.numel() for q in m.parameters()) / 1e6 for m in (transformer, clip, t5)),
@@ -204,6 +223,9 @@ def main() -> None:
             p.error(f"{flag}: not with --from (which takes all three models)")
         if given and args.arch == "flux":
             p.error(f"{flag}: for --arch sd (the twin takes its VAE and CLIP from --from)")
+    if args.flow_blocks is not None and args.arch != "flux":
+        p.error("--flow-blocks: for --arch flux")
+    args.flow_blocks = flow_blocks(p, args.flow_blocks)
     args.text_width = TEXT_WIDTH if args.text_width is None else args.text_width
     if args.text_width < 4 or args.text_width % 4:
         p.error(f"--text-width {args.text_width}: must be a positive multiple of 4 (the text encoder's heads)")
