@@ -113,12 +113,15 @@ def anneal_stages(steps: tuple[int, ...], lrs: tuple[float, ...]) -> list[tuple[
     return [(n, lrs[0] if len(lrs) == 1 else lrs[i]) for i, n in enumerate(steps) if n]
 
 
-def flow_blocks(p: argparse.ArgumentParser, given: tuple[int, ...] | None) -> tuple[int, int]:
+def flow_blocks(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[int, int]:
     """--flow-blocks as (double, single), the shipped twin's where not given; refused through p."""
     from .flow_stage import DOUBLE_BLOCKS, SINGLE_BLOCKS
 
+    given = args.flow_blocks
     if given is None:
         return DOUBLE_BLOCKS, SINGLE_BLOCKS
+    if args.arch != "flux":
+        p.error("--flow-blocks: for --arch flux")
     if len(given) != 2 or given[0] < 1 or given[1] < 0:
         p.error(
             f"--flow-blocks {','.join(map(str, given))}: give two counts, double-stream (1 or more) and single-stream"
@@ -223,9 +226,7 @@ def main() -> None:
             p.error(f"{flag}: not with --from (which takes all three models)")
         if given and args.arch == "flux":
             p.error(f"{flag}: for --arch sd (the twin takes its VAE and CLIP from --from)")
-    if args.flow_blocks is not None and args.arch != "flux":
-        p.error("--flow-blocks: for --arch flux")
-    args.flow_blocks = flow_blocks(p, args.flow_blocks)
+    args.flow_blocks = flow_blocks(p, args)
     args.text_width = TEXT_WIDTH if args.text_width is None else args.text_width
     if args.text_width < 4 or args.text_width % 4:
         p.error(f"--text-width {args.text_width}: must be a positive multiple of 4 (the text encoder's heads)")
