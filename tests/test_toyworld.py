@@ -210,6 +210,9 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
         (["--flow-blocks", "3,6"], "--flow-blocks: for --arch flux"),
         (["--arch", "flux", "--flow-blocks", "3"], "--flow-blocks 3: give two counts"),
         (["--arch", "flux", "--flow-blocks", "0,6"], "--flow-blocks 0,6: give two counts"),
+        (["--flow-heads", "2"], "--flow-heads: for --arch flux"),
+        (["--arch", "flux", "--flow-heads", "3"], "--flow-heads 3: give 1, 2, 4 or 8"),
+        (["--arch", "flux", "--flow-heads", "16"], "--flow-heads 16: give 1, 2, 4 or 8"),
     ):
         monkeypatch.setattr(sys, "argv", ["train", str(tmp_path / "x"), *argv])
         with pytest.raises(SystemExit) as e:
@@ -251,6 +254,9 @@ def test_demo_takes_any_subject_and_refuses_an_unknown_one(tmp_path, capsys):
     assert configs["dreambooth_prior"].snr_gamma == 5.0
     flux = train_configs(ExperimentConfig(output_dir=tmp_path, model="toyworld-flux"))
     assert flux["dreambooth_prior"].snr_gamma is None and "textual_inversion" not in flux
+    # its timesteps drawn logit-normal, as it was pretrained; the UNet families have no such option
+    assert flux["dreambooth_prior"].weighting_scheme == flux["dreambooth"].weighting_scheme == "logit_normal"
+    assert configs["dreambooth_prior"].weighting_scheme is None
     ti = get_method(configs["textual_inversion"]).subject_phrase("square")  # the TI row's prompts name its token
     assert prompts_of(2, ti, SUBJECTS["square"])[1][1] == "a photo of a <sks-square> on a green background"
     things = {"base": None, "dreambooth": "sks square", "textual_inversion": ti}  # and the grid's title says so
@@ -334,13 +340,17 @@ def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_r
     train.main()
     monkeypatch.setattr(sys, "argv", ["train", str(tmp_path / "twin96"), "--work", str(tmp_path / "work4"), "--arch",
                                       "flux", "--from", str(tmp_path / "sd96"), "--flow-steps", "1", "--data", "8",
-                                      "--batch", "2", "--flow-anneal-steps", "0", "--flow-blocks", "1,3"])  # fmt: skip
+                                      "--batch", "2", "--flow-anneal-steps", "0", "--flow-blocks", "1,3", "--flow-heads", "2"])  # fmt: skip
     train.main()
     twin96 = FluxPipeline.from_pretrained(tmp_path / "twin96", torch_dtype=torch.float32)
     assert twin96.text_encoder.config.hidden_size == twin96.transformer.config.pooled_projection_dim == 96
     # --flow-blocks: the transformer's depth (the shipped twin's where not given)
     assert (twin96.transformer.config.num_layers, twin96.transformer.config.num_single_layers) == (1, 3)
     assert (pipe.transformer.config.num_layers, pipe.transformer.config.num_single_layers) == (2, 4)
+    # --flow-heads: heads of the same width, the rotary axes from the head's dims (the shipped twin's 4 x 32)
+    heads = lambda c: (c.num_attention_heads, c.attention_head_dim, tuple(c.axes_dims_rope))  # noqa: E731
+    assert heads(twin96.transformer.config) == (2, 64, (8, 28, 28))
+    assert heads(pipe.transformer.config) == (4, 32, (8, 12, 12))
     assert train.anneal_stages((6000, 3000), (2e-4,)) == [(6000, 2e-4), (3000, 2e-4)]
     with pytest.raises(ValueError, match="--flow-anneal-lr: 2 values for 3 schedules"):
         train.anneal_stages((1, 2, 3), (1e-4, 2e-4))

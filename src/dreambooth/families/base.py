@@ -47,6 +47,7 @@ class Family:
     default_guidance = 7.5  # generation's guidance scale when none is asked for (its pipeline's default)
     textual_inversion = True  # a new token's embedding can be learned (in every text encoder)
     min_snr = True  # the loss can be weighted by min-SNR (--snr-gamma): a DDPM-trained denoiser
+    weighting_schemes: tuple[str, ...] = ()  # --weighting-scheme's choices (flow matching's timestep densities)
     kohya_fused = False  # the layout fuses several denoiser modules into one (kohya_entries names them)
     size_conditioning = False  # the denoiser is conditioned on each image's size and crop (SDXL)
     shard_blocks: tuple[str, ...] = ("down_blocks", "mid_block", "up_blocks")  # --fsdp's units in the denoiser
@@ -158,7 +159,7 @@ class Family:
         out = [
             (k, "for flow-matching models (SD3, FLUX)")
             for k in ("weighting_scheme", "logit_mean", "logit_std", "mode_scale")
-            if getattr(cfg, k) is not None
+            if getattr(cfg, k) is not None and not self.weighting_schemes
         ]
         if cfg.guidance_scale is not None:
             out.append(("guidance_scale", "for guidance-distilled models (FLUX.1 [dev])"))

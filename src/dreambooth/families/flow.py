@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import UserError
-from .base import Family, tokenize
+from .base import WEIGHTING_SCHEMES, Family, tokenize
 
 # diffusers' SD3 and FLUX scripts' defaults (the weighting scheme is the family's)
 FLOW_DEFAULTS = {"weighting_scheme": None, "logit_mean": 0.0, "logit_std": 1.0, "mode_scale": 1.29}
@@ -26,6 +26,7 @@ class FlowFamily(Family):
     safety_checker = False
     textual_inversion = False
     min_snr = False  # flow matching weighs its sigmas by --weighting-scheme instead
+    weighting_schemes = WEIGHTING_SCHEMES
     kohya_fused = True  # kohya's names are the original model's, whose layers fuse several of diffusers'
 
     def kohya_groups(self, config: dict) -> dict[str, tuple[tuple[str, int], ...]]:

@@ -27,7 +27,9 @@ from .stage import cosine, train_stage
 log = logging.getLogger(__name__)
 
 DOUBLE_BLOCKS, SINGLE_BLOCKS = 2, 4  # the shipped twin's transformer
+HEADS = 4  # the shipped twin's attention heads (of 32 dims each)
 T5_WIDTH = 128  # the twin's T5 width: the transformer's joint attention width
+WIDTH = 128  # the transformer's width, heads x head dim
 WORLD_WORDS = ("dots", "stripes", "outline")  # the richer world's words the shared corpus lacks
 SHIFT_MU = {"base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}  # FLUX.1's
 
@@ -40,10 +42,24 @@ def write_t5_tokenizer(out: Path) -> None:
     write(out, extra_words=(*WORLD_WORDS, *IDENTIFIERS), max_length=MAX_TOKENS)
 
 
-def build_flow_models(t5_vocab: int, clip_width: int, double: int = DOUBLE_BLOCKS, single: int = SINGLE_BLOCKS):
+def rope_axes(head_dim: int) -> tuple[int, int, int]:
+    """The rotary dims of the (0, row, column) position axes for a head of head_dim: 8 for the constant
+    axis, the rest shared by rows and columns (the shipped twin's (8, 12, 12) at 32; at 64, (8, 28, 28):
+    14 frequencies per axis instead of 6, so that attention can tell neighbours 1 and 6 tokens apart)."""
+    return 8, (head_dim - 8) // 2, (head_dim - 8) // 2
+
+
+def valid_heads(heads: int) -> bool:
+    """Whether the transformer's width splits into `heads` heads with even rotary axes."""
+    return heads >= 1 and WIDTH % heads == 0 and (WIDTH // heads - 8) % 4 == 0 and WIDTH // heads > 8
+
+
+def build_flow_models(
+    t5_vocab: int, clip_width: int, double: int = DOUBLE_BLOCKS, single: int = SINGLE_BLOCKS, heads: int = HEADS
+):
     """(transformer, T5) freshly initialised from torch's global generator; clip_width: the width of the
     CLIP text encoder whose pooled output the transformer reads; double, single: the transformer's
-    double- and single-stream blocks."""
+    double- and single-stream blocks; heads: its attention heads (the width stays 128)."""
     from diffusers import FluxTransformer2DModel
 
     from ..tiny_flow import t5_encoder
@@ -53,12 +69,12 @@ def build_flow_models(t5_vocab: int, clip_width: int, double: int = DOUBLE_BLOCK
         in_channels=16,  # 4 latent channels x 2 x 2
         num_layers=double,
         num_single_layers=single,
-        attention_head_dim=32,
-        num_attention_heads=4,
+        attention_head_dim=WIDTH // heads,
+        num_attention_heads=heads,
         joint_attention_dim=T5_WIDTH,
         pooled_projection_dim=clip_width,
         guidance_embeds=False,
-        axes_dims_rope=(8, 12, 12),
+        axes_dims_rope=rope_axes(WIDTH // heads),
     )
     return transformer, t5_encoder(t5_vocab, width=T5_WIDTH, d_ff=256, heads=4, d_kv=32, dropout=0.0)
 

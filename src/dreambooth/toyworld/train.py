@@ -94,6 +94,13 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="--arch flux: the transformer's double- and single-stream blocks, e.g. 3,6 (default: the shipped twin's)",
     )
+    p.add_argument(
+        "--flow-heads",
+        type=int,
+        default=None,
+        help="--arch flux: the transformer's attention heads at its width of 128: 4 (the shipped twin's, 32 dims"
+        " each) or 2 (64 dims each, with more rotary frequencies per position axis), 1 or 8",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -129,6 +136,19 @@ def flow_blocks(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[i
     return given[0], given[1]
 
 
+def flow_heads(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """--flow-heads, the shipped twin's where not given; refused through p."""
+    from .flow_stage import HEADS, valid_heads
+
+    if args.flow_heads is None:
+        return HEADS
+    if args.arch != "flux":
+        p.error("--flow-heads: for --arch flux")
+    if not valid_heads(args.flow_heads):
+        p.error(f"--flow-heads {args.flow_heads}: give 1, 2, 4 or 8 (heads of the transformer's 128 dims)")
+    return args.flow_heads
+
+
 def pretrain_flow(args: argparse.Namespace) -> None:
     """The flow-matching twin: its transformer and T5 from scratch on the --from model's VAE and CLIP."""
     stages = anneal_stages(args.flow_anneal_steps, args.flow_anneal_lr)
@@ -147,7 +167,7 @@ def pretrain_flow(args: argparse.Namespace) -> None:
     t5_tok = T5TokenizerFast.from_pretrained(t5_dir)
     start = Path(args.start) if args.start else shipped_model()
     vae, clip = load_flow_start(start)
-    transformer, t5 = build_flow_models(len(t5_tok), clip.config.hidden_size, *args.flow_blocks)
+    transformer, t5 = build_flow_models(len(t5_tok), clip.config.hidden_size, *args.flow_blocks, heads=args.flow_heads)
     log.info(
         "parameters: transformer %.2fM, clip %.2fM, t5 %.2fM",
         *(sum(q.numel() for q in m.parameters()) / 1e6 for m in (transformer, clip, t5)),
@@ -227,6 +247,7 @@ def main() -> None:
         if given and args.arch == "flux":
             p.error(f"{flag}: for --arch sd (the twin takes its VAE and CLIP from --from)")
     args.flow_blocks = flow_blocks(p, args)
+    args.flow_heads = flow_heads(p, args)
     args.text_width = TEXT_WIDTH if args.text_width is None else args.text_width
     if args.text_width < 4 or args.text_width % 4:
         p.error(f"--text-width {args.text_width}: must be a positive multiple of 4 (the text encoder's heads)")
