@@ -249,6 +249,7 @@ def test_demo_takes_any_subject_and_refuses_an_unknown_one(tmp_path, capsys):
     # DreamBooth: 150 warmup steps (a tenth of a shorter run), then a cosine decay
     assert configs["dreambooth_prior"].lr_scheduler == "cosine" and configs["dreambooth_prior"].lr_warmup_steps == 150
     assert short["dreambooth"].lr_warmup_steps == 30
+    assert configs["dreambooth_prior"].prior_loss_weight == 0.6
     assert "textual_inversion" not in train_configs(ExperimentConfig(output_dir=tmp_path, ti_steps=0))
     # min-SNR weighting where the family's objective takes it; the flow-matching twin's would refuse it
     assert configs["dreambooth_prior"].snr_gamma == 5.0
