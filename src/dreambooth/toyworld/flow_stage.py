@@ -45,7 +45,8 @@ def write_t5_tokenizer(out: Path) -> None:
 def rope_axes(head_dim: int) -> tuple[int, int, int]:
     """The rotary dims of the (0, row, column) position axes for a head of head_dim: 8 for the constant
     axis, the rest shared by rows and columns (the shipped twin's (8, 12, 12) at 32; at 64, (8, 28, 28):
-    14 frequencies per axis instead of 6, so that attention can tell neighbours 1 and 6 tokens apart)."""
+    14 frequencies per row and column axis instead of 6, of which four turn by a radian or more across
+    the twin's 8 tokens instead of two; FLUX.1 has 28)."""
     return 8, (head_dim - 8) // 2, (head_dim - 8) // 2
 
 
