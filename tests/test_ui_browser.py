@@ -39,6 +39,9 @@ def ui(tiny_model, tmp_path_factory):
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # SIGINT as at a terminal: a pytest-xdist worker ignores it, and a child would inherit that, so the
+        # teardown's Ctrl-C below would be ignored and the UI killed after 60 s instead of stopping
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
@@ -57,7 +60,9 @@ def ui(tiny_model, tmp_path_factory):
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
+        raise AssertionError("the UI did not stop within 60 s of SIGINT (Ctrl-C)") from None
+    finally:
+        log.close()
 
 
 @pytest.fixture(scope="module")
