@@ -142,6 +142,33 @@ def test_held_out_triples_never_reach_training_and_evaluation_is_half_held_out()
     assert not any((s.shape, s.color, s.background) in held for s, _ in training_scenes(2000, seed=0))
 
 
+def test_the_twins_object_weight_covers_every_latent_pixel_the_object_draws_and_only_those():
+    """object_masks, checked against the rendered images: a latent pixel (4 x 4 image pixels) with any
+    pixel off the plain background (the object, its outline, its antialiased edge) has weight; one more
+    than a latent pixel away from all of them has none."""
+    import torch
+    import torch.nn.functional as F
+
+    from dreambooth.toyworld.data import training_scenes
+    from dreambooth.toyworld.flow_stage import object_masks, weighted_mse
+
+    n = 40
+    masks = object_masks(n, 0, 16)
+    assert masks.shape == (n, 1, 16, 16) and masks.min() >= 0 and masks.max() <= 1
+    for (scene, _), mask in zip(training_scenes(n, 0, rich=True), masks):
+        pixels = np.asarray(render(scene), dtype=np.int16)
+        off = np.abs(pixels - np.array(BACKGROUNDS[scene.background])).max(-1) > 8
+        drawn = F.max_pool2d(torch.tensor(off, dtype=torch.float32)[None], 4)[0] > 0  # (16, 16)
+        assert (mask[0][drawn] > 0).all(), scene
+        near = F.max_pool2d(drawn[None].float(), 5, 1, 2)[0] > 0  # within two latent pixels
+        assert (mask[0][~near] == 0).all(), scene
+    pred, target = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 16, 16)
+    assert torch.allclose(weighted_mse(pred, target, torch.ones(2, 1, 16, 16)), F.mse_loss(pred, target))
+    w = 1 + 4 * masks[:2]
+    expect = sum(((pred[b, c] - target[b, c]) ** 2 * w[b, 0]).sum() for b in range(2) for c in range(4))
+    assert torch.allclose(weighted_mse(pred, target, w), expect / (4 * w.sum()))
+
+
 def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_deterministic(
     tmp_path, monkeypatch, capsys
 ):
@@ -200,6 +227,8 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
     assert wide.text_encoder.config.hidden_size == 32 and wide.unet.config.cross_attention_dim == 32
     assert all(torch.equal(x, y) for x, y in zip(wide.vae.state_dict().values(), pipe.vae.state_dict().values()))
     assert not (tmp_path / "work4" / "vae.safetensors").exists() and (tmp_path / "work4" / "unet.safetensors").exists()
+    twin_from = ["--arch", "flux", "--flow-from", str(tmp_path / "toy")]  # the UNet model is no twin
+    flux_steps = ["--arch", "flux", "--flow-anneal-steps", "5,5"]
     for argv, named in (
         (["--vae-from", str(tmp_path / "toy"), "--from", str(tmp_path / "toy")], "--vae-from: not with --from"),
         (["--vae-from", str(tmp_path / "nothing")], f"--vae-from {tmp_path / 'nothing'}: no vae/config.json"),
@@ -213,6 +242,13 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
         (["--flow-heads", "2"], "--flow-heads: for --arch flux"),
         (["--arch", "flux", "--flow-heads", "3"], "--flow-heads 3: give 1, 2, 4 or 8"),
         (["--arch", "flux", "--flow-heads", "16"], "--flow-heads 16: give 1, 2, 4 or 8"),
+        (["--flow-from", str(tmp_path / "toy")], "--flow-from: for --arch flux"),
+        ([*twin_from, "--flow-anneal-steps", "5", "--from", str(tmp_path / "toy")], "--from: not with --flow-from"),
+        ([*twin_from, "--flow-anneal-steps", "5", "--flow-heads", "2"], "--flow-heads: not with --flow-from"),
+        (twin_from, "--flow-from: give --flow-anneal-steps"),
+        ([*twin_from, "--flow-anneal-steps", "5"], f"--flow-from {tmp_path / 'toy'}: no transformer/config.json"),
+        (flux_steps + ["--flow-object-weight", "1,2,3"], "--flow-object-weight: 3 values for 2 schedules"),
+        (flux_steps + ["--flow-object-weight", "-1"], "--flow-object-weight -1.0: weights are 0 or more"),
     ):
         monkeypatch.setattr(sys, "argv", ["train", str(tmp_path / "x"), *argv])
         with pytest.raises(SystemExit) as e:
@@ -352,6 +388,21 @@ def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_r
     heads = lambda c: (c.num_attention_heads, c.attention_head_dim, tuple(c.axes_dims_rope))  # noqa: E731
     assert heads(twin96.transformer.config) == (2, 64, (8, 28, 28))
     assert heads(pipe.transformer.config) == (4, 32, (8, 12, 12))
-    assert train.anneal_stages((6000, 3000), (2e-4,)) == [(6000, 2e-4), (3000, 2e-4)]
+    assert train.anneal_stages((6000, 3000), (2e-4,)) == [(6000, 2e-4, 0.0), (3000, 2e-4, 0.0)]
+    assert train.anneal_stages((6000, 0, 2000), (2e-4, 1e-4, 1e-4), (0, 0, 4)) == [(6000, 2e-4, 0), (2000, 1e-4, 4)]
+    # --flow-from: a twin trained further with the object's latent pixels weighed 1 + 4 times in the loss
+    monkeypatch.setattr(sys, "argv", ["train", str(tmp_path / "tuned"), "--work", str(tmp_path / "work5"), "--arch",
+                                      "flux", "--flow-from", str(tmp_path / "twin"), "--data", "8", "--batch", "2",
+                                      "--flow-anneal-steps", "2", "--flow-anneal-lr", "1", "--flow-object-weight", "4"])  # fmt: skip
+    train.main()
+    tuned = FluxPipeline.from_pretrained(tmp_path / "tuned", torch_dtype=torch.float32)
+    assert load_state(tmp_path / "work5" / "flow-from-anneal.safetensors")["step"] == 2  # the first at lr 0 (warmup)
+    assert not (tmp_path / "work5" / "flow.safetensors").exists()  # no stage from scratch
+    same = lambda c: {k: v for k, v in c.items() if k != "_name_or_path"}  # noqa: E731
+    assert same(tuned.transformer.config) == same(pipe.transformer.config)
+    for part in ("transformer", "text_encoder", "text_encoder_2"):  # no path of the machine it was trained on
+        assert str(tmp_path) not in (tmp_path / "tuned" / part / "config.json").read_text(), part
+    assert not torch.equal(tuned.transformer.proj_out.weight, pipe.transformer.proj_out.weight)  # trained further
+    assert all(torch.equal(v, shipped[k]) for k, v in tuned.vae.state_dict().items())  # the twin's VAE, kept
     with pytest.raises(ValueError, match="--flow-anneal-lr: 2 values for 3 schedules"):
         train.anneal_stages((1, 2, 3), (1e-4, 2e-4))

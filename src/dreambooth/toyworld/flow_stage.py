@@ -18,11 +18,14 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from .data import MAX_TOKENS, training_scenes
 from .stage import cosine, train_stage
+from .world import shape_mask
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +114,25 @@ def caption_ids(tokenizers, n: int, seed: int) -> dict[str, torch.Tensor]:
     return {name: tok(captions, **kw).input_ids for name, tok in zip(("clip", "t5"), tokenizers)}
 
 
+def object_masks(n: int, seed: int, latent_res: int) -> torch.Tensor:
+    """(n, 1, r, r): for each of the richer world's n training scenes (the cached latents' order), the share
+    of each latent pixel its object covers, grown by one latent pixel (a 3 x 3 max), so that the object's
+    outline and the background just around it count as the object."""
+    masks = []
+    for scene, _ in training_scenes(n, seed, rich=True):
+        m = shape_mask(scene.shape, scene.x, scene.y, scene.size).resize((latent_res,) * 2, Image.Resampling.BOX)
+        masks.append(torch.tensor(np.asarray(m, dtype=np.float32) / 255))
+    return F.max_pool2d(torch.stack(masks)[:, None], 3, 1, 1)
+
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The squared error averaged with per-pixel weights (B, 1, H, W), shared by the channels; with weights
+    all 1, the plain mean."""
+    return ((pred - target) ** 2 * weight).sum() / (weight.sum() * pred.shape[1])
+
+
 def flow_batch(latents, ids: dict, empty: dict, batch: int, shift: float, g: torch.Generator):
-    """(x_t, s, clip ids, t5 ids, target) for one step, all drawn from g."""
+    """(x_t, s, clip ids, t5 ids, target, the latents' indices) for one step, all drawn from g."""
     idx = torch.randint(0, latents.shape[0], (batch,), generator=g)
     drop = torch.rand(batch, generator=g) < 0.1
     clip, t5 = ids["clip"][idx].clone(), ids["t5"][idx].clone()
@@ -122,7 +142,7 @@ def flow_batch(latents, ids: dict, empty: dict, batch: int, shift: float, g: tor
     u = torch.sigmoid(torch.randn(batch, generator=g))  # logit-normal(0, 1), as the SD3 paper's default
     s = shift * u / (1 + (shift - 1) * u)
     x_t = (1 - s[:, None, None, None]) * x0 + s[:, None, None, None] * noise
-    return x_t, s, clip, t5, noise - x0
+    return x_t, s, clip, t5, noise - x0, idx
 
 
 def predict(transformer, clip, t5, x_t, s, clip_ids, t5_ids):
@@ -157,10 +177,14 @@ def train_flow(
     warmup: int = 200,
     name: str = "flow",
     batches: int = 0,
+    object_weight: float = 0.0,
 ) -> None:
     """Train the transformer, CLIP and T5 together on the richer world's cached latents (encoded once by
     the toy world's VAE, shared with the UNet recipe's stage 3), scaled and shifted as the VAE's config
-    says. `batches` offsets the batches' seeds, so a later stage does not repeat an earlier one's."""
+    says. `batches` offsets the batches' seeds, so a later stage does not repeat an earlier one's.
+    `object_weight`: the loss counts each latent pixel of the object (object_masks) 1 + object_weight
+    times, the background once (measured: the stars, whose thin points are a few latent pixels, are
+    what the plain loss does not keep; BENCHMARKS.md)."""
     from .unet_stage import encoded_data
 
     data = encoded_data(vae, tokenizers[0], n_data, seed, work, rich=True)
@@ -176,9 +200,12 @@ def train_flow(
     opt = torch.optim.AdamW([p for m in modules.values() for p in m.parameters()], lr=lr_max, weight_decay=1e-2)
     lr = cosine(opt, warmup, steps)
 
+    weight = 1 + object_weight * object_masks(n_data, seed, latents.shape[-1]) if object_weight else None
+
     def loss_of(g):
-        x_t, s, clip_ids, t5_ids, target = flow_batch(latents, ids, empty, batch, shift, g)
-        return F.mse_loss(predict(transformer, clip, t5, x_t, s, clip_ids, t5_ids), target)
+        x_t, s, clip_ids, t5_ids, target, idx = flow_batch(latents, ids, empty, batch, shift, g)
+        pred = predict(transformer, clip, t5, x_t, s, clip_ids, t5_ids)
+        return F.mse_loss(pred, target) if weight is None else weighted_mse(pred, target, weight[idx])
 
     seed0 = seed * 100003 + 3_000_000 + batches
     train_stage(name, work / f"{name}.safetensors", modules, opt, lr, steps, seed0, loss_of)

@@ -85,6 +85,18 @@ def load_flow_start(folder: Path):
     return vae, te
 
 
+def load_twin(folder: Path):
+    """(vae, transformer, CLIP, T5) of a twin folder this recipe wrote, in fp32, to train further."""
+    from diffusers import FluxTransformer2DModel
+    from transformers import T5EncoderModel
+
+    vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=torch.float32)
+    transformer = FluxTransformer2DModel.from_pretrained(folder, subfolder="transformer", torch_dtype=torch.float32)
+    clip = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", torch_dtype=torch.float32)
+    t5 = T5EncoderModel.from_pretrained(folder, subfolder="text_encoder_2", torch_dtype=torch.float32)
+    return vae, transformer, clip, t5
+
+
 def save_flux_pipeline(out: Path, vae, transformer, clip, t5, clip_dir: Path, t5_dir: Path) -> None:
     """The twin as an fp16 FluxPipeline folder (FLUX.1's scheduler config), written atomically."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline

@@ -12,7 +12,9 @@ ordinary Stable Diffusion pipeline folder. --from starts from such a folder and 
 
 --arch flux pretrains the flow-matching twin instead (toyworld/flow_stage.py): a FLUX.1-architecture
 transformer and a T5 encoder from scratch, with the --from pipeline's VAE (default: the shipped
-toy-world model) and its CLIP text encoder, on the richer world with rectified flow (--flow-steps).
+toy-world model) and its CLIP text encoder, on the richer world with rectified flow (--flow-steps),
+then further schedules (--flow-anneal-steps), whose loss may weigh the object's latent pixels more
+(--flow-object-weight). --flow-from starts from a twin instead and runs the further schedules alone.
 The result is an ordinary FluxPipeline folder.
 """
 
@@ -89,6 +91,19 @@ def parser() -> argparse.ArgumentParser:
         help="--arch flux: the further schedules' peaks, one for each or one for all (e.g. 2e-4,1e-4)",
     )
     p.add_argument(
+        "--flow-object-weight",
+        type=_floats,
+        default=(0.0,),
+        help="--arch flux: the further schedules' extra loss weight on the object's latent pixels (1 + this,"
+        " the background 1), one for each or one for all (e.g. 0,4)",
+    )
+    p.add_argument(
+        "--flow-from",
+        default=None,
+        help="--arch flux: a twin folder this recipe wrote (e.g. the shipped one): start from all its models and"
+        " run only the further schedules (--flow-anneal-steps)",
+    )
+    p.add_argument(
         "--flow-blocks",
         type=_ints,
         default=None,
@@ -113,11 +128,17 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(",") if v.strip())
 
 
-def anneal_stages(steps: tuple[int, ...], lrs: tuple[float, ...]) -> list[tuple[int, float]]:
-    """(steps, peak lr) of each further schedule: one lr for each, or one for all."""
-    if len(lrs) not in (1, len(steps)):
-        raise ValueError(f"--flow-anneal-lr: {len(lrs)} values for {len(steps)} schedules (give one, or one each)")
-    return [(n, lrs[0] if len(lrs) == 1 else lrs[i]) for i, n in enumerate(steps) if n]
+def anneal_stages(
+    steps: tuple[int, ...], lrs: tuple[float, ...], weights: tuple[float, ...] = (0.0,)
+) -> list[tuple[int, float, float]]:
+    """(steps, peak lr, object weight) of each further schedule: one lr (weight) for each, or one for all."""
+    for flag, values in (("--flow-anneal-lr", lrs), ("--flow-object-weight", weights)):
+        if len(values) not in (1, len(steps)):
+            raise ValueError(f"{flag}: {len(values)} values for {len(steps)} schedules (give one, or one each)")
+    if any(w < 0 for w in weights):
+        raise ValueError(f"--flow-object-weight {','.join(map(str, weights))}: weights are 0 or more")
+    pick = lambda values, i: values[0] if len(values) == 1 else values[i]  # noqa: E731
+    return [(n, pick(lrs, i), pick(weights, i)) for i, n in enumerate(steps) if n]
 
 
 def flow_blocks(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[int, int]:
@@ -136,6 +157,23 @@ def flow_blocks(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[i
     return given[0], given[1]
 
 
+def flow_from(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--flow-from's refusals, through p: a twin folder, and only the further schedules run from it."""
+    if not args.flow_from:
+        return
+    if args.arch != "flux":
+        p.error("--flow-from: for --arch flux")
+    for flag, given in (("--from", args.start), ("--flow-blocks", args.flow_blocks), ("--flow-heads", args.flow_heads)):
+        if given:
+            p.error(f"{flag}: not with --flow-from (the twin brings its models)")
+    if not any(args.flow_anneal_steps):
+        p.error("--flow-from: give --flow-anneal-steps, the schedules to run from the twin")
+    if not (Path(args.flow_from) / "transformer" / "config.json").is_file():
+        p.error(
+            f"--flow-from {args.flow_from}: no transformer/config.json there (give a twin folder this recipe wrote)"
+        )
+
+
 def flow_heads(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """--flow-heads, the shipped twin's where not given; refused through p."""
     from .flow_stage import HEADS, valid_heads
@@ -150,13 +188,14 @@ def flow_heads(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def pretrain_flow(args: argparse.Namespace) -> None:
-    """The flow-matching twin: its transformer and T5 from scratch on the --from model's VAE and CLIP."""
-    stages = anneal_stages(args.flow_anneal_steps, args.flow_anneal_lr)
+    """The flow-matching twin: its transformer and T5 from scratch on the --from model's VAE and CLIP, or
+    (--flow-from) a twin's models trained further."""
+    stages = anneal_stages(args.flow_anneal_steps, args.flow_anneal_lr, args.flow_object_weight)
     import torch
     from transformers import T5TokenizerFast
 
     from .flow_stage import build_flow_models, train_flow, write_t5_tokenizer
-    from .pipeline import load_flow_start, make_tokenizer, save_flux_pipeline
+    from .pipeline import load_flow_start, load_twin, make_tokenizer, save_flux_pipeline
 
     torch.manual_seed(args.seed)
     work = Path(args.work)
@@ -165,20 +204,26 @@ def pretrain_flow(args: argparse.Namespace) -> None:
     _, clip_tok = make_tokenizer(clip_dir)
     write_t5_tokenizer(t5_dir)
     t5_tok = T5TokenizerFast.from_pretrained(t5_dir)
-    start = Path(args.start) if args.start else shipped_model()
-    vae, clip = load_flow_start(start)
-    transformer, t5 = build_flow_models(len(t5_tok), clip.config.hidden_size, *args.flow_blocks, heads=args.flow_heads)
+    if args.flow_from:
+        vae, transformer, clip, t5 = load_twin(Path(args.flow_from))
+    else:
+        vae, clip = load_flow_start(Path(args.start) if args.start else shipped_model())
+        blocks = args.flow_blocks
+        transformer, t5 = build_flow_models(len(t5_tok), clip.config.hidden_size, *blocks, heads=args.flow_heads)
     log.info(
         "parameters: transformer %.2fM, clip %.2fM, t5 %.2fM",
         *(sum(q.numel() for q in m.parameters()) / 1e6 for m in (transformer, clip, t5)),
     )
     data = dict(seed=args.seed, batch=args.batch, n_data=args.data, work=work)
     models = (vae, transformer, clip, t5, (clip_tok, t5_tok))
-    train_flow(*models, args.flow_steps, **data, lr_max=args.flow_lr)
-    done = args.flow_steps
-    for i, (steps, lr_max) in enumerate(stages):
-        name = "flow-anneal" if i == 0 else f"flow-anneal-{i + 1}"
-        train_flow(*models, steps, **data, lr_max=lr_max, warmup=100, name=name, batches=done)
+    if args.flow_from:  # checkpoints of their own names, batches no stage of a run from scratch draws
+        prefix, done = "flow-from-anneal", 1_000_000
+    else:
+        train_flow(*models, args.flow_steps, **data, lr_max=args.flow_lr)
+        prefix, done = "flow-anneal", args.flow_steps
+    for i, (steps, lr_max, weight) in enumerate(stages):
+        name = prefix if i == 0 else f"{prefix}-{i + 1}"
+        train_flow(*models, steps, **data, lr_max=lr_max, warmup=100, name=name, batches=done, object_weight=weight)
         done += steps
     save_flux_pipeline(Path(args.out), vae, transformer, clip, t5, clip_dir, t5_dir)
     write_text(work / "done.json", json.dumps(vars(args)))
@@ -238,9 +283,10 @@ def main() -> None:
     p = parser()
     args = p.parse_args()
     try:
-        anneal_stages(args.flow_anneal_steps, args.flow_anneal_lr)  # refused before any training
+        anneal_stages(args.flow_anneal_steps, args.flow_anneal_lr, args.flow_object_weight)  # before any training
     except ValueError as e:
         p.error(str(e))
+    flow_from(p, args)
     for flag, given in (("--vae-from", args.vae_from), ("--text-width", args.text_width is not None)):
         if given and args.start:
             p.error(f"{flag}: not with --from (which takes all three models)")
