@@ -30,16 +30,29 @@ def _env() -> dict:
     return env
 
 
-def _train(model, instance_dir, out, class_dir, *extra, timeout=300):
-    args = [
-        *("--model", str(model), "--instance-dir", str(instance_dir), "--instance-prompt", "a photo of sks dog"),
-        *("--class-prompt", "a photo of a dog", "--class-dir", str(class_dir), "--num-class-images", "5"),
-        *("--class-inference-steps", "2", "--output-dir", str(out), "--resolution", "64", "--rank", "4"),
+def _args(model, instance_dir, out, class_dir, *extra) -> list[str]:
+    return [
+        *("train", "--model", str(model), "--instance-dir", str(instance_dir)),
+        *("--instance-prompt", "a photo of sks dog", "--class-prompt", "a photo of a dog"),
+        *("--class-dir", str(class_dir), "--num-class-images", "5", "--class-inference-steps", "2"),
+        *("--output-dir", str(out), "--resolution", "64", "--rank", "4"),
         *("--learning-rate", "1e-3", "--lr-scheduler", "constant", "--checkpoint-every", "2"),
         *extra,
     ]
+
+
+def _refused(capsys, *args) -> str:
+    """The command's one-line refusal (exit code 2), run in this process: refused before any process starts."""
+    from dreambooth.cli import main
+
+    capsys.readouterr()
+    assert main(_args(*args)) == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def _train(model, instance_dir, out, class_dir, *extra, timeout=300):
     return subprocess.run(
-        [sys.executable, "-m", "dreambooth", "train", *args],
+        [sys.executable, "-m", "dreambooth", *_args(model, instance_dir, out, class_dir, *extra)],
         env=_env(),
         capture_output=True,
         text=True,
@@ -99,7 +112,7 @@ def test_class_images_are_split_across_processes_without_duplicates(two_process_
 
 
 def test_resume_needs_the_same_number_of_processes_and_then_equals_an_uninterrupted_run(
-    two_process_run, tiny_model, tmp_path
+    two_process_run, tiny_model, tmp_path, capsys
 ):
 
     from dreambooth.demo import example_subject
@@ -110,10 +123,9 @@ def test_resume_needs_the_same_number_of_processes_and_then_equals_an_uninterrup
     shutil.rmtree(out / "checkpoints" / "step-4")
     for name in ("run.json", "pytorch_lora_weights.safetensors"):
         (out / name).unlink()
-    wrong = _train(tiny_model, example_subject(), out, root / "class", "--max-steps", "4", "--resume", "latest",
-                   "--num-processes", "1")  # fmt: skip
-    assert wrong.returncode == 2
-    assert wrong.stderr.strip().splitlines()[-1].startswith("error: --num-processes 1: the checkpoint")
+    wrong = _refused(capsys, tiny_model, example_subject(), out, root / "class", "--max-steps", "4", "--resume",
+                     "latest", "--num-processes", "1")  # fmt: skip
+    assert wrong.startswith("error: --num-processes 1: the checkpoint"), wrong
     # without --num-processes the run's saved config says 2
     again = _train(tiny_model, example_subject(), out, root / "class", "--max-steps", "4", "--resume", "latest")
     assert again.returncode == 0, again.stderr[-3000:]
@@ -208,17 +220,16 @@ def test_fsdp_trains_what_ddp_trains_with_sharded_checkpoints_and_one_ordinary_l
     assert sorted(p.name for p in (root / "fsdp" / "validation" / "step-4").iterdir()) == ["00-0.png", "00-1.png"]
 
 
-def test_fsdp_resumes_exactly_from_its_sharded_checkpoint_and_not_without_fsdp(fsdp_run, tiny_model):
+def test_fsdp_resumes_exactly_from_its_sharded_checkpoint_and_not_without_fsdp(fsdp_run, tiny_model, capsys):
     from dreambooth.demo import example_subject
 
     root, extra = fsdp_run
     out = root / "fsdp-again"  # a copy of the run, continued from its step-2 checkpoint to 4
     shutil.copytree(root / "fsdp", out)
     step2 = str(out / "checkpoints" / "step-2")
-    wrong = _train(tiny_model, example_subject(), out, root / "class", "--max-steps", "4", "--resume", step2,
-                   *[a for a in extra if a != "--fsdp"], "--no-fsdp")  # fmt: skip
-    assert wrong.returncode == 2
-    assert wrong.stderr.strip().splitlines()[-1].startswith("error: --fsdp: the checkpoint"), wrong.stderr[-500:]
+    wrong = _refused(capsys, tiny_model, example_subject(), out, root / "class", "--max-steps", "4", "--resume",
+                     step2, *[a for a in extra if a != "--fsdp"], "--no-fsdp")  # fmt: skip
+    assert wrong.startswith("error: --fsdp: the checkpoint"), wrong
     # without --fsdp the run's saved config says it
     again = _train(tiny_model, example_subject(), out, root / "class", "--max-steps", "4", "--resume", step2,
                    *[a for a in extra if a != "--fsdp"])  # fmt: skip
