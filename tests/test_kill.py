@@ -1,42 +1,37 @@
-"""SIGKILL at any moment loses nothing (issue 8): the trainer is killed in a subprocess at nine moments
+"""SIGKILL at any moment loses nothing (issue 8): the trainer is killed in a forked process at nine moments
 (class-image generation, latent caching, mid-step, inside checkpoint saves, the final save, the run
 record), then `--resume latest` finishes with the weights of an uninterrupted run, and every
 checkpoint left on disk loads."""
 
 from __future__ import annotations
 
-import os
+import multiprocessing
 import signal
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
 from dreambooth.demo import example_subject
-from helpers import lora_weights, max_abs_diff
+from helpers import kill_at, lora_weights, max_abs_diff
 
-# Runs the CLI with one function wrapped to SIGKILL the process on its N-th call.
-KILLER = textwrap.dedent(
-    """
-    import importlib, os, signal, sys
-    target, n = os.environ["KILL_AT"].rsplit(":", 1)
-    module, name = target.split(":")
-    owner = importlib.import_module(module)
-    *path, attr = name.split(".")
-    for part in path:
-        owner = getattr(owner, part)
-    real, calls = getattr(owner, attr), [0]
-    def wrapped(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == int(n):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real(*args, **kwargs)
-    setattr(owner, attr, wrapped)
-    from dreambooth.cli import main
-    sys.exit(main(sys.argv[1:]))
-    """
-)
+
+def _killed(moment: str, args: list[str]) -> int:
+    """Run the CLI in a process forked from a server that has imported torch, diffusers and the trainer
+    once (no start-up of seconds for each moment; the server never computed, so its fork is safe with
+    OpenMP), at this process's thread count, with one function wrapped to SIGKILL it (kill_at); the
+    signal that ended it (0 if none)."""
+    import torch
+
+    global _SERVER
+    if _SERVER is None:
+        _SERVER = multiprocessing.get_context("forkserver")
+        _SERVER.set_forkserver_preload(["torch", "diffusers", "dreambooth.cli", "dreambooth.training.loop"])
+    proc = _SERVER.Process(target=kill_at, args=(moment, args, torch.get_num_threads()))
+    proc.start()
+    proc.join()
+    return -proc.exitcode if proc.exitcode < 0 else 0
+
+
+_SERVER = None
 
 
 def _args(model, out, class_dir):
@@ -80,14 +75,7 @@ def test_sigkill_then_resume_latest_equals_an_uninterrupted_run(moment, tiny_mod
     from dreambooth.training.checkpoint import load_checkpoint
 
     out, class_dir = tmp_path / "run", tmp_path / "class"
-    import torch
-
-    # The same thread count as this process: float sums, so the images and weights, depend on it
-    env = {**os.environ, "KILL_AT": moment, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.run(
-        [sys.executable, "-c", KILLER, *_args(tiny_model, out, class_dir)], env=env, capture_output=True, text=True
-    )
-    assert proc.returncode == -signal.SIGKILL, (moment, proc.returncode, proc.stderr[-2000:])
+    assert _killed(moment, _args(tiny_model, out, class_dir)) == signal.SIGKILL, moment
     for _, ckpt in list_checkpoints(out):
         load_checkpoint(ckpt)  # every checkpoint left on disk loads
     assert main([*_args(tiny_model, out, class_dir), "--resume", "latest"]) == 0
@@ -109,18 +97,13 @@ OPTIMIZERS = {  # (issue 21) each optimizer's state through a SIGKILL inside ste
 def test_sigkill_inside_a_step_then_resume_equals_an_uninterrupted_run_for_every_optimizer(
     optimizer, tiny_model, tmp_path
 ):
-    import torch
-
     from dreambooth.cli import main
 
     extra = OPTIMIZERS[optimizer]
     straight = tmp_path / "straight"
     assert main([*_args(tiny_model, straight, tmp_path / "class"), *extra]) == 0
     out = tmp_path / "run"
-    env = {**os.environ, "KILL_AT": "dreambooth.training.loop:training_step:5",
-           "OMP_NUM_THREADS": str(torch.get_num_threads())}  # fmt: skip
     args = [*_args(tiny_model, out, tmp_path / "class"), *extra]
-    proc = subprocess.run([sys.executable, "-c", KILLER, *args], env=env, capture_output=True, text=True)
-    assert proc.returncode == -signal.SIGKILL, (optimizer, proc.returncode, proc.stderr[-2000:])
+    assert _killed("dreambooth.training.loop:training_step:5", args) == signal.SIGKILL, optimizer
     assert main([*args, "--resume", "latest"]) == 0
     assert max_abs_diff(lora_weights(straight), lora_weights(out)) <= 1e-6, optimizer
