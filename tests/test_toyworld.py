@@ -249,6 +249,8 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
         ([*twin_from, "--flow-anneal-steps", "5"], f"--flow-from {tmp_path / 'toy'}: no transformer/config.json"),
         (flux_steps + ["--flow-object-weight", "1,2,3"], "--flow-object-weight: 3 values for 2 schedules"),
         (flux_steps + ["--flow-object-weight", "-1"], "--flow-object-weight -1.0: weights are 0 or more"),
+        (["--flow-object-weight", "4"], "--flow-object-weight: for --arch flux"),
+        (["--arch", "flux", "--flow-object-weight", "4"], "--flow-object-weight: it weighs the further schedules"),
     ):
         monkeypatch.setattr(sys, "argv", ["train", str(tmp_path / "x"), *argv])
         with pytest.raises(SystemExit) as e:

@@ -158,7 +158,13 @@ def flow_blocks(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[i
 
 
 def flow_from(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """--flow-from's refusals, through p: a twin folder, and only the further schedules run from it."""
+    """--flow-from's and --flow-object-weight's refusals, through p: a twin folder, and only the further
+    schedules run from it; the weight is of those schedules' loss."""
+    if any(args.flow_object_weight):
+        if args.arch != "flux":
+            p.error("--flow-object-weight: for --arch flux")
+        if not any(args.flow_anneal_steps):
+            p.error("--flow-object-weight: it weighs the further schedules' loss; give --flow-anneal-steps")
     if not args.flow_from:
         return
     if args.arch != "flux":
