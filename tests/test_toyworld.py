@@ -250,6 +250,7 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
         (flux_steps + ["--flow-object-weight", "1,2,3"], "--flow-object-weight: 3 values for 2 schedules"),
         (flux_steps + ["--flow-object-weight", "-1"], "--flow-object-weight -1.0: weights are 0 or more"),
         (["--flow-object-weight", "4"], "--flow-object-weight: for --arch flux"),
+        (["--flow-anneal-steps", "5"], "--flow-anneal-steps: for --arch flux"),  # was silently unused
         (["--arch", "flux", "--flow-object-weight", "4"], "--flow-object-weight: it weighs the further schedules"),
     ):
         monkeypatch.setattr(sys, "argv", ["train", str(tmp_path / "x"), *argv])

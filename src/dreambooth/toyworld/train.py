@@ -148,8 +148,6 @@ def flow_blocks(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[i
     given = args.flow_blocks
     if given is None:
         return DOUBLE_BLOCKS, SINGLE_BLOCKS
-    if args.arch != "flux":
-        p.error("--flow-blocks: for --arch flux")
     if len(given) != 2 or given[0] < 1 or given[1] < 0:
         p.error(
             f"--flow-blocks {','.join(map(str, given))}: give two counts, double-stream (1 or more) and single-stream"
@@ -157,18 +155,32 @@ def flow_blocks(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[i
     return given[0], given[1]
 
 
+def wrong_arch(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Each recipe's own options, refused (through p) for the other --arch: one table, not a check in each."""
+    own = {
+        "flux": (
+            ("--flow-anneal-steps", any(args.flow_anneal_steps)),
+            ("--flow-object-weight", any(args.flow_object_weight)),
+            ("--flow-from", args.flow_from),
+            ("--flow-blocks", args.flow_blocks is not None),
+            ("--flow-heads", args.flow_heads is not None),
+        ),
+        "sd": (("--vae-from", args.vae_from), ("--text-width", args.text_width is not None)),
+    }
+    why = {"sd": " (the twin takes its VAE and CLIP from --from)", "flux": ""}
+    for arch, flags in own.items():
+        for flag, given in flags:
+            if given and args.arch != arch:
+                p.error(f"{flag}: for --arch {arch}{why[arch]}")
+
+
 def flow_from(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """--flow-from's and --flow-object-weight's refusals, through p: a twin folder, and only the further
     schedules run from it; the weight is of those schedules' loss."""
-    if any(args.flow_object_weight):
-        if args.arch != "flux":
-            p.error("--flow-object-weight: for --arch flux")
-        if not any(args.flow_anneal_steps):
-            p.error("--flow-object-weight: it weighs the further schedules' loss; give --flow-anneal-steps")
+    if any(args.flow_object_weight) and not any(args.flow_anneal_steps):
+        p.error("--flow-object-weight: it weighs the further schedules' loss; give --flow-anneal-steps")
     if not args.flow_from:
         return
-    if args.arch != "flux":
-        p.error("--flow-from: for --arch flux")
     for flag, given in (("--from", args.start), ("--flow-blocks", args.flow_blocks), ("--flow-heads", args.flow_heads)):
         if given:
             p.error(f"{flag}: not with --flow-from (the twin brings its models)")
@@ -186,8 +198,6 @@ def flow_heads(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     if args.flow_heads is None:
         return HEADS
-    if args.arch != "flux":
-        p.error("--flow-heads: for --arch flux")
     if not valid_heads(args.flow_heads):
         p.error(f"--flow-heads {args.flow_heads}: give 1, 2, 4 or 8 (heads of the transformer's 128 dims)")
     return args.flow_heads
@@ -292,12 +302,11 @@ def main() -> None:
         anneal_stages(args.flow_anneal_steps, args.flow_anneal_lr, args.flow_object_weight)  # before any training
     except ValueError as e:
         p.error(str(e))
+    wrong_arch(p, args)
     flow_from(p, args)
     for flag, given in (("--vae-from", args.vae_from), ("--text-width", args.text_width is not None)):
         if given and args.start:
             p.error(f"{flag}: not with --from (which takes all three models)")
-        if given and args.arch == "flux":
-            p.error(f"{flag}: for --arch sd (the twin takes its VAE and CLIP from --from)")
     args.flow_blocks = flow_blocks(p, args)
     args.flow_heads = flow_heads(p, args)
     args.text_width = TEXT_WIDTH if args.text_width is None else args.text_width
