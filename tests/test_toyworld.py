@@ -245,6 +245,9 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
         (["--flow-from", str(tmp_path / "toy")], "--flow-from: for --arch flux"),
         ([*twin_from, "--flow-anneal-steps", "5", "--from", str(tmp_path / "toy")], "--from: not with --flow-from"),
         ([*twin_from, "--flow-anneal-steps", "5", "--flow-heads", "2"], "--flow-heads: not with --flow-from"),
+        ([*twin_from, "--flow-anneal-steps", "5", "--flow-vae-scale", "2"], "--flow-vae-scale: not with --flow-from"),
+        (["--flow-vae-scale", "2"], "--flow-vae-scale: for --arch flux"),
+        (["--arch", "flux", "--flow-vae-scale", "3"], "--flow-vae-scale: invalid choice: 3"),
         (twin_from, "--flow-from: give --flow-anneal-steps"),
         ([*twin_from, "--flow-anneal-steps", "5"], f"--flow-from {tmp_path / 'toy'}: no transformer/config.json"),
         (flux_steps + ["--flow-object-weight", "1,2,3"], "--flow-object-weight: 3 values for 2 schedules"),
@@ -337,11 +340,12 @@ def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_r
 
     import torch
     from diffusers import AutoencoderKL, FluxPipeline
+    from safetensors.torch import load_file
 
     from dreambooth.toyworld import train
     from dreambooth.toyworld.data import MAX_TOKENS
     from dreambooth.toyworld.flow_stage import image_seq_shift
-    from dreambooth.toyworld.pipeline import MARKER
+    from dreambooth.toyworld.pipeline import MARKER, POSTERIOR_LOGVAR
     from dreambooth.toyworld.stage import load_state
 
     def pretrain(out, work):
@@ -409,3 +413,22 @@ def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_r
     assert all(torch.equal(v, shipped[k]) for k, v in tuned.vae.state_dict().items())  # the twin's VAE, kept
     with pytest.raises(ValueError, match="--flow-anneal-lr: 2 values for 3 schedules"):
         train.anneal_stages((1, 2, 3), (1e-4, 2e-4))
+    # --flow-vae-scale 2: a VAE of the twin's own, 64 px to 32 x 32 latents (16 x 16 tokens), trained first
+    own_vae = ["--arch", "flux", "--flow-vae-scale", "2", "--vae-steps", "1", "--vae-batch", "2", "--outlined", "1",
+               "--flow-steps", "1", "--data", "8", "--batch", "2", "--flow-anneal-steps", "0", "--flow-blocks", "1,1"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["train", str(tmp_path / "twin16"), "--work", str(tmp_path / "work6"), *own_vae])
+    train.main()
+    twin16 = FluxPipeline.from_pretrained(tmp_path / "twin16", torch_dtype=torch.float32)
+    latents = load_file(tmp_path / "work6" / "latents-rich.safetensors")["latents"]
+    assert twin16.vae_scale_factor == 2 and latents.shape == (8, 4, 32, 32)
+    assert twin16.vae.config.scaling_factor == pytest.approx(1 / latents.std().item(), rel=1e-3)
+    assert twin16.vae.config.shift_factor == 0.0 and (tmp_path / "work6" / "vae.safetensors").is_file()
+    assert torch.all(twin16.vae.quant_conv.bias[4:] == POSTERIOR_LOGVAR)  # its posterior a point, as the UNet model's
+    image = twin16("a photo of a red heart on a blue background", height=64, width=64, num_inference_steps=1,
+                   max_sequence_length=MAX_TOKENS).images[0]  # fmt: skip
+    assert image.size == (64, 64)
+    # the same with a work folder whose cached latents are the UNet model's VAE's (16 x 16): refused, not mixed
+    monkeypatch.setattr(sys, "argv", ["train", str(tmp_path / "mixed"), "--work", str(tmp_path / "work"), *own_vae])
+    with pytest.raises(RuntimeError, match="not of this VAE's resolution"):
+        train.main()
+    assert not (tmp_path / "mixed").exists()

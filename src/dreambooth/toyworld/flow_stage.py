@@ -193,6 +193,8 @@ def train_flow(
     ids = caption_ids(tokenizers, n_data, seed)
     if not torch.equal(ids["clip"], data["ids"]):
         raise RuntimeError(f"{work}: the cached latents are not of this recipe's captions; remove the cache")
+    if latents.shape[-1] * 2 ** (len(vae.config.block_out_channels) - 1) != 64:
+        raise RuntimeError(f"{work}: the cached latents are not of this VAE's resolution; remove the cache")
     kw = dict(padding="max_length", max_length=MAX_TOKENS, return_tensors="pt")
     empty = {name: tok([""], **kw).input_ids for name, tok in zip(("clip", "t5"), tokenizers)}
     shift = image_seq_shift(latents.shape[-1] * latents.shape[-2] // 4)

@@ -25,20 +25,31 @@ def make_tokenizer(tok_dir: Path) -> tuple[dict[str, int], CLIPTokenizer]:
     return vocab, CLIPTokenizer.from_pretrained(tok_dir)
 
 
-def build_models(vocab: dict[str, int], text_width: int):
-    """(vae, unet, text encoder), freshly initialised from torch's global generator; the text encoder
-    `text_width` wide (the UNet's cross-attention reads that width)."""
-    vae = AutoencoderKL(
+VAE_CHANNELS = {4: (32, 64, 64), 2: (32, 64)}  # each block but the last halves the image
+
+
+def build_vae(scale: int = 4) -> AutoencoderKL:
+    """The world's VAE, freshly initialised from torch's global generator: 64 px images to 4 latent
+    channels at 1/scale of the resolution (the UNet model's: 4, so 16 x 16; the twin's --flow-vae-scale 2:
+    32 x 32, which FLUX's 2 x 2 packing makes 16 x 16 tokens)."""
+    channels = VAE_CHANNELS[scale]
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         latent_channels=4,
         layers_per_block=1,
         sample_size=64,
         norm_num_groups=16,
-        block_out_channels=(32, 64, 64),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=channels,
+        down_block_types=("DownEncoderBlock2D",) * len(channels),
+        up_block_types=("UpDecoderBlock2D",) * len(channels),
     )
+
+
+def build_models(vocab: dict[str, int], text_width: int):
+    """(vae, unet, text encoder), freshly initialised from torch's global generator; the text encoder
+    `text_width` wide (the UNet's cross-attention reads that width)."""
+    vae = build_vae()
     unet = UNet2DConditionModel(
         sample_size=16,
         in_channels=4,
