@@ -123,7 +123,7 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="--arch flux: 2 trains the twin a VAE of its own that shrinks 64 px images to 32 x 32 latents (16 x 16"
         " tokens; --vae-steps, --vae-batch, --outlined as the UNet recipe's VAE stage) instead of taking the --from"
-        " model's (4: 16 x 16 latents, 8 x 8 tokens). Measured: each step costs 2.5-3x and learns less",
+        " model's (4: 16 x 16 latents, 8 x 8 tokens). Measured: each step costs about 3.5x and learns less",
     )
     p.add_argument("--seed", type=int, default=0)
     return p
