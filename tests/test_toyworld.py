@@ -247,6 +247,14 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
         ([*twin_from, "--flow-anneal-steps", "5", "--flow-heads", "2"], "--flow-heads: not with --flow-from"),
         ([*twin_from, "--flow-anneal-steps", "5", "--flow-vae-scale", "2"], "--flow-vae-scale: not with --flow-from"),
         (["--flow-vae-scale", "2"], "--flow-vae-scale: for --arch flux"),
+        (["--flow-width", "192"], "--flow-width: for --arch flux"),
+        (["--arch", "flux", "--flow-width", "100"], "--flow-width 100: give a multiple of 32, 64 or more"),
+        (["--arch", "flux", "--flow-width", "32"], "--flow-width 32: give a multiple of 32, 64 or more"),
+        (
+            ["--arch", "flux", "--flow-width", "192", "--flow-heads", "5"],
+            "--flow-heads 5: give 1, 2, 3, 4, 6, 8, 12 or 16 (heads of the transformer's 192 dims)",
+        ),
+        ([*twin_from, "--flow-anneal-steps", "5", "--flow-width", "192"], "--flow-width: not with --flow-from"),
         (["--arch", "flux", "--flow-vae-scale", "3"], "--flow-vae-scale: invalid choice: 3"),
         (twin_from, "--flow-from: give --flow-anneal-steps"),
         ([*twin_from, "--flow-anneal-steps", "5"], f"--flow-from {tmp_path / 'toy'}: no transformer/config.json"),
@@ -415,12 +423,15 @@ def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_r
         train.anneal_stages((1, 2, 3), (1e-4, 2e-4))
     # --flow-vae-scale 2: a VAE of the twin's own, 64 px to 32 x 32 latents (16 x 16 tokens), trained first
     own_vae = ["--arch", "flux", "--flow-vae-scale", "2", "--vae-steps", "1", "--vae-batch", "2", "--outlined", "1",
-               "--flow-steps", "1", "--data", "8", "--batch", "2", "--flow-anneal-steps", "0", "--flow-blocks", "1,1"]  # fmt: skip
+               "--flow-steps", "1", "--data", "8", "--batch", "2", "--flow-anneal-steps", "0", "--flow-blocks", "1,1",
+               "--flow-width", "64"]  # fmt: skip
     monkeypatch.setattr(sys, "argv", ["train", str(tmp_path / "twin16"), "--work", str(tmp_path / "work6"), *own_vae])
     train.main()
     twin16 = FluxPipeline.from_pretrained(tmp_path / "twin16", torch_dtype=torch.float32)
     latents = load_file(tmp_path / "work6" / "latents-rich.safetensors")["latents"]
     assert twin16.vae_scale_factor == 2 and latents.shape == (8, 4, 32, 32)
+    # --flow-width: the transformer's width, in heads of 32 dims unless --flow-heads says
+    assert heads(twin16.transformer.config) == (2, 32, (8, 12, 12)) and twin16.transformer.inner_dim == 64
     assert twin16.vae.config.scaling_factor == pytest.approx(1 / latents.std().item(), rel=1e-3)
     assert twin16.vae.config.shift_factor == 0.0 and (tmp_path / "work6" / "vae.safetensors").is_file()
     assert torch.all(twin16.vae.quant_conv.bias[4:] == POSTERIOR_LOGVAR)  # its posterior a point, as the UNet model's

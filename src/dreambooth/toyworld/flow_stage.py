@@ -30,9 +30,10 @@ from .world import shape_mask
 log = logging.getLogger(__name__)
 
 DOUBLE_BLOCKS, SINGLE_BLOCKS = 2, 4  # the shipped twin's transformer
-HEADS = 4  # the shipped twin's attention heads (of 32 dims each)
+HEADS = 4  # the shipped twin's attention heads (of HEAD_DIM each)
+HEAD_DIM = 32  # the shipped twin's, and the default for other widths (--flow-width)
 T5_WIDTH = 128  # the twin's T5 width: the transformer's joint attention width
-WIDTH = 128  # the transformer's width, heads x head dim
+WIDTH = 128  # the shipped twin transformer's width, heads x head dim
 WORLD_WORDS = ("dots", "stripes", "outline")  # the richer world's words the shared corpus lacks
 SHIFT_MU = {"base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}  # FLUX.1's
 
@@ -53,17 +54,22 @@ def rope_axes(head_dim: int) -> tuple[int, int, int]:
     return 8, (head_dim - 8) // 2, (head_dim - 8) // 2
 
 
-def valid_heads(heads: int) -> bool:
+def valid_heads(heads: int, width: int = WIDTH) -> bool:
     """Whether the transformer's width splits into `heads` heads with even rotary axes."""
-    return heads >= 1 and WIDTH % heads == 0 and (WIDTH // heads - 8) % 4 == 0 and WIDTH // heads > 8
+    return heads >= 1 and width % heads == 0 and (width // heads - 8) % 4 == 0 and width // heads > 8
 
 
 def build_flow_models(
-    t5_vocab: int, clip_width: int, double: int = DOUBLE_BLOCKS, single: int = SINGLE_BLOCKS, heads: int = HEADS
+    t5_vocab: int,
+    clip_width: int,
+    double: int = DOUBLE_BLOCKS,
+    single: int = SINGLE_BLOCKS,
+    heads: int = HEADS,
+    width: int = WIDTH,
 ):
     """(transformer, T5) freshly initialised from torch's global generator; clip_width: the width of the
     CLIP text encoder whose pooled output the transformer reads; double, single: the transformer's
-    double- and single-stream blocks; heads: its attention heads (the width stays 128)."""
+    double- and single-stream blocks; heads: its attention heads; width: its width (heads x head dim)."""
     from diffusers import FluxTransformer2DModel
 
     from ..tiny_flow import t5_encoder
@@ -73,12 +79,12 @@ def build_flow_models(
         in_channels=16,  # 4 latent channels x 2 x 2
         num_layers=double,
         num_single_layers=single,
-        attention_head_dim=WIDTH // heads,
+        attention_head_dim=width // heads,
         num_attention_heads=heads,
         joint_attention_dim=T5_WIDTH,
         pooled_projection_dim=clip_width,
         guidance_embeds=False,
-        axes_dims_rope=rope_axes(WIDTH // heads),
+        axes_dims_rope=rope_axes(width // heads),
     )
     return transformer, t5_encoder(t5_vocab, width=T5_WIDTH, d_ff=256, heads=4, d_kv=32, dropout=0.0)
 

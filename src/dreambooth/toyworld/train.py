@@ -113,8 +113,15 @@ def parser() -> argparse.ArgumentParser:
         "--flow-heads",
         type=int,
         default=None,
-        help="--arch flux: the transformer's attention heads at its width of 128: 4 (the shipped twin's, 32 dims"
+        help="--arch flux: the transformer's attention heads at its width: at 128, 4 (the shipped twin's, 32 dims"
         " each) or 2 (64 dims each, with more rotary frequencies per position axis), 1 or 8",
+    )
+    p.add_argument(
+        "--flow-width",
+        type=int,
+        default=None,
+        help="--arch flux: the transformer's width, a multiple of 32 (default 128, the shipped twin's); its heads"
+        " of 32 dims each unless --flow-heads says. Measured: 192 learns more per step at 1.75x its cost",
     )
     p.add_argument(
         "--flow-vae-scale",
@@ -173,6 +180,7 @@ def wrong_arch(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             ("--flow-from", args.flow_from),
             ("--flow-blocks", args.flow_blocks is not None),
             ("--flow-heads", args.flow_heads is not None),
+            ("--flow-width", args.flow_width is not None),
             ("--flow-vae-scale", args.flow_vae_scale is not None),
         ),
         "sd": (("--vae-from", args.vae_from), ("--text-width", args.text_width is not None)),
@@ -195,6 +203,7 @@ def flow_from(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ("--from", args.start),
         ("--flow-blocks", args.flow_blocks),
         ("--flow-heads", args.flow_heads),
+        ("--flow-width", args.flow_width),
         ("--flow-vae-scale", args.flow_vae_scale),
     )
     for flag, given in given_flags:
@@ -208,14 +217,29 @@ def flow_from(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         )
 
 
-def flow_heads(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """--flow-heads, the shipped twin's where not given; refused through p."""
-    from .flow_stage import HEADS, valid_heads
+def flow_width(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """--flow-width, the shipped twin's where not given; refused through p."""
+    from .flow_stage import HEAD_DIM, WIDTH
 
+    if args.flow_width is None:
+        return WIDTH
+    if args.flow_width < 2 * HEAD_DIM or args.flow_width % HEAD_DIM:
+        p.error(f"--flow-width {args.flow_width}: give a multiple of {HEAD_DIM}, {2 * HEAD_DIM} or more")
+    return args.flow_width
+
+
+def flow_heads(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """--flow-heads at the transformer's width (args.flow_width, resolved first): heads of 32 dims where not
+    given (the shipped twin's 4 at 128); refused through p."""
+    from .flow_stage import HEAD_DIM, valid_heads
+
+    width = args.flow_width
     if args.flow_heads is None:
-        return HEADS
-    if not valid_heads(args.flow_heads):
-        p.error(f"--flow-heads {args.flow_heads}: give 1, 2, 4 or 8 (heads of the transformer's 128 dims)")
+        return width // HEAD_DIM
+    if not valid_heads(args.flow_heads, width):
+        choices = [str(h) for h in range(1, width + 1) if valid_heads(h, width)]
+        given = f"{', '.join(choices[:-1])} or {choices[-1]}"
+        p.error(f"--flow-heads {args.flow_heads}: give {given} (heads of the transformer's {width} dims)")
     return args.flow_heads
 
 
@@ -241,7 +265,8 @@ def pretrain_flow(args: argparse.Namespace) -> None:
     else:
         vae, clip = load_flow_start(Path(args.start) if args.start else shipped_model())
         blocks = args.flow_blocks
-        transformer, t5 = build_flow_models(len(t5_tok), clip.config.hidden_size, *blocks, heads=args.flow_heads)
+        shape = dict(heads=args.flow_heads, width=args.flow_width)
+        transformer, t5 = build_flow_models(len(t5_tok), clip.config.hidden_size, *blocks, **shape)
         if args.flow_vae_scale not in (None, 4):
             vae = twin_vae(args, clip_tok, work)
     log.info(
@@ -347,6 +372,7 @@ def main() -> None:
         if given and args.start:
             p.error(f"{flag}: not with --from (which takes all three models)")
     args.flow_blocks = flow_blocks(p, args)
+    args.flow_width = flow_width(p, args)
     args.flow_heads = flow_heads(p, args)
     args.text_width = TEXT_WIDTH if args.text_width is None else args.text_width
     if args.text_width < 4 or args.text_width % 4:
