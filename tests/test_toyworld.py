@@ -340,7 +340,7 @@ def test_demo_takes_any_subject_and_refuses_an_unknown_one(tmp_path, capsys):
 
 
 def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_runs_and_is_deterministic(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, capsys
 ):
     """--arch flux: a FLUX.1-architecture transformer and a T5 from scratch, on the UNet model's VAE
     (unchanged) and CLIP (trained further), a FluxPipeline folder; the same seed gives the same weights."""
@@ -438,8 +438,12 @@ def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_r
     image = twin16("a photo of a red heart on a blue background", height=64, width=64, num_inference_steps=1,
                    max_sequence_length=MAX_TOKENS).images[0]  # fmt: skip
     assert image.size == (64, 64)
-    # the same with a work folder whose cached latents are the UNet model's VAE's (16 x 16): refused, not mixed
-    monkeypatch.setattr(sys, "argv", ["train", str(tmp_path / "mixed"), "--work", str(tmp_path / "work"), *own_vae])
-    with pytest.raises(RuntimeError, match="not of this VAE's resolution"):
-        train.main()
-    assert not (tmp_path / "mixed").exists()
+    # the same with a work folder whose cached latents are the UNet model's VAE's (16 x 16): refused before
+    # any training (one line, exit 2), not mixed; and the other way round
+    for work, extra, sides in (("work", own_vae, "16 x 16, this run's VAE makes 32 x 32"),
+                               ("work6", ["--arch", "flux", "--flow-steps", "1"], "32 x 32, this run's VAE makes 16 x 16")):  # fmt: skip
+        monkeypatch.setattr(sys, "argv", ["train", str(tmp_path / "mixed"), "--work", str(tmp_path / work), *extra])
+        with pytest.raises(SystemExit) as e:
+            train.main()
+        assert e.value.code == 2 and f"its cached latents are {sides}" in capsys.readouterr().err
+    assert not (tmp_path / "mixed").exists() and not (tmp_path / "work" / "vae.safetensors").exists()

@@ -217,6 +217,28 @@ def flow_from(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         )
 
 
+def cached_latents(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--arch flux: refuse (through p, before any training) a --work whose cached latents are of another
+    VAE's resolution than this run's (--flow-vae-scale, else the VAE of --flow-from / --from / the shipped
+    model), instead of training a VAE first and failing on them."""
+    cache = Path(args.work) / "latents-rich.safetensors"
+    if args.arch != "flux" or not cache.is_file():
+        return
+    from safetensors import safe_open
+
+    scale = args.flow_vae_scale
+    if scale in (None, 4):  # the VAE this run takes from a folder
+        folder = Path(args.flow_from or args.start or shipped_model()) / "vae" / "config.json"
+        scale = 2 ** (len(json.loads(folder.read_text())["block_out_channels"]) - 1)
+    with safe_open(cache, "pt") as f:
+        side = f.get_slice("latents").get_shape()[-1]
+    if side * scale != 64:
+        p.error(
+            f"--work {args.work}: its cached latents are {side} x {side}, this run's VAE makes {64 // scale} x"
+            f" {64 // scale}; remove {cache.name} or give another --work"
+        )
+
+
 def flow_width(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """--flow-width, the shipped twin's where not given; refused through p."""
     from .flow_stage import HEAD_DIM, WIDTH
@@ -368,6 +390,7 @@ def main() -> None:
         p.error(str(e))
     wrong_arch(p, args)
     flow_from(p, args)
+    cached_latents(p, args)
     for flag, given in (("--vae-from", args.vae_from), ("--text-width", args.text_width is not None)):
         if given and args.start:
             p.error(f"{flag}: not with --from (which takes all three models)")
