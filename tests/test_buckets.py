@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from dreambooth.data.buckets import bucket_sizes, epoch_batches, nearest_bucket
-from dreambooth.data.images import crop_box, micro_conditioning
+from dreambooth.data.pixels import crop_box, micro_conditioning
 from dreambooth.training.loop import resolved, setup, train, training_step
 from dreambooth.training.preflight import preflight
 

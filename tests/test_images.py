@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from dreambooth.data.examples import to_pixels
-from dreambooth.data.images import list_images, load_rgb, resize_and_crop
+from dreambooth.data.images import list_images, load_rgb
+from dreambooth.data.pixels import resize_and_crop
 
 
 def test_exif_orientation_is_applied(tmp_path):

@@ -17,9 +17,10 @@ CARD = "README.md"
 
 def model_card(run: Path) -> str:
     """The card's Markdown for a run folder (pure apart from reading the run's own files)."""
+    from .config import saved_config
     from .methods import get_method
 
-    cfg = runs.saved_config(run)
+    cfg = saved_config(run)
     if cfg is None:
         return f"# {run.name}\n\nA run whose config.yaml cannot be read.\n"
     method = get_method(cfg)

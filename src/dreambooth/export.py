@@ -80,7 +80,8 @@ def _kohya_to_diffusers(src: Path, model: str, dest: Path) -> Path:
     """A kohya file in diffusers' layout, written from what stock `load_lora_weights` makes of it (its
     converter, its alphas as peft's lora_alpha / alpha_pattern), so loading the result builds the
     same adapters."""
-    from .formats.lora import load_lora_into, write_lora_file
+    from .formats.loading import load_lora_into
+    from .formats.lora import write_lora_file
     from .models import family_of, load_pipeline
 
     pipe = load_pipeline(model)

@@ -15,7 +15,7 @@ from PIL import Image
 from . import io
 from .config import GenerateConfig
 from .errors import UserError
-from .weights import embedding_file, lora_file, lora_name, model_identity, pivotal_embedding, sha256
+from .weights import embedding_file, lora_file, lora_name, model_identity, pivotal_embedding, replace_identifier, sha256
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,6 @@ class ImageSettings:
         """Images that agree on this can share one forward pass."""
         d = dataclasses.asdict(self)
         return tuple(v for k, v in d.items() if k not in ("prompt", "negative_prompt", "seed"))
-
-
-def make_scheduler(name: str, base_config, zero_terminal_snr: bool = False, family=None):
-    """Our sampler `name` on the model's noise schedule (family.sampler; a UNet family's by default); with
-    zero_terminal_snr, the schedule rescaled to zero SNR at the last step and sampled from that step
-    (trailing spacing), as Lin et al. (2024) do."""
-    from .families import FAMILIES
-
-    return (family or FAMILIES["sd1"]).sampler(name, base_config, zero_terminal_snr)
 
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -193,7 +184,7 @@ class Engine:
         return self.pipe
 
     def _load_lora(self, s: ImageSettings) -> None:
-        from .formats.lora import load_lora_into
+        from .formats.loading import load_lora_into
 
         path, state = Path(s.lora), None
         if _has_bundled_embedding(path):  # a pivotal run's kohya file: its embedding comes from the run
@@ -271,8 +262,6 @@ def image_settings(cfg, engine: Engine, prompt: str, seed: int, **override) -> I
     emb = embedding_file(values["embedding"]) if values.get("embedding") else None
     pivot = pivotal_embedding(weights) if weights and emb is None else None
     if pivot is not None:  # pivotal tuning: its embedding comes with it, and sks is said as <sks>
-        from .methods.lora import replace_identifier
-
         emb, identifier, token = pivot
         prompt = replace_identifier(prompt, identifier, token)
     return ImageSettings(

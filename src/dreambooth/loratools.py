@@ -236,7 +236,7 @@ def _same_base(adapters: list[dict], paths: list[str], names: list[str]) -> None
 def run_bake(cfg) -> Path:
     import torch
 
-    from .formats.lora import load_lora_into
+    from .formats.loading import load_lora_into
     from .io import atomic_dir
     from .models import check_model, family_of, load_pipeline
     from .weights import lora_file

@@ -24,12 +24,8 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .errors import UserError
-
-if TYPE_CHECKING:
-    from .config import TrainConfig
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
@@ -54,20 +50,6 @@ def run_status(output_dir: str | Path) -> str | None:
     if read_status(output_dir).get("status") == "finished":
         return "finished"
     return "unfinished" if list_checkpoints(output_dir) else None
-
-
-def saved_config(run: str | Path) -> TrainConfig | None:
-    """The config the run trained with (its config.yaml), or None when it has none that reads."""
-    from .config import TrainConfig
-    from .options import load_yaml
-
-    path = Path(run) / CONFIG_FILE
-    if not path.is_file():
-        return None
-    try:
-        return TrainConfig(**load_yaml(path, TrainConfig))
-    except UserError:
-        return None
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:

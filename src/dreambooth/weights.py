@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -75,6 +76,11 @@ def pivotal_embedding(lora: Path) -> tuple[Path, str, str] | None:
     if not meta.get("identifier") or not meta.get("token"):
         return None  # a Textual Inversion run's embedding, not a pivot
     return path, meta["identifier"], meta["token"]
+
+
+def replace_identifier(prompt: str, identifier: str, token: str) -> str:
+    """The prompt with the identifier, as a word, replaced by the pivotal token (pure)."""
+    return re.sub(rf"(?<![\w<>-]){re.escape(identifier)}(?![\w<>-])", token, prompt)
 
 
 def lora_name(path: str | Path) -> str:

@@ -23,9 +23,10 @@ from .tools import (
     TinyModelConfig,
     UIConfig,
 )
-from .train import LR_SCHEDULERS, MIXED_PRECISION, TrainConfig
+from .train import LR_SCHEDULERS, MIXED_PRECISION, TrainConfig, saved_config
 
 __all__ = [
+    "saved_config",
     "DTYPES",
     "LR_SCHEDULERS",
     "MIXED_PRECISION",

@@ -5,6 +5,7 @@ optimisation, images, checkpoints and validation. Bounds and choices are declare
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from ..errors import UserError
 from ..families.base import WEIGHTING_SCHEMES
@@ -12,8 +13,9 @@ from ..methods import METHODS
 from ..methods.lora import LoRAOptions
 from ..methods.textual_inversion import TextualInversionOptions
 from ..optimizers import OPTIMIZERS, ProdigyOptions
-from ..options import check_bounds, check_required, flag_name, option
+from ..options import check_bounds, check_required, flag_name, load_yaml, option
 from ..quantize import KINDS as QUANTIZE_KINDS
+from ..runs import CONFIG_FILE
 
 FAMILY_GUIDANCE = " (default: the model family's: 7.5; SD3 7.0; FLUX.1 3.5)"  # (help texts)
 
@@ -315,3 +317,15 @@ class TrainConfig(ProdigyOptions, TextualInversionOptions, LoRAOptions, TrainDat
             raise UserError("--class-dir: given without --class-prompt (the prompt the class images stand for)")
         if self.random_crop and not self.no_cache:
             raise UserError("--random-crop: cached latents hold one crop per image; add --no-cache to crop at random")
+
+
+def saved_config(run: str | Path) -> TrainConfig | None:
+    """The config a run trained with (its config.yaml, `runs.CONFIG_FILE`), or None when it has none that
+    reads."""
+    path = Path(run) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return TrainConfig(**load_yaml(path, TrainConfig))
+    except UserError:
+        return None

@@ -15,8 +15,9 @@ import torch
 
 from ..families.base import tokenize  # noqa: F401  (where tests and evaluation import it)
 from .buckets import batch_of
-from .images import load_rgb, micro_conditioning, resize_and_crop
+from .images import load_rgb
 from .order import epoch_order
+from .pixels import micro_conditioning, resize_and_crop
 
 
 def to_pixels(

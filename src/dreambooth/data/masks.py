@@ -25,7 +25,7 @@ def mask_file(photo: Path) -> Path:
 
 def photo_of(mask: Path) -> Path | None:
     """The photo a mask file belongs to (the image beside it with its stem), or None."""
-    from .images import IMAGE_SUFFIXES
+    from .pixels import IMAGE_SUFFIXES
 
     stem = mask.name[: -len(SUFFIX)]
     for suffix in IMAGE_SUFFIXES:
@@ -93,7 +93,7 @@ def latent_weights(mask: Image.Image, target, flip: bool, crop_xy, grid: tuple[i
     with it, averaged over each latent cell; 1 on the subject, `unmasked` where the mask is black."""
     import torch
 
-    from .images import resize_and_crop
+    from .pixels import resize_and_crop
 
     im = resize_and_crop(mask, target, crop_xy)
     m = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(1, 1, im.height, im.width).float() / 255

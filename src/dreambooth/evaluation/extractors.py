@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..data.images import load_rgb, resize_and_crop
+from ..data.images import load_rgb
+from ..data.pixels import resize_and_crop
 from ..errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -16,8 +16,8 @@ import logging
 import re
 from pathlib import Path
 
-from .. import io, runs
-from ..config import EvaluateConfig, SelectConfig, TrainConfig
+from .. import io
+from ..config import EvaluateConfig, SelectConfig, TrainConfig, saved_config
 from ..errors import UserError
 from ..methods import get_method
 from ..runs import list_checkpoints
@@ -121,7 +121,7 @@ def _subject_words(saved: TrainConfig, cfg: SelectConfig) -> tuple[str, str]:
 def run_select(cfg: SelectConfig, progress: bool = True) -> dict:
     cfg.validate()
     run = Path(cfg.run)
-    saved = runs.saved_config(run)
+    saved = saved_config(run)
     if saved is None:
         raise UserError(f"--run {run}: not a training run (no readable config.yaml)")
     weights = parse_objective(cfg.objective, METRICS + LOGGED)

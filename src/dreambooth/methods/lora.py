@@ -14,6 +14,7 @@ from ..formats.kohya import DORA_FOR
 from ..io import atomic_path
 from ..models import Components
 from ..options import option
+from ..weights import replace_identifier
 from .adapters import ADAPTERS, TRAINED_MARKERS
 from .base import Method
 
@@ -326,13 +327,6 @@ class LoRA(Method):
         with atomic_path(path) as tmp:
             save_file(state, str(tmp), metadata={"token": self.token, "identifier": self.identifier})
         return path
-
-
-def replace_identifier(prompt: str, identifier: str, token: str) -> str:
-    """The prompt with the identifier, as a word, replaced by the pivotal token (pure)."""
-    import re
-
-    return re.sub(rf"(?<![\w<>-]){re.escape(identifier)}(?![\w<>-])", token, prompt)
 
 
 def init_shape(init_lora: str) -> tuple[int, float]:

@@ -15,6 +15,7 @@ from ..tiny import text_config, write_clip_tokenizer
 from .data import MAX_TOKENS
 
 IDENTIFIERS = ("sks", "zwx", "ohwx")  # rare words the tokenizer knows, for DreamBooth later
+SHIFT_MU = {"base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}  # FLUX.1's
 MARKER = "toyworld.json"  # in every pipeline folder these recipes write: its images are the world's
 POSTERIOR_LOGVAR = -10.0  # posterior std 0.007 (Stable Diffusion's VAE: about 0.01 to 0.1)
 
@@ -112,8 +113,6 @@ def save_flux_pipeline(out: Path, vae, transformer, clip, t5, clip_dir: Path, t5
     """The twin as an fp16 FluxPipeline folder (FLUX.1's scheduler config), written atomically."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
     from transformers import T5TokenizerFast
-
-    from .flow_stage import SHIFT_MU
 
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, **SHIFT_MU)
     pipe = FluxPipeline(

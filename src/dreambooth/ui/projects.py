@@ -291,7 +291,8 @@ def default_prompts(identifier: str, class_noun: str) -> tuple[str, str]:
 def save_uploads(projects: Projects, run: Path, files: list[str | Path]) -> list[Path]:
     """Check uploaded photos as training does and copy them into RUN/photos under their own (cleaned)
     names. Nothing is copied unless every file passes: one bad file is a UserError naming it."""
-    from ..data.images import IMAGE_SUFFIXES, inspect_image
+    from ..data.images import inspect_image
+    from ..data.pixels import IMAGE_SUFFIXES
 
     if not files:
         return []
