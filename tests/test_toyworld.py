@@ -169,6 +169,33 @@ def test_the_twins_object_weight_covers_every_latent_pixel_the_object_draws_and_
     assert torch.allclose(weighted_mse(pred, target, w), expect / (4 * w.sum()))
 
 
+def test_the_twins_shape_weight_draws_a_named_shape_that_many_times_as_often():
+    """--flow-shape-weight star=3: each star scene's chance of a draw is three times another's; every
+    scene keeps a chance; without it the draw is uniform, as before."""
+    import torch
+
+    from dreambooth.toyworld import train
+    from dreambooth.toyworld.data import training_scenes
+    from dreambooth.toyworld.flow_stage import flow_batch, shape_draw_weights
+
+    n = 200
+    shapes = [scene.shape for scene, _ in training_scenes(n, 0, rich=True)]
+    draw = shape_draw_weights(n, 0, train._shape_weights("star=3,triangle=0.5"))
+    assert draw.tolist() == [{"star": 3.0, "triangle": 0.5}.get(s, 1.0) for s in shapes]
+    latents = torch.zeros(n, 4, 2, 2)
+    ids = {"clip": torch.zeros(n, 4, dtype=torch.long), "t5": torch.zeros(n, 4, dtype=torch.long)}
+    empty = {"clip": torch.zeros(4, dtype=torch.long), "t5": torch.zeros(4, dtype=torch.long)}
+    g = torch.Generator().manual_seed(0)
+    idx = flow_batch(latents, ids, empty, 20000, 1.0, g, draw)[-1]
+    share = {s: sum(shapes[i] == s for i in idx.tolist()) / 20000 for s in ("star", "triangle", "circle")}
+    for s in share:
+        expect = sum(w for w, t in zip(draw.tolist(), shapes) if t == s) / draw.sum().item()
+        assert abs(share[s] - expect) < 0.015, (s, share[s], expect)
+    assert len(set(idx.tolist())) == n  # every scene still drawn
+    plain = flow_batch(latents, ids, empty, 8, 1.0, torch.Generator().manual_seed(0))[-1]
+    assert torch.equal(plain, torch.randint(0, n, (8,), generator=torch.Generator().manual_seed(0)))
+
+
 def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_deterministic(
     tmp_path, monkeypatch, capsys
 ):
@@ -263,6 +290,11 @@ def test_pretraining_script_writes_a_pipeline_that_stock_diffusers_loads_and_is_
         (["--flow-object-weight", "4"], "--flow-object-weight: for --arch flux"),
         (["--flow-anneal-steps", "5"], "--flow-anneal-steps: for --arch flux"),  # was silently unused
         (["--arch", "flux", "--flow-object-weight", "4"], "--flow-object-weight: it weighs the further schedules"),
+        (["--flow-shape-weight", "star=3"], "--flow-shape-weight: for --arch flux"),
+        *(
+            (["--arch", "flux", "--flow-shape-weight", bad], f"--flow-shape-weight: {bad!r}: give SHAPE=F pairs")
+            for bad in ("moon=3", "star=0", "star=-1", "star", "star=x", "star=3,star=2", "star=inf")
+        ),
     ):
         monkeypatch.setattr(sys, "argv", ["train", str(tmp_path / "x"), *argv])
         with pytest.raises(SystemExit) as e:
@@ -408,7 +440,8 @@ def test_the_flux_twin_pretraining_writes_a_flux_pipeline_that_stock_diffusers_r
     # --flow-from: a twin trained further with the object's latent pixels weighed 1 + 4 times in the loss
     monkeypatch.setattr(sys, "argv", ["train", str(tmp_path / "tuned"), "--work", str(tmp_path / "work5"), "--arch",
                                       "flux", "--flow-from", str(tmp_path / "twin"), "--data", "8", "--batch", "2",
-                                      "--flow-anneal-steps", "2", "--flow-anneal-lr", "1", "--flow-object-weight", "4"])  # fmt: skip
+                                      "--flow-anneal-steps", "2", "--flow-anneal-lr", "1", "--flow-object-weight", "4",
+                                      "--flow-shape-weight", "star=3"])  # fmt: skip
     train.main()
     tuned = FluxPipeline.from_pretrained(tmp_path / "tuned", torch_dtype=torch.float32)
     assert load_state(tmp_path / "work5" / "flow-from-anneal.safetensors")["step"] == 2  # the first at lr 0 (warmup)

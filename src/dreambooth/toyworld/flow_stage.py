@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .data import MAX_TOKENS, training_scenes
+from .pipeline import IDENTIFIERS, SHIFT_MU
 from .stage import cosine, train_stage
 from .world import shape_mask
 
@@ -35,13 +36,11 @@ HEAD_DIM = 32  # the shipped twin's, and the default for other widths (--flow-wi
 T5_WIDTH = 128  # the twin's T5 width: the transformer's joint attention width
 WIDTH = 128  # the shipped twin transformer's width, heads x head dim
 WORLD_WORDS = ("dots", "stripes", "outline")  # the richer world's words the shared corpus lacks
-SHIFT_MU = {"base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}  # FLUX.1's
 
 
 def write_t5_tokenizer(out: Path) -> None:
     """The twin's T5 tokenizer: the shared corpus, the world's words and the identifiers, 32 tokens."""
     from ..tiny_flow import write_t5_tokenizer as write
-    from .pipeline import IDENTIFIERS
 
     write(out, extra_words=(*WORLD_WORDS, *IDENTIFIERS), max_length=MAX_TOKENS)
 
@@ -137,9 +136,19 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
     return ((pred - target) ** 2 * weight).sum() / (weight.sum() * pred.shape[1])
 
 
-def flow_batch(latents, ids: dict, empty: dict, batch: int, shift: float, g: torch.Generator):
-    """(x_t, s, clip ids, t5 ids, target, the latents' indices) for one step, all drawn from g."""
-    idx = torch.randint(0, latents.shape[0], (batch,), generator=g)
+def shape_draw_weights(n: int, seed: int, weights: dict[str, float]) -> torch.Tensor:
+    """(n,): how often each of the richer world's n training scenes (the cached latents' order) is drawn,
+    relative to the others: weights[its shape], 1 for a shape not named."""
+    return torch.tensor([weights.get(scene.shape, 1.0) for scene, _ in training_scenes(n, seed, rich=True)])
+
+
+def flow_batch(latents, ids: dict, empty: dict, batch: int, shift: float, g: torch.Generator, draw=None):
+    """(x_t, s, clip ids, t5 ids, target, the latents' indices) for one step, all drawn from g; draw: each
+    latent's relative chance of being drawn (shape_draw_weights), uniform when None."""
+    if draw is None:
+        idx = torch.randint(0, latents.shape[0], (batch,), generator=g)
+    else:
+        idx = torch.multinomial(draw, batch, replacement=True, generator=g)
     drop = torch.rand(batch, generator=g) < 0.1
     clip, t5 = ids["clip"][idx].clone(), ids["t5"][idx].clone()
     clip[drop], t5[drop] = empty["clip"], empty["t5"]
@@ -184,6 +193,7 @@ def train_flow(
     name: str = "flow",
     batches: int = 0,
     object_weight: float = 0.0,
+    shape_weights: dict[str, float] | None = None,
 ) -> None:
     """Train the transformer, CLIP and T5 together on the richer world's cached latents (encoded once by
     the toy world's VAE, shared with the UNet recipe's stage 3), scaled and shifted as the VAE's config
@@ -191,7 +201,8 @@ def train_flow(
     `object_weight`: the loss counts each latent pixel of the object (object_masks) 1 + object_weight
     times, the background once, so that a star's thin points (a few latent pixels) weigh more (measured
     from the shipped twin, 2000 steps at 4 or 9: more stars, fewer squares, prompt following unchanged;
-    BENCHMARKS.md)."""
+    BENCHMARKS.md). `shape_weights`: a training scene of a named shape is drawn that many times as often
+    as one of another (e.g. {"star": 3}), every scene still in the data."""
     from .unet_stage import encoded_data
 
     data = encoded_data(vae, tokenizers[0], n_data, seed, work, rich=True)
@@ -210,9 +221,10 @@ def train_flow(
     lr = cosine(opt, warmup, steps)
 
     weight = 1 + object_weight * object_masks(n_data, seed, latents.shape[-1]) if object_weight else None
+    draw = shape_draw_weights(n_data, seed, shape_weights) if shape_weights else None
 
     def loss_of(g):
-        x_t, s, clip_ids, t5_ids, target, idx = flow_batch(latents, ids, empty, batch, shift, g)
+        x_t, s, clip_ids, t5_ids, target, idx = flow_batch(latents, ids, empty, batch, shift, g, draw)
         pred = predict(transformer, clip, t5, x_t, s, clip_ids, t5_ids)
         return F.mse_loss(pred, target) if weight is None else weighted_mse(pred, target, weight[idx])
 

@@ -98,6 +98,13 @@ def parser() -> argparse.ArgumentParser:
         " the background 1), one for each or one for all (e.g. 0,4)",
     )
     p.add_argument(
+        "--flow-shape-weight",
+        type=_shape_weights,
+        default={},
+        help="--arch flux: draw training scenes of these shapes this many times as often as the others, in every"
+        " flow schedule of the run (e.g. star=3 or star=3,triangle=2)",
+    )
+    p.add_argument(
         "--flow-from",
         default=None,
         help="--arch flux: a twin folder this recipe wrote (e.g. the shipped one): start from all its models and"
@@ -140,6 +147,25 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(",") if v.strip())
 
 
+def _shape_weights(text: str) -> dict[str, float]:
+    """SHAPE=F[,SHAPE=F]: a shape of the world and a positive number, each shape once."""
+    from .world import SHAPES
+
+    out = {}
+    for item in text.split(","):
+        shape, eq, value = item.strip().partition("=")
+        try:
+            weight = float(value) if eq else None
+        except ValueError:
+            weight = None
+        if shape not in SHAPES or shape in out or weight is None or not weight > 0 or weight == float("inf"):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give SHAPE=F pairs, each shape once, of {', '.join(SHAPES)}, F a positive number"
+            )
+        out[shape] = weight
+    return out
+
+
 def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(",") if v.strip())
 
@@ -177,6 +203,7 @@ def wrong_arch(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         "flux": (
             ("--flow-anneal-steps", any(args.flow_anneal_steps)),
             ("--flow-object-weight", any(args.flow_object_weight)),
+            ("--flow-shape-weight", bool(args.flow_shape_weight)),
             ("--flow-from", args.flow_from),
             ("--flow-blocks", args.flow_blocks is not None),
             ("--flow-heads", args.flow_heads is not None),
@@ -295,7 +322,7 @@ def pretrain_flow(args: argparse.Namespace) -> None:
         "parameters: transformer %.2fM, clip %.2fM, t5 %.2fM",
         *(sum(q.numel() for q in m.parameters()) / 1e6 for m in (transformer, clip, t5)),
     )
-    data = dict(seed=args.seed, batch=args.batch, n_data=args.data, work=work)
+    data = dict(seed=args.seed, batch=args.batch, n_data=args.data, work=work, shape_weights=args.flow_shape_weight)
     models = (vae, transformer, clip, t5, (clip_tok, t5_tok))
     if args.flow_from:  # checkpoints of their own names, batches no stage of a run from scratch draws
         prefix, done = "flow-from-anneal", 1_000_000
