@@ -255,8 +255,9 @@ class TrainConfig(ProdigyOptions, TextualInversionOptions, LoRAOptions, TrainDat
 
     def __post_init__(self) -> None:
         method = METHODS.get(self.method, METHODS["lora"])
-        if self.adam_8bit and self.optimizer == "adamw":  # --adam-8bit: the name it had first
-            self.optimizer = "adamw8bit"
+        chosen = [o for o in OPTIMIZERS.values() if o.alias_option and getattr(self, o.alias_option)]
+        if chosen and self.optimizer == type(self).__dataclass_fields__["optimizer"].default:
+            self.optimizer = chosen[0].name  # an optimizer's older flag (--adam-8bit), --optimizer left as is
         optimizer = OPTIMIZERS.get(self.optimizer, OPTIMIZERS["adamw"])
         if self.learning_rate is None:
             self.learning_rate = optimizer.default_learning_rate or method.default_learning_rate(self)
@@ -287,8 +288,10 @@ class TrainConfig(ProdigyOptions, TextualInversionOptions, LoRAOptions, TrainDat
         method.refuse_options_of_others(self, [m for m in METHODS.values() if m is not method])
         method.validate_options(self)
         optimizer = OPTIMIZERS[self.optimizer]
-        if self.adam_8bit and self.optimizer != "adamw8bit":
-            raise UserError(f"--adam-8bit: is --optimizer adamw8bit, and --optimizer is {self.optimizer}")
+        for other in OPTIMIZERS.values():
+            if other.alias_option and getattr(self, other.alias_option) and other is not optimizer:
+                flag = flag_name(other.alias_option)
+                raise UserError(f"--{flag}: is --optimizer {other.name}, and --optimizer is {self.optimizer}")
         optimizer.refuse_options_of_others(self, [o for o in OPTIMIZERS.values() if o is not optimizer])
         optimizer.validate_options(self)
         self._validate_together()

@@ -22,10 +22,11 @@ class AdamW8bit(Optimizer):
     label = "8-bit AdamW"
     package = "bitsandbytes"
     cuda_only = True
+    alias_option = "adam_8bit"  # --adam-8bit, diffusers' scripts' --use_8bit_adam
 
     @property
     def flag(self) -> str:
-        return "--adam-8bit" if self.cfg.adam_8bit else super().flag
+        return "--adam-8bit" if getattr(self.cfg, self.alias_option) else super().flag
 
     def build(self, groups: list[dict]):
         import bitsandbytes as bnb

@@ -21,6 +21,7 @@ class Optimizer:
     cuda_only = False
     default_learning_rate: float | None = None  # None: the method's
     shards = False  # --fsdp can shard its states (torch.distributed.checkpoint, exact resume)
+    alias_option: str | None = None  # a TrainConfig flag that chooses it too (the name it had first)
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
