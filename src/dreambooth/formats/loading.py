@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .lora import is_kohya, read_lora
+from .lycoris import from_lycoris, is_lycoris
 
 
 def load_lora_into(pipe, family, model: str, path: Path, adapter: str, flag: str = "--lora", state=None) -> None:
@@ -14,7 +15,6 @@ def load_lora_into(pipe, family, model: str, path: Path, adapter: str, flag: str
     except kohya files of a family that reads them itself (family.kohya_state_to_diffusers); state: the
     file's tensors, already read (and filtered) by the caller. One line when it does not fit the model."""
     from ..models import denoiser_config
-    from .lycoris import from_lycoris, is_lycoris
 
     if is_lycoris(_keys(path, flag) if state is None else state):
         from peft import set_peft_model_state_dict
