@@ -119,3 +119,62 @@ def test_the_import_graph_has_no_circle():
         if m not in state:
             walk(m, [m])
     assert not circles, "\n".join(circles)
+
+
+def _class_strings(package: str, attribute: str) -> set[str]:
+    """The string values of `attribute = "..."` in the classes of a package's modules (names of the
+    registered units, read from the source)."""
+    found = set()
+    for path in (PKG / package).glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if (
+                        isinstance(item, ast.Assign)
+                        and any(isinstance(t, ast.Name) and t.id == attribute for t in item.targets)
+                        and isinstance(item.value, ast.Constant)
+                        and isinstance(item.value.value, str)
+                    ):
+                        found.add(item.value.value)
+    return found - {"base"}
+
+
+def _comparisons_with(names: set[str], skip, side=lambda other: True) -> list[str]:
+    """Every `==`, `!=`, `in` or `not in` outside the modules `skip` accepts where one side is one of
+    names (or a literal tuple, list or set holding one) and the other side passes `side` (its source)."""
+    found = []
+    for module, path in MODULES.items():
+        if skip(module):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            sides = [node.left, *node.comparators]
+            for i, part in enumerate(sides):
+                elts = part.elts if isinstance(part, (ast.Tuple, ast.List, ast.Set)) else [part]
+                hit = [e.value for e in elts if isinstance(e, ast.Constant) and e.value in names]
+                others = [ast.unparse(o) for j, o in enumerate(sides) if j != i]
+                if hit and any(side(o) for o in others):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_nothing_outside_families_compares_a_family_by_name():
+    """A family answers everything about itself: no code outside families/ compares anything with a family's
+    name or kohya version (the tiny and toy-world model builders, which build one of each, aside)."""
+    names = _class_strings("families", "name") | _class_strings("families", "kohya_version")
+    assert {"sd1", "sd2", "sdxl", "sd3", "flux", "sd_v2"} <= names, names
+    builders = ("dreambooth.families", "dreambooth.tiny", "dreambooth.tiny_flow", "dreambooth.toyworld")
+    found = _comparisons_with(names, lambda m: m.startswith(builders))
+    assert not found, "\n".join(found)
+
+
+def test_nothing_outside_methods_and_optimizers_compares_one_by_name():
+    """Nor a method's or an optimizer's name with what says which one a run uses (`lora` as the --lora
+    option and the settings' key is an option's name, not the method's, and is not looked at here)."""
+    methods = _class_strings("methods", "name")
+    optimizers = _class_strings("optimizers", "name")
+    assert {"lora", "full", "textual-inversion"} <= methods and {"adamw", "adamw8bit"} <= optimizers
+    found = _comparisons_with(methods, lambda m: m.startswith("dreambooth.methods"), lambda o: "method" in o)
+    found += _comparisons_with(optimizers, lambda m: m.startswith("dreambooth.optimizers"), lambda o: "optimizer" in o)
+    assert not found, "\n".join(found)

@@ -68,6 +68,7 @@ def test_kohya_export_loads_in_stock_diffusers_to_the_same_images(tiny_model, lo
         meta["ss_network_dim"] == "4"
         and meta["ss_network_alpha"] == "16.0"
         and meta["ss_base_model_version"] == "sd_v1"
+        and meta["ss_v2"] == "False"
     )
     ours = _images(tiny_model, lora_alpha_ne_rank / "pytorch_lora_weights.safetensors")
     theirs = _images(tiny_model, out)

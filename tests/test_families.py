@@ -30,6 +30,12 @@ def test_each_model_is_recognised_from_its_configs(tiny_model, tiny_models):
     sdxl = FAMILIES["sdxl"]
     assert sdxl.pipeline == "StableDiffusionXLPipeline" and sdxl.text_encoders == ("text_encoder", "text_encoder_2")
     assert FAMILIES["sd1"].text_encoders == ("text_encoder",) and FAMILIES["sd2"].kohya_version == "sd_v2"
+    from dreambooth.formats.kohya import kohya_metadata
+
+    adapter = {"unet.r": 4, "unet.lora_alpha": 4}  # kohya's ss_v2 (its --v2) is true for SD 2.x alone
+    assert {n: kohya_metadata(adapter, None, f, "x")["ss_v2"] for n, f in FAMILIES.items()} == {
+        n: str(n == "sd2") for n in FAMILIES
+    }
 
 
 def test_a_family_not_supported_is_one_line_before_any_weight_loads(tiny_model, tmp_path, capsys):

@@ -7,6 +7,7 @@ import dataclasses
 
 from ..formats.kohya import DORA_FOR
 from ..options import check_bounds, check_required, option
+from ..tiny import ARCHS as TINY_ARCHS
 from .sampling import DTYPES, FAMILY_GUIDANCE, clip_model_field, dino_model_field
 
 
@@ -182,7 +183,7 @@ class TinyModelConfig:
         "sd15 (epsilon prediction), sd2 (v-prediction, linear projections, OpenCLIP-style text encoder), sdxl "
         "(two text encoders, pooled embeddings and micro-conditioning), sd3 (MMDiT, CLIP x2 + T5, flow matching), "
         "flux (FLUX.1 [dev] layout: packed latents, CLIP + T5, embedded guidance) or flux-schnell (without it)",
-        choices=("sd15", "sd2", "sdxl", "sd3", "flux", "flux-schnell"),
+        choices=TINY_ARCHS,
     )
 
     def validate(self) -> None:

@@ -126,7 +126,7 @@ def run_select(cfg: SelectConfig, progress: bool = True) -> dict:
         raise UserError(f"--run {run}: not a training run (no readable config.yaml)")
     weights = parse_objective(cfg.objective, METRICS + LOGGED)
     method = get_method(saved)
-    if cfg.scales and "lora" not in method.sampling(run):
+    if cfg.scales and not method.lora_scaled:
         raise UserError(f"--scales: LoRA strengths, and --run {run} trained with --method {saved.method}")
     candidates = _candidates(run, method)
     if not candidates:

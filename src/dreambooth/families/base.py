@@ -38,6 +38,7 @@ class Family:
     default_sampler = "dpm++2m-karras"  # generation's sampler when none is given
     single_file_kinds: tuple[str, ...] = ()  # diffusers' infer_diffusers_model_type names
     kohya_version = "sd_v1"  # kohya's ss_base_model_version
+    kohya_v2 = False  # kohya's ss_v2 (its --v2: an SD 2.x model)
     kohya_text_encoder_prefixes: dict[str, str] = {"text_encoder": "lora_te"}
     # A Textual Inversion file's parts, one per text encoder (AUTOMATIC1111's and ComfyUI's layout);
     # () for a single tensor named by its token.

@@ -11,6 +11,7 @@ class SD2(Family):
     label = "Stable Diffusion 2.x"
     single_file_kinds = ("v2",)
     kohya_version = "sd_v2"
+    kohya_v2 = True
 
     @classmethod
     def recognises(cls, index: dict, unet: dict, text_encoder: dict) -> bool:

@@ -173,7 +173,7 @@ def kohya_metadata(adapter: dict, run: dict | None, family, name: str, denoiser:
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(float(alpha)) if alpha is not None else "None",
         "ss_base_model_version": family.kohya_model_version(denoiser),
-        "ss_v2": str(family.kohya_version == "sd_v2"),
+        "ss_v2": str(family.kohya_v2),
         "ss_output_name": name,
         "ss_training_comment": "trained with dreambooth (https://github.com/) LoRA DreamBooth; exported to kohya's layout",
     }

@@ -33,6 +33,7 @@ class Method:
     text_encoder_choice = True  # --train-text-encoder applies to it
     trained_bytes_estimate = 200_000_000  # fp32 size of what trains, for the disk check
     shardable = True  # --fsdp can shard what it trains (a model's weights)
+    lora_scaled = False  # its weights generate at a LoRA strength (`select --scales` tries several)
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg

@@ -84,6 +84,7 @@ class LoRA(Method):
     name = "lora"
     label = setting_label = "LoRA"
     options = LoRAOptions
+    lora_scaled = True
     defaults = {"learning_rate": 1e-4, "max_steps": 2000, "warmup": 500}  # diffusers' LoRA DreamBooth example
     # a rank-128 LoRA on SDXL with both text encoders is ~0.9 GB; rank 16 on SD 1.5 ~25 MB
     trained_bytes_estimate = 200_000_000
